@@ -1,0 +1,99 @@
+// ackpt::Env: the one seam through which ackpt touches the file system.
+//
+// Every file operation ackpt performs goes through an Env, so tests (and users)
+// can wrap the POSIX implementation and inject faults: leveldb's Env and
+// EnvWrapper are the model. All methods report failure by throwing
+// ackpt::Error (kIOError, or kNotFound for a missing file) naming the call,
+// the path and the errno text. Implementations must be thread-safe; a single
+// file object is used by one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ackpt {
+
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;
+  // Appends all n bytes (retrying short writes and EINTR).
+  virtual void Append(const void* data, size_t n) = 0;
+  // Makes the written data durable (fsync/fdatasync).
+  virtual void Sync() = 0;
+  // Closes the descriptor; errors from close() are reported. Idempotent.
+  virtual void Close() = 0;
+  virtual const std::string& path() const = 0;
+};
+
+class RandomAccessFile {
+ public:
+  virtual ~RandomAccessFile() = default;
+  // Reads exactly n bytes at offset into dst; a short read throws kCorruption
+  // ("unexpected end of file"). Safe to call from several threads at once.
+  virtual void Read(uint64_t offset, size_t n, void* dst) const = 0;
+  virtual uint64_t Size() const = 0;
+  virtual const std::string& path() const = 0;
+};
+
+class Env {
+ public:
+  virtual ~Env() = default;
+
+  // The process-wide POSIX implementation. Never deleted.
+  static Env* Default();
+
+  // Creates a new file for writing; fails if it already exists (O_EXCL).
+  virtual std::unique_ptr<WritableFile> NewWritableFile(const std::string& path) = 0;
+  virtual std::unique_ptr<RandomAccessFile> NewRandomAccessFile(const std::string& path) = 0;
+  // Atomically replaces `to` with `from` (rename(2)).
+  virtual void RenameFile(const std::string& from, const std::string& to) = 0;
+  virtual void RemoveFile(const std::string& path) = 0;
+  // fsyncs a directory, making renames and creations in it durable.
+  virtual void SyncDir(const std::string& dir) = 0;
+  // Names (not paths) of the entries of dir, "." and ".." excluded, unsorted.
+  virtual std::vector<std::string> GetChildren(const std::string& dir) = 0;
+  virtual bool FileExists(const std::string& path) = 0;
+  virtual uint64_t GetFileSize(const std::string& path) = 0;
+  // Modification time in seconds since the epoch.
+  virtual double GetFileMTime(const std::string& path) = 0;
+  // mkdir -p.
+  virtual void CreateDirs(const std::string& dir) = 0;
+};
+
+// Forwards every call to another Env; subclass it and override what you want
+// to change (fault injection in tests, accounting, ...).
+class EnvWrapper : public Env {
+ public:
+  explicit EnvWrapper(Env* target) : target_(target) {}
+  Env* target() const { return target_; }
+
+  std::unique_ptr<WritableFile> NewWritableFile(const std::string& p) override {
+    return target_->NewWritableFile(p);
+  }
+  std::unique_ptr<RandomAccessFile> NewRandomAccessFile(const std::string& p) override {
+    return target_->NewRandomAccessFile(p);
+  }
+  void RenameFile(const std::string& f, const std::string& t) override { target_->RenameFile(f, t); }
+  void RemoveFile(const std::string& p) override { target_->RemoveFile(p); }
+  void SyncDir(const std::string& d) override { target_->SyncDir(d); }
+  std::vector<std::string> GetChildren(const std::string& d) override {
+    return target_->GetChildren(d);
+  }
+  bool FileExists(const std::string& p) override { return target_->FileExists(p); }
+  uint64_t GetFileSize(const std::string& p) override { return target_->GetFileSize(p); }
+  double GetFileMTime(const std::string& p) override { return target_->GetFileMTime(p); }
+  void CreateDirs(const std::string& d) override { target_->CreateDirs(d); }
+
+ private:
+  Env* target_;
+};
+
+// Path helpers shared by the layers above.
+std::string DirName(const std::string& path);   // "a/b/c" -> "a/b", "c" -> "."
+std::string BaseName(const std::string& path);  // "a/b/c" -> "c"
+std::string JoinPath(const std::string& dir, const std::string& name);
+
+}  // namespace ackpt

@@ -1,0 +1,75 @@
+#include "ackpt/file_names.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cctype>
+#include <limits>
+
+#include "ackpt/env.h"
+#include "ackpt/error.h"
+
+namespace ackpt {
+
+namespace {
+
+bool AllDigits(const std::string& s, size_t begin, size_t end) {
+  if (begin >= end) return false;
+  for (size_t i = begin; i < end; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  return true;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+std::string CheckpointFileName(const std::string& prefix, int64_t index, bool compressed) {
+  if (prefix.empty() || prefix.find('/') != std::string::npos) {
+    throw Error::InvalidArgument("file prefix '" + prefix + "' must be non-empty and contain no '/'");
+  }
+  if (index < 0) throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
+  return prefix + "_" + std::to_string(index) + (compressed ? kZstdExtension : kPlainExtension);
+}
+
+std::optional<int64_t> ParseCheckpointIndex(const std::string& file_name, const std::string& prefix) {
+  const std::string name = BaseName(file_name);
+  std::string stem;
+  if (EndsWith(name, kZstdExtension)) {
+    stem = name.substr(0, name.size() - std::string(kZstdExtension).size());
+  } else if (EndsWith(name, kPlainExtension)) {
+    stem = name.substr(0, name.size() - std::string(kPlainExtension).size());
+  } else {
+    return std::nullopt;
+  }
+  const std::string head = prefix + "_";
+  if (stem.size() <= head.size() || stem.compare(0, head.size(), head) != 0) return std::nullopt;
+  if (!AllDigits(stem, head.size(), stem.size())) return std::nullopt;
+  const std::string digits = stem.substr(head.size());
+  if (digits.size() > 1 && digits[0] == '0') return std::nullopt;
+  if (digits.size() > 19) return std::nullopt;
+  unsigned long long v = std::stoull(digits);
+  if (v > static_cast<unsigned long long>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+  return static_cast<int64_t>(v);
+}
+
+bool IsTempFileName(const std::string& file_name) {
+  const std::string name = BaseName(file_name);
+  if (name.size() < 2 || name[0] != '.') return false;
+  size_t tmp = name.rfind(".tmp-");
+  if (tmp == std::string::npos || tmp < 2) return false;
+  size_t dash = name.find('-', tmp + 5);
+  if (dash == std::string::npos) return false;
+  return AllDigits(name, tmp + 5, dash) && AllDigits(name, dash + 1, name.size());
+}
+
+std::string TempFileName(const std::string& final_name) {
+  static std::atomic<uint64_t> counter{0};
+  return "." + BaseName(final_name) + ".tmp-" + std::to_string(::getpid()) + "-" +
+         std::to_string(counter.fetch_add(1));
+}
+
+}  // namespace ackpt
