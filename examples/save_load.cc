@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   state.set("model", weights);
   state.set("trainer", ackpt::StateDict{{"epoch", 3}, {"lr", 0.001}, {"run", "example"}});
 
+  ackpt::StateDict last_loaded;
   for (auto compression : {ackpt::Compression::kNone, ackpt::Compression::kZstd}) {
     ackpt::WriteOptions options;
     options.compression = compression;
@@ -42,10 +43,11 @@ int main(int argc, char** argv) {
                 std::chrono::duration<double, std::milli>(t2 - t1).count(),
                 same ? "round trip exact" : ("MISMATCH: " + why).c_str());
     if (!same) return 1;
+    last_loaded = loaded;
   }
   std::printf("loaded trainer state: epoch=%lld lr=%g run=%s\n",
-              static_cast<long long>(loaded.at("trainer").dict().at("epoch").to_int()),
-              loaded.at("trainer").dict().at("lr").to_double(), loaded.at("trainer").dict().at("run").str().c_str());
+              static_cast<long long>(last_loaded.at("trainer").dict().at("epoch").to_int()),
+              last_loaded.at("trainer").dict().at("lr").to_double(), last_loaded.at("trainer").dict().at("run").str().c_str());
   std::printf("try: ./build/tools/ackpt inspect %s/example_3.safetensors.zst\n", dir.c_str());
   return 0;
 }
