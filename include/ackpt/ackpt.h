@@ -1,6 +1,7 @@
 // Umbrella header for ackpt.
 #pragma once
 
+#include "ackpt/checkpointer.h"
 #include "ackpt/env.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"

@@ -20,6 +20,8 @@ class Error : public std::runtime_error {
   Error(Code code, const std::string& message);
 
   Code code() const noexcept { return code_; }
+  // The message without the "ackpt: <code>: " prefix that what() carries.
+  const std::string& message() const noexcept { return message_; }
 
   static Error InvalidArgument(const std::string& msg) { return Error(Code::kInvalidArgument, msg); }
   static Error Corruption(const std::string& msg) { return Error(Code::kCorruption, msg); }
@@ -31,6 +33,7 @@ class Error : public std::runtime_error {
 
  private:
   Code code_;
+  std::string message_;
 };
 
 const char* CodeName(Error::Code code);

@@ -27,21 +27,30 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-std::string CheckpointFileName(const std::string& prefix, int64_t index, bool compressed) {
+std::string CheckpointFileName(const std::string& prefix, int64_t index, bool compressed,
+                               const std::string& ext) {
   if (prefix.empty() || prefix.find('/') != std::string::npos) {
     throw Error::InvalidArgument("file prefix '" + prefix + "' must be non-empty and contain no '/'");
   }
+  if (ext.empty() || ext.find('/') != std::string::npos) {
+    throw Error::InvalidArgument("file extension '" + ext + "' must be non-empty and contain no '/'");
+  }
   if (index < 0) throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
-  return prefix + "_" + std::to_string(index) + (compressed ? kZstdExtension : kPlainExtension);
+  return prefix + "_" + std::to_string(index) + "." + ext + (compressed ? ".zst" : "");
 }
 
-std::optional<int64_t> ParseCheckpointIndex(const std::string& file_name, const std::string& prefix) {
+std::string ModelFilePrefix(const std::string& prefix) { return prefix + "_model"; }
+
+std::optional<int64_t> ParseCheckpointIndex(const std::string& file_name, const std::string& prefix,
+                                            const std::string& ext) {
   const std::string name = BaseName(file_name);
+  const std::string plain = "." + ext;
+  const std::string zst = plain + ".zst";
   std::string stem;
-  if (EndsWith(name, kZstdExtension)) {
-    stem = name.substr(0, name.size() - std::string(kZstdExtension).size());
-  } else if (EndsWith(name, kPlainExtension)) {
-    stem = name.substr(0, name.size() - std::string(kPlainExtension).size());
+  if (EndsWith(name, zst)) {
+    stem = name.substr(0, name.size() - zst.size());
+  } else if (EndsWith(name, plain)) {
+    stem = name.substr(0, name.size() - plain.size());
   } else {
     return std::nullopt;
   }

@@ -39,6 +39,11 @@ json FlattenDict(const StateDict& d, const std::string& name, int depth,
 }
 
 json FlattenValue(const Value& v, const std::string& name, int depth, std::vector<FlatTensor>* out) {
+  // Every node, leaves included, counts: Unflatten rejects any node deeper
+  // than kMaxDepth, so the writer must never produce one.
+  if (depth > kMaxDepth) {
+    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " + Where(name));
+  }
   switch (v.kind()) {
     case Value::Kind::kTensor:
       if (name == "__metadata__") {
@@ -59,9 +64,6 @@ json FlattenValue(const Value& v, const std::string& name, int depth, std::vecto
     case Value::Kind::kString:
       return json{{"s", v.str()}};
     case Value::Kind::kList: {
-      if (depth > kMaxDepth) {
-        throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " + Where(name));
-      }
       json items = json::array();
       const List& l = v.list();
       for (size_t i = 0; i < l.size(); ++i) {

@@ -67,13 +67,18 @@ void SortForAlignment(std::vector<SerializedTensor>* tensors) {
 }
 
 std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std::string& tree_json,
-                         const std::map<std::string, std::string>& user_metadata) {
+                         const std::map<std::string, std::string>& user_metadata,
+                         const std::map<std::string, std::string>& internal_metadata) {
   ordered_json meta = ordered_json::object();
   meta[kMetaFormat] = "pt";
   for (const auto& kv : user_metadata) {
     if (kv.first == kMetaFormat || kv.first.rfind("ackpt.", 0) == 0) {
       throw Error::InvalidArgument("metadata key '" + kv.first + "' is reserved");
     }
+    meta[kv.first] = kv.second;
+  }
+  for (const auto& kv : internal_metadata) {
+    if (kv.first.rfind("ackpt.", 0) != 0) throw Error::InvalidArgument("internal metadata key '" + kv.first + "'");
     meta[kv.first] = kv.second;
   }
   meta[kMetaVersion] = std::to_string(kFormatVersion);
@@ -114,8 +119,12 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
   uint64_t n = text.size();
   for (int i = 0; i < 8; ++i) region[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
   region += text;
+  // The real field is the last member of __metadata__ and tensor entries
+  // cannot contain the pattern, so it is the last occurrence. An earlier one
+  // can only come from a user key ending in "ackpt.header_xxh3 with a quote
+  // before it (escaped as \"), whose value must be left alone.
   const std::string placeholder = HeaderChecksumField(kZeroHash);
-  size_t pos = region.find(placeholder);
+  size_t pos = region.rfind(placeholder);
   const uint64_t hash = Xxh3(region.data(), region.size());
   region.replace(pos, placeholder.size(), HeaderChecksumField(Hex64(hash)));
   return region;

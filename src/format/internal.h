@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -82,8 +83,10 @@ struct SerializedTensor {
 void SortForAlignment(std::vector<SerializedTensor>* tensors);
 // The complete header region: 8-byte length, compact JSON, space padding to a
 // multiple of 8, with ackpt's metadata and header checksum filled in.
+// internal_metadata: extra "ackpt.*" entries from ackpt's own layers.
 std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std::string& tree_json,
-                         const std::map<std::string, std::string>& user_metadata);
+                         const std::map<std::string, std::string>& user_metadata,
+                         const std::map<std::string, std::string>& internal_metadata = {});
 // Parses and validates the JSON header of a stream whose data section is
 // data_bytes long; `header_region` is the full region (length prefix included).
 void DecodeHeader(const std::string& header_region, uint64_t data_bytes, const std::string& path,
@@ -144,8 +147,12 @@ struct CommitStats {
 // Writes `stream` (compressed per options) to a temp file next to `path`,
 // fsyncs, closes, renames and fsyncs the directory. parallel_for runs the
 // compression tasks. On failure the temp file is removed and the error rethrown.
+// A set *cancel aborts between frames with kTimedOut.
 CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
-                         const WriteOptions& options, Env* env, const ParallelForFn& parallel_for);
+                         const WriteOptions& options, Env* env, const ParallelForFn& parallel_for,
+                         const std::atomic<bool>* cancel = nullptr);
+// Throws kInvalidArgument for out-of-range chunk size or zstd level.
+void ValidateWriteOptions(const WriteOptions& options);
 
 // Copies or converts each tensor to contiguous CPU memory and hashes it.
 // `keep_alive` holds the contiguous tensors the SerializedTensors point into.

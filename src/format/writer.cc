@@ -95,7 +95,9 @@ class BufferedAppender {
   std::string buf_;
 };
 
-void ValidateOptions(const WriteOptions& o) {
+}  // namespace
+
+void ValidateWriteOptions(const WriteOptions& o) {
   if (o.compression == Compression::kZstd) {
     if (o.chunk_size < kMinChunkSize || o.chunk_size > kMaxFrameDecompressedSize) {
       throw Error::InvalidArgument("chunk_size " + std::to_string(o.chunk_size) +
@@ -108,8 +110,6 @@ void ValidateOptions(const WriteOptions& o) {
     }
   }
 }
-
-}  // namespace
 
 void LogicalStream::Add(const void* data, uint64_t n) {
   if (n == 0) return;
@@ -155,15 +155,22 @@ void AtomicWrite(Env* env, const std::string& path, bool fsync,
 }
 
 CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
-                         const WriteOptions& options, Env* env, const ParallelForFn& parallel_for) {
-  ValidateOptions(options);
+                         const WriteOptions& options, Env* env, const ParallelForFn& parallel_for,
+                         const std::atomic<bool>* cancel) {
+  ValidateWriteOptions(options);
+  auto check_cancel = [cancel, &path] {
+    if (cancel != nullptr && cancel->load()) throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
+  };
   CommitStats stats;
   const auto t0 = Clock::now();
   std::atomic<int64_t> compress_ns{0};
   AtomicWrite(env, path, options.fsync, [&](WritableFile* file) {
     if (options.compression == Compression::kNone) {
       BufferedAppender out(file);
-      stream.Visit(0, stream.size(), [&](const void* p, size_t n) { out.Append(p, n); });
+      stream.Visit(0, stream.size(), [&](const void* p, size_t n) {
+        check_cancel();
+        out.Append(p, n);
+      });
       out.Flush();
       stats.file_bytes = stream.size();
       return;
@@ -177,6 +184,7 @@ CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
     std::vector<FrameEntry> entries;
     entries.reserve(num_chunks);
     for (size_t first = 0; first < num_chunks; first += window) {
+      check_cancel();
       const size_t count = std::min(window, num_chunks - first);
       parallel_for(count, [&](size_t j) {
         const auto c0 = Clock::now();

@@ -1,0 +1,212 @@
+// The pymarlin-style checkpointer API, asynchronous underneath.
+//
+// A trainer calls load() once when it is built, save() after every epoch,
+// save(..., force = true) after training and save_model() at the end.
+// DefaultCheckpointer::save() only copies the state into reusable host
+// staging memory and returns; hashing, zstd compression, writing, fsync and
+// the atomic rename run on a background writer pool.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ackpt/env.h"
+#include "ackpt/format.h"
+#include "ackpt/state_dict.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace ackpt {
+
+// The three state groups of pymarlin's Checkpoint, stored as three top-level
+// groups of one file. An empty group round-trips as empty.
+struct Checkpoint {
+  StateDict module_interface_state;
+  StateDict trainer_state;
+  StateDict trainer_backend_state;
+
+  bool empty() const {
+    return module_interface_state.empty() && trainer_state.empty() && trainer_backend_state.empty();
+  }
+};
+
+class AbstractCheckpointer {
+ public:
+  virtual ~AbstractCheckpointer() = default;
+  // Saves `checkpoint` under `index` when the policy says so; force = true
+  // saves regardless of the policy and returns only once it is durable.
+  virtual void save(const Checkpoint& checkpoint, int64_t index, bool force = false) = 0;
+  // Saves only the model's state (called once at the end of training).
+  // Default: does nothing.
+  virtual void save_model(const StateDict& model_state, int64_t index) {
+    (void)model_state;
+    (void)index;
+  }
+  // Returns the checkpoint to resume from, or an empty Checkpoint.
+  virtual Checkpoint load() = 0;
+};
+
+// What save() does when the staging budget is full because earlier saves
+// are still being written.
+enum class BackpressurePolicy {
+  kBlock,           // wait for staging memory; the wait counts as stall (default)
+  kSkip,            // drop this (non-forced) save, warn, count it in skipped
+  kReplacePending,  // drop a queued save that has not started writing and take
+                    // its staging; if none is queued, block
+};
+
+// Measurements of one save, delivered to DefaultCheckpointerArguments::on_save
+// after the file is durable (or the save failed).
+struct SaveStats {
+  int64_t index = 0;
+  std::string path;
+  bool forced = false;
+  bool ok = true;             // false: `error` says why; the file was not written
+  std::string error;
+  uint64_t bytes = 0;         // tensor bytes
+  uint64_t file_bytes = 0;    // bytes on disk
+  double stall_seconds = 0;   // time inside save(), backpressure waits included
+  double snapshot_seconds = 0;   // copying tensors into staging
+  double hash_seconds = 0;       // per-tensor XXH3, wall
+  double compress_seconds = 0;   // zstd, summed over threads
+  double write_seconds = 0;      // compress+write+fsync+rename, wall
+  double end_to_end_seconds = 0; // save() entry to durable
+  size_t queue_depth = 0;        // saves queued or writing when this one was enqueued
+  uint64_t skipped_total = 0;    // saves dropped by kSkip so far
+  uint64_t replaced_total = 0;   // saves dropped by kReplacePending so far
+};
+
+struct DefaultCheckpointerArguments {
+  // ---- pymarlin's fields -------------------------------------------------
+  // Master switch: false makes save() and save_model() do nothing. Default: true.
+  bool checkpoint = true;
+  // On construction, remove the files in save_dir and model_state_save_dir
+  // that match ackpt's own name patterns (checkpoints, model files, temp
+  // files); nothing else is touched. Default: false.
+  bool delete_existing_checkpoints = false;
+  // save(state, index) writes when index % period == 0 (or force). Must be
+  // >= 1. Default: 1.
+  int64_t period = 1;
+  // Where checkpoints are written (created if missing). Default: "checkpoints".
+  std::string save_dir = "checkpoints";
+  // Where save_model() writes "{file_prefix}_model_{index}.{file_ext}[.zst]".
+  // Empty disables save_model(). Default: "checkpoints".
+  std::string model_state_save_dir = "checkpoints";
+  // Directory to load from. Empty: resume from save_dir (see
+  // resume_from_save_dir). Default: "".
+  std::string load_dir;
+  // File in load_dir (or save_dir) to load; takes precedence over any
+  // search for the newest checkpoint, and a failure to read it is an error.
+  // Default: "" (newest valid checkpoint).
+  std::string load_filename;
+  // File names are "{file_prefix}_{index}.{file_ext}", plus ".zst" when
+  // compressed. Default: "model".
+  std::string file_prefix = "model";
+  // Default: "safetensors".
+  std::string file_ext = "safetensors";
+  // spdlog level name for the "ackpt" logger: TRACE, DEBUG, INFO, WARN,
+  // ERROR, CRITICAL, OFF (case-insensitive). Default: "INFO".
+  std::string log_level = "INFO";
+
+  // ---- ackpt's fields -------------------------------------------------------
+  // kZstd (seekable zstd frames) or kNone (plain safetensors). Default: kZstd.
+  Compression compression = Compression::kZstd;
+  // zstd level; higher costs writer CPU time. Default: 1.
+  int zstd_level = 1;
+  // Logical bytes per zstd frame (64 KiB .. 1 GiB). Default: 4 MiB.
+  size_t chunk_size = size_t{4} << 20;
+  // Background threads hashing, compressing and writing. 0 = hardware
+  // concurrency. Default: 0.
+  int writer_threads = 0;
+  // Threads copying tensors into staging inside save(); 0 = up to 4 for
+  // states over 16 MiB. Default: 0.
+  int snapshot_threads = 0;
+  // Upper bound on host staging memory (bytes), shared by all saves queued
+  // or being written. 0 = twice the largest checkpoint seen so far (one being
+  // written, one being staged). A single checkpoint larger than an explicit
+  // budget is an error. Default: 0.
+  uint64_t staging_budget_bytes = 0;
+  // Page-lock staging memory (mlock; pinned CUDA host memory when saving
+  // CUDA tensors). Falls back to pageable memory with one warning when the
+  // system does not permit it. Default: true.
+  bool pin_host_memory = true;
+  // What a save does when the staging budget is full. Forced saves always
+  // block. Default: kBlock.
+  BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
+  // fsync files and directories. false trades crash durability for speed;
+  // the rename stays atomic. Default: true.
+  bool fsync = true;
+  // When neither load_dir nor load_filename is set, load() resumes from the
+  // newest valid checkpoint in save_dir (a corrupt newer file is skipped
+  // with a warning). Default: true.
+  bool resume_from_save_dir = true;
+  // Verify checksums when loading. Default: true.
+  bool verify_on_load = true;
+  // How long the destructor waits for queued saves before abandoning them
+  // (logged as an error). Default: 600 s.
+  double drain_timeout_seconds = 600;
+  // Extra __metadata__ entries written into every checkpoint. Default: none.
+  std::map<std::string, std::string> metadata;
+  // Called on a writer thread after each save finishes (success or not).
+  // Must not call back into the checkpointer. Default: none.
+  std::function<void(const SaveStats&)> on_save;
+  // Logger to use instead of the "ackpt" logger. Default: null.
+  std::shared_ptr<spdlog::logger> logger;
+  // File-system seam; null = Env::Default(). Must outlive the checkpointer.
+  Env* env = nullptr;
+};
+
+// Counters over the checkpointer's lifetime.
+struct CheckpointerCounters {
+  uint64_t saves_requested = 0;  // save() calls that passed the period check
+  uint64_t saves_completed = 0;  // durable
+  uint64_t saves_failed = 0;
+  uint64_t saves_skipped = 0;    // kSkip
+  uint64_t saves_replaced = 0;   // kReplacePending
+  uint64_t staging_bytes_reserved = 0;  // current staging memory held
+  uint64_t staging_bytes_peak = 0;
+  uint64_t staging_budget_bytes = 0;
+};
+
+class DefaultCheckpointer : public AbstractCheckpointer {
+ public:
+  // Validates the arguments (throws kInvalidArgument naming the field),
+  // creates save_dir, and applies delete_existing_checkpoints.
+  explicit DefaultCheckpointer(DefaultCheckpointerArguments args);
+  // Drains pending saves within drain_timeout_seconds; never throws.
+  ~DefaultCheckpointer() override;
+  DefaultCheckpointer(const DefaultCheckpointer&) = delete;
+  DefaultCheckpointer& operator=(const DefaultCheckpointer&) = delete;
+
+  // Raises a pending background error first (that save() then does nothing).
+  void save(const Checkpoint& checkpoint, int64_t index, bool force = false) override;
+  void save_model(const StateDict& model_state, int64_t index) override;
+  Checkpoint load() override;
+  // Returns once every save so far is durable; raises a background error.
+  void wait();
+
+  // The path the last accepted save() writes (or wrote); "" before any.
+  std::string last_saved_path() const;
+  // The file load() read; "" if it returned an empty Checkpoint.
+  std::string last_loaded_path() const;
+  CheckpointerCounters counters() const;
+  const DefaultCheckpointerArguments& args() const;
+
+  // Paths of the checkpoint files in `dir` for `prefix`/`ext`, newest index first.
+  static std::vector<std::pair<int64_t, std::string>> ListCheckpoints(Env* env, const std::string& dir,
+                                                                      const std::string& prefix,
+                                                                      const std::string& ext);
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ackpt

@@ -1,0 +1,268 @@
+// DefaultCheckpointer: pymarlin's checkpointing policy on ackpt's engine.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "ackpt/checkpointer.h"
+#include "ackpt/error.h"
+#include "ackpt/file_names.h"
+#include "engine/engine.h"
+
+namespace ackpt {
+
+namespace {
+
+constexpr const char* kGroupModule = "module_interface_state";
+constexpr const char* kGroupTrainer = "trainer_state";
+constexpr const char* kGroupBackend = "trainer_backend_state";
+constexpr const char* kMetaKind = "ackpt.kind";
+constexpr const char* kMetaIndex = "ackpt.index";
+
+std::shared_ptr<spdlog::logger> GetLogger(const DefaultCheckpointerArguments& args) {
+  std::string level = args.log_level;
+  std::transform(level.begin(), level.end(), level.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (level == "warning") level = "warn";
+  if (level == "critical" || level == "fatal") level = "critical";
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), level) == std::end(kLevels)) {
+    throw Error::InvalidArgument("log_level '" + args.log_level +
+                                 "' is not one of TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL, OFF");
+  }
+  std::shared_ptr<spdlog::logger> logger = args.logger;
+  if (!logger) {
+    logger = spdlog::get("ackpt");
+    if (!logger) {
+      try {
+        logger = spdlog::stderr_color_mt("ackpt");
+      } catch (const spdlog::spdlog_ex&) {
+        logger = spdlog::get("ackpt");  // another thread created it first
+      }
+    }
+  }
+  logger->set_level(spdlog::level::from_str(level));
+  return logger;
+}
+
+void Validate(const DefaultCheckpointerArguments& a) {
+  if (a.period <= 0) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.period must be >= 1, got " + std::to_string(a.period));
+  }
+  if (a.file_prefix.empty() || a.file_prefix.find('/') != std::string::npos) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.file_prefix '" + a.file_prefix +
+                                 "' must be non-empty and contain no '/'");
+  }
+  if (a.file_ext.empty() || a.file_ext.find('/') != std::string::npos || a.file_ext[0] == '.') {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.file_ext '" + a.file_ext +
+                                 "' must be non-empty, contain no '/' and not start with '.'");
+  }
+  if (a.checkpoint && a.save_dir.empty()) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.save_dir is empty");
+  }
+  if (a.writer_threads < 0 || a.snapshot_threads < 0) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.writer_threads/snapshot_threads must be >= 0");
+  }
+  if (!(a.drain_timeout_seconds >= 0)) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.drain_timeout_seconds must be >= 0");
+  }
+}
+
+// Removes ackpt's own files (checkpoints, model files, temp files) from dir.
+void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix, const std::string& ext,
+                    spdlog::logger& log) {
+  std::vector<std::string> names;
+  try {
+    names = env->GetChildren(dir);
+  } catch (const Error& e) {
+    if (e.code() == Error::Code::kNotFound) return;
+    throw;
+  }
+  size_t removed = 0;
+  for (const auto& name : names) {
+    const bool ours = ParseCheckpointIndex(name, prefix, ext).has_value() ||
+                      ParseCheckpointIndex(name, ModelFilePrefix(prefix), ext).has_value() ||
+                      (IsTempFileName(name) && (name.rfind("." + prefix + "_", 0) == 0));
+    if (!ours) continue;
+    env->RemoveFile(JoinPath(dir, name));
+    ++removed;
+  }
+  if (removed) log.info("delete_existing_checkpoints removed {} files from {}", removed, dir);
+}
+
+}  // namespace
+
+class DefaultCheckpointer::Impl {
+ public:
+  explicit Impl(DefaultCheckpointerArguments a) : args(std::move(a)) {
+    Validate(args);
+    env = args.env ? args.env : Env::Default();
+    logger = GetLogger(args);
+    if (args.checkpoint) {
+      env->CreateDirs(args.save_dir);
+      if (args.delete_existing_checkpoints) {
+        DeleteOwnFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
+        if (!args.model_state_save_dir.empty() && args.model_state_save_dir != args.save_dir) {
+          DeleteOwnFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
+        }
+      }
+    }
+    engine::EngineOptions o;
+    o.write.compression = args.compression;
+    o.write.zstd_level = args.zstd_level;
+    o.write.chunk_size = args.chunk_size;
+    o.write.threads = args.writer_threads;
+    o.write.fsync = args.fsync;
+    o.write.metadata = args.metadata;
+    o.writer_threads = args.writer_threads;
+    o.snapshot_threads = args.snapshot_threads;
+    o.staging_budget_bytes = args.staging_budget_bytes;
+    o.pin_host_memory = args.pin_host_memory;
+    o.backpressure = args.backpressure;
+    o.drain_timeout_seconds = args.drain_timeout_seconds;
+    o.env = env;
+    o.logger = logger;
+    o.on_save = args.on_save;
+    engine = std::make_unique<engine::Engine>(std::move(o));
+  }
+
+  bool compressed() const { return args.compression == Compression::kZstd; }
+
+  Checkpoint ReadCheckpoint(const std::string& path) {
+    ReadOptions ro;
+    ro.verify_checksums = args.verify_on_load;
+    auto reader = CheckpointReader::Open(path, ro, env);
+    auto kind = reader->info().metadata.find(kMetaKind);
+    if (kind != reader->info().metadata.end() && kind->second != "checkpoint") {
+      throw Error::InvalidArgument("'" + path + "' is a " + kind->second + " file, not a full checkpoint");
+    }
+    StateDict root = reader->ReadStateDict();
+    Checkpoint c;
+    for (auto& kv : root) {
+      if (kv.first == kGroupModule) {
+        c.module_interface_state = kv.second.dict();
+      } else if (kv.first == kGroupTrainer) {
+        c.trainer_state = kv.second.dict();
+      } else if (kv.first == kGroupBackend) {
+        c.trainer_backend_state = kv.second.dict();
+      } else {
+        throw Error::Corruption("'" + path + "' has an unknown top-level group '" + kv.first + "'");
+      }
+    }
+    return c;
+  }
+
+  DefaultCheckpointerArguments args;
+  Env* env = nullptr;
+  std::shared_ptr<spdlog::logger> logger;
+  std::unique_ptr<engine::Engine> engine;
+  mutable std::mutex mu;
+  std::string last_saved_path;
+  std::string last_loaded_path;
+};
+
+DefaultCheckpointer::DefaultCheckpointer(DefaultCheckpointerArguments args)
+    : impl_(std::make_unique<Impl>(std::move(args))) {}
+
+DefaultCheckpointer::~DefaultCheckpointer() = default;
+
+void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool force) {
+  Impl& im = *impl_;
+  if (!im.args.checkpoint) return;
+  if (!force && index % im.args.period != 0) return;
+  if (index < 0) throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
+  const std::string path = JoinPath(
+      im.args.save_dir, CheckpointFileName(im.args.file_prefix, index, im.compressed(), im.args.file_ext));
+  StateDict root;
+  root.set(kGroupModule, checkpoint.module_interface_state);
+  root.set(kGroupTrainer, checkpoint.trainer_state);
+  root.set(kGroupBackend, checkpoint.trainer_backend_state);
+  if (im.engine->Save(root, index, path, force, {{kMetaKind, "checkpoint"}, {kMetaIndex, std::to_string(index)}})) {
+    std::lock_guard<std::mutex> lock(im.mu);
+    im.last_saved_path = path;
+  }
+}
+
+void DefaultCheckpointer::save_model(const StateDict& model_state, int64_t index) {
+  Impl& im = *impl_;
+  if (!im.args.checkpoint || im.args.model_state_save_dir.empty()) return;
+  if (index < 0) throw Error::InvalidArgument("model index " + std::to_string(index) + " is negative");
+  im.env->CreateDirs(im.args.model_state_save_dir);
+  const std::string path =
+      JoinPath(im.args.model_state_save_dir,
+               CheckpointFileName(ModelFilePrefix(im.args.file_prefix), index, im.compressed(), im.args.file_ext));
+  // Synchronous, as in pymarlin: it is the last thing a training run does.
+  im.engine->Save(model_state, index, path, /*force=*/true, {{kMetaKind, "model"}, {kMetaIndex, std::to_string(index)}});
+}
+
+Checkpoint DefaultCheckpointer::load() {
+  Impl& im = *impl_;
+  im.engine->Drain(im.args.drain_timeout_seconds);  // never read a file still being written
+  auto loaded = [&](const std::string& path, Checkpoint c) {
+    std::lock_guard<std::mutex> lock(im.mu);
+    im.last_loaded_path = path;
+    im.logger->info("loaded {}", path);
+    return c;
+  };
+  if (!im.args.load_filename.empty()) {
+    const std::string dir = im.args.load_dir.empty() ? im.args.save_dir : im.args.load_dir;
+    const std::string path = JoinPath(dir, im.args.load_filename);
+    return loaded(path, im.ReadCheckpoint(path));
+  }
+  std::string dir;
+  if (!im.args.load_dir.empty()) {
+    dir = im.args.load_dir;
+  } else if (im.args.resume_from_save_dir && !im.args.save_dir.empty()) {
+    dir = im.args.save_dir;
+  } else {
+    return Checkpoint();
+  }
+  const auto candidates = ListCheckpoints(im.env, dir, im.args.file_prefix, im.args.file_ext);
+  for (const auto& c : candidates) {
+    try {
+      return loaded(c.second, im.ReadCheckpoint(c.second));
+    } catch (const Error& e) {
+      im.logger->warn("skipping unreadable checkpoint {}: {}", c.second, e.what());
+    }
+  }
+  if (!candidates.empty()) im.logger->warn("no valid checkpoint in {}; starting fresh", dir);
+  return Checkpoint();
+}
+
+void DefaultCheckpointer::wait() { impl_->engine->Wait(); }
+
+std::string DefaultCheckpointer::last_saved_path() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->last_saved_path;
+}
+
+std::string DefaultCheckpointer::last_loaded_path() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->last_loaded_path;
+}
+
+CheckpointerCounters DefaultCheckpointer::counters() const { return impl_->engine->counters(); }
+
+const DefaultCheckpointerArguments& DefaultCheckpointer::args() const { return impl_->args; }
+
+std::vector<std::pair<int64_t, std::string>> DefaultCheckpointer::ListCheckpoints(Env* env, const std::string& dir,
+                                                                                  const std::string& prefix,
+                                                                                  const std::string& ext) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::vector<std::string> names;
+  try {
+    names = env->GetChildren(dir);
+  } catch (const Error& e) {
+    if (e.code() == Error::Code::kNotFound) return out;
+    throw;
+  }
+  for (const auto& name : names) {
+    if (auto index = ParseCheckpointIndex(name, prefix, ext)) out.emplace_back(*index, JoinPath(dir, name));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second > b.second;
+  });
+  return out;
+}
+
+}  // namespace ackpt
