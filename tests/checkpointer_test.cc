@@ -57,6 +57,7 @@ DefaultCheckpointerArguments Args(const TempDir& dir, CapturedLog* log = nullptr
   a.save_dir = dir.file("ckpt");
   a.model_state_save_dir = dir.file("ckpt");
   a.writer_threads = 2;
+  a.log_level = "WARN";
   if (log) a.logger = log->logger;
   return a;
 }
