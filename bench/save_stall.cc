@@ -3,7 +3,7 @@
 // of the same state (what a LibTorch user would otherwise do).
 //
 //   ackpt_bench_save_stall [--gib 1.0] [--reps 5] [--dir DIR]
-//                          [--compression zstd|none] [--json FILE]
+//                          [--compression zstd|none] [--rss-saves N] [--json FILE]
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <torch/torch.h>
@@ -73,6 +73,42 @@ ackpt::Checkpoint MakeState(double gib, std::vector<torch::Tensor>* all) {
   return c;
 }
 
+// Resident set size of this process in bytes (Linux /proc).
+uint64_t RssBytes() {
+  std::ifstream in("/proc/self/statm");
+  uint64_t pages = 0, resident = 0;
+  in >> pages >> resident;
+  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// RSS after 10 saves vs after n saves of a ~16 MiB state: host memory must not
+// grow with the number of saves.
+void RssGrowth(int n, const std::string& dir, nlohmann::json* out) {
+  ackpt::DefaultCheckpointerArguments args;
+  args.save_dir = dir + "/rss";
+  args.log_level = "WARN";
+  args.fsync = false;
+  ackpt::Checkpoint c;
+  for (int i = 0; i < 16; ++i) c.module_interface_state.set("w" + std::to_string(i), torch::randn({256, 1024}));
+  ackpt::DefaultCheckpointer ck(args);
+  uint64_t after10 = 0;
+  for (int i = 0; i < n; ++i) {
+    // Overwrite the same few names so the disk does not fill.
+    ck.save(c, i % 4);
+    if (i == 9) {
+      ck.wait();
+      after10 = RssBytes();
+    }
+  }
+  ck.wait();
+  const uint64_t after_n = RssBytes();
+  std::printf("\nRSS after 10 saves: %.1f MB; after %d saves: %.1f MB (growth %+.1f MB)\n", after10 / 1e6, n,
+              after_n / 1e6, (double(after_n) - double(after10)) / 1e6);
+  (*out)["rss_after_10"] = after10;
+  (*out)["rss_after_n"] = after_n;
+  (*out)["rss_saves"] = n;
+}
+
 void FsyncPath(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd >= 0) {
@@ -89,6 +125,7 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/ackpt-bench-stall";
   std::string json_out;
   std::string compression = "zstd";
+  int rss_saves = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -103,8 +140,9 @@ int main(int argc, char** argv) {
     else if (a == "--dir") dir = next();
     else if (a == "--json") json_out = next();
     else if (a == "--compression") compression = next();
+    else if (a == "--rss-saves") rss_saves = std::stoi(next());
     else {
-      std::fprintf(stderr, "usage: %s [--gib G] [--reps N] [--dir DIR] [--compression zstd|none] [--json FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--gib G] [--reps N] [--dir DIR] [--compression zstd|none] [--rss-saves N] [--json FILE]\n", argv[0]);
       return 2;
     }
   }
@@ -197,8 +235,9 @@ int main(int argc, char** argv) {
   std::printf("stall / torch::save     = %.3f  (target <= 0.1)\n", s.median / t.median);
   std::printf("compression: %s, file %.1f MB for %.1f MB of tensors\n", compression.c_str(), file_bytes / 1e6,
               bytes / 1e6);
+  nlohmann::json j;
+  if (rss_saves > 0) RssGrowth(rss_saves, dir, &j);
   if (!json_out.empty()) {
-    nlohmann::json j;
     auto js = [](const Stat& x) { return nlohmann::json{{"median_s", x.median}, {"min_s", x.min}, {"max_s", x.max}}; };
     j["bytes"] = bytes;
     j["tensors"] = tensors.size() + 1;

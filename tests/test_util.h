@@ -112,6 +112,26 @@ class FaultInjectionEnv : public EnvWrapper {
     hook_ = std::move(hook);
   }
 
+  // One RandomAccessFile::Read made through this Env (by any of its files).
+  struct ReadRecord {
+    std::string path;
+    uint64_t offset;
+    size_t length;
+  };
+  // Every read made through files opened by this Env, in call order.
+  std::vector<ReadRecord> reads() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reads_;
+  }
+  void ClearReads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    reads_.clear();
+  }
+  void RecordRead(const std::string& path, uint64_t offset, size_t length) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reads_.push_back({path, offset, length});
+  }
+
   // Throws the injected error if `op` is set to fail now.
   void MaybeFail(Op op, const std::string& path) {
     std::function<void(Op, const std::string&)> hook;
@@ -160,6 +180,7 @@ class FaultInjectionEnv : public EnvWrapper {
   std::map<Op, Fault> faults_;
   std::map<Op, int> calls_;
   std::function<void(Op, const std::string&)> hook_;
+  std::vector<ReadRecord> reads_;
 };
 
 class FaultWritableFile : public WritableFile {
@@ -195,6 +216,7 @@ class FaultRandomAccessFile : public RandomAccessFile {
       std::lock_guard<std::mutex> lock(mu_);
       reads_.emplace_back(offset, n);
     }
+    env_->RecordRead(base_->path(), offset, n);
     base_->Read(offset, n, dst);
   }
   uint64_t Size() const override { return base_->Size(); }
@@ -221,6 +243,20 @@ inline std::unique_ptr<WritableFile> FaultInjectionEnv::NewWritableFile(const st
 inline std::unique_ptr<RandomAccessFile> FaultInjectionEnv::NewRandomAccessFile(const std::string& path) {
   auto base = EnvWrapper::NewRandomAccessFile(path);
   return std::make_unique<FaultRandomAccessFile>(this, std::move(base));
+}
+
+// A hand-made safetensors stream: 8-byte little-endian length, `header_json`
+// padded with spaces to a multiple of `align` (1 = no padding), then `data`.
+inline std::string SafetensorsBytes(const std::string& header_json, const std::string& data,
+                                    size_t align = 8) {
+  std::string text = header_json;
+  if (align > 1) text.append((align - text.size() % align) % align, ' ');
+  std::string out(8, '\0');
+  const uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i) {
+    out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  }
+  return out + text + data;
 }
 
 // Names in dir, sorted.

@@ -7,7 +7,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -16,6 +18,8 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "ackpt/retention.h"
+#include "checkpointer/metadata_keys.h"
 
 namespace {
 
@@ -28,6 +32,9 @@ void Usage(std::ostream& os) {
         "  ackpt inspect FILE [--json]           tensors, metadata, compression ratio\n"
         "  ackpt verify PATH...                  check every checksum (a directory: its checkpoints)\n"
         "  ackpt export FILE -o OUT.safetensors  write the plain safetensors stream\n"
+        "  ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]\n"
+        "                                        checkpoints with index, time, size, ratio, metrics,\n"
+        "                                        and the retention rule keeping each\n"
         "exit status: 0 ok, 1 corrupt or unreadable, 2 usage error\n";
 }
 
@@ -166,6 +173,120 @@ int Export(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+std::string UtcTime(double t) {
+  if (t <= 0) return "-";
+  std::time_t secs = static_cast<std::time_t>(t);
+  std::tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+int List(const std::vector<std::string>& args) {
+  std::string dir, prefix = "model", ext = "safetensors";
+  bool as_json = false, verify = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--json") {
+      as_json = true;
+    } else if (a == "--verify") {
+      verify = true;
+    } else if ((a == "--prefix" || a == "--ext") && i + 1 < args.size()) {
+      (a == "--prefix" ? prefix : ext) = args[++i];
+    } else if (dir.empty() && a.rfind("--", 0) != 0) {
+      dir = a;
+    } else {
+      std::cerr << "ackpt ls: unexpected argument '" << a << "'\n";
+      return kExitUsage;
+    }
+  }
+  if (dir.empty()) {
+    std::cerr << "ackpt ls: missing DIR\n";
+    return kExitUsage;
+  }
+  if (!IsDirectory(dir)) {
+    std::cerr << "ackpt ls: '" << dir << "' is not a directory\n";
+    return kExitUsage;
+  }
+  std::vector<ackpt::CheckpointEntry> entries = ackpt::ListCheckpointEntries(ackpt::Env::Default(), dir, prefix, ext);
+  // The policy in force is the one recorded in the newest readable checkpoint.
+  ackpt::RetentionPolicy policy;
+  bool have_policy = false;
+  for (const auto& e : entries) {
+    if (!e.readable) continue;
+    try {
+      have_policy = ackpt::ParseRetention(ackpt::CheckpointReader::Open(e.path)->info().metadata, &policy);
+    } catch (const ackpt::Error&) {
+    }
+    break;
+  }
+  ackpt::EvaluateRetention(&entries, policy);
+  std::vector<std::string> status(entries.size(), "-");
+  int bad = 0;
+  if (verify) {
+    for (size_t i = 0; i < entries.size(); ++i) {
+      try {
+        ackpt::CheckpointReader::Open(entries[i].path)->Verify();
+        status[i] = "ok";
+      } catch (const ackpt::Error& e) {
+        status[i] = "CORRUPT";
+        ++bad;
+      }
+    }
+  }
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
+    return s.empty() ? std::string("(deleted at next save)") : s;
+  };
+  if (as_json) {
+    nlohmann::ordered_json j;
+    j["dir"] = dir;
+    j["retention"] = have_policy ? nlohmann::json::parse(ackpt::EncodeRetention(policy)) : nlohmann::json::object();
+    j["checkpoints"] = nlohmann::ordered_json::array();
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const auto& e = entries[i];
+      nlohmann::ordered_json c{{"index", e.index},       {"path", e.path},
+                               {"time", e.save_time},    {"time_utc", UtcTime(e.save_time)},
+                               {"file_bytes", e.file_bytes}, {"compression_ratio", e.compression_ratio()},
+                               {"readable", e.readable}, {"kept_by", e.kept_by}};
+      nlohmann::ordered_json m = nlohmann::ordered_json::object();
+      for (const auto& kv : e.metrics) {
+        if (std::isfinite(kv.second)) {
+          m[kv.first] = kv.second;
+        } else {
+          m[kv.first] = nullptr;
+        }
+      }
+      c["metrics"] = m;
+      if (!e.readable) c["error"] = e.error;
+      if (verify) c["verified"] = status[i] == "ok";
+      j["checkpoints"].push_back(c);
+    }
+    std::cout << j.dump(2) << "\n";
+    return bad ? kExitCorrupt : kExitOk;
+  }
+  std::printf("%-8s %-21s %12s %7s %-8s %-28s %s\n", "INDEX", "SAVED (UTC)", "BYTES", "RATIO", "VERIFY", "METRICS",
+              "KEPT BY");
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const auto& e = entries[i];
+    std::string metrics;
+    for (const auto& kv : e.metrics) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%s%s=%.4g", metrics.empty() ? "" : " ", kv.first.c_str(), kv.second);
+      metrics += buf;
+    }
+    std::printf("%-8lld %-21s %12llu %7.3f %-8s %-28s %s\n", static_cast<long long>(e.index),
+                UtcTime(e.save_time).c_str(), static_cast<unsigned long long>(e.file_bytes), e.compression_ratio(),
+                status[i].c_str(), metrics.empty() ? "-" : metrics.c_str(), join(e.kept_by).c_str());
+    if (!e.readable) std::printf("         unreadable: %s\n", e.error.c_str());
+  }
+  std::printf("%zu checkpoints in %s; retention: %s\n", entries.size(), dir.c_str(),
+              have_policy ? ackpt::EncodeRetention(policy).c_str() : "keep all");
+  return bad ? kExitCorrupt : kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -183,6 +304,7 @@ int main(int argc, char** argv) {
     if (cmd == "inspect") return Inspect(args);
     if (cmd == "verify") return Verify(args);
     if (cmd == "export") return Export(args);
+    if (cmd == "ls") return List(args);
   } catch (const ackpt::Error& e) {
     std::cerr << e.what() << "\n";
     return e.code() == ackpt::Error::Code::kInvalidArgument ? kExitUsage : kExitCorrupt;

@@ -17,6 +17,7 @@
 
 #include "ackpt/env.h"
 #include "ackpt/format.h"
+#include "ackpt/retention.h"
 #include "ackpt/state_dict.h"
 
 namespace spdlog {
@@ -31,6 +32,9 @@ struct Checkpoint {
   StateDict module_interface_state;
   StateDict trainer_state;
   StateDict trainer_backend_state;
+  // Metrics of this checkpoint (e.g. {"val_loss", 0.31}); stored in the file's
+  // metadata so retention and best-by-metric survive restarts. Optional.
+  std::map<std::string, double> metrics;
 
   bool empty() const {
     return module_interface_state.empty() && trainer_state.empty() && trainer_backend_state.empty();
@@ -152,6 +156,8 @@ struct DefaultCheckpointerArguments {
   // How long the destructor waits for queued saves before abandoning them
   // (logged as an error). Default: 600 s.
   double drain_timeout_seconds = 600;
+  // Which checkpoints to keep (retention.h). Default: keep everything.
+  RetentionPolicy retention;
   // Extra __metadata__ entries written into every checkpoint. Default: none.
   std::map<std::string, std::string> metadata;
   // Called on a writer thread after each save finishes (success or not).
@@ -165,6 +171,8 @@ struct DefaultCheckpointerArguments {
 
 // Counters over the checkpointer's lifetime.
 struct CheckpointerCounters {
+  uint64_t files_deleted = 0;    // by retention
+  uint64_t temp_files_removed = 0;  // stale temp files cleaned at startup
   uint64_t saves_requested = 0;  // save() calls that passed the period check
   uint64_t saves_completed = 0;  // durable
   uint64_t saves_failed = 0;
@@ -191,6 +199,17 @@ class DefaultCheckpointer : public AbstractCheckpointer {
   Checkpoint load() override;
   // Returns once every save so far is durable; raises a background error.
   void wait();
+
+  // Loading helpers; each throws kNotFound if there is no such readable
+  // checkpoint in save_dir.
+  Checkpoint load_latest();                 // newest valid (skipping corrupt ones)
+  Checkpoint load_index(int64_t index);     // exactly this index
+  // Best by a metric stored with save() (Checkpoint::metrics); mode_max:
+  // larger is better. Corrupt files are skipped with a warning.
+  Checkpoint load_best(const std::string& metric, bool mode_max = false);
+  // The checkpoints in save_dir, newest first, with the rules keeping each
+  // (see EvaluateRetention). Reads only headers.
+  std::vector<CheckpointEntry> list_checkpoints() const;
 
   // The path the last accepted save() writes (or wrote); "" before any.
   std::string last_saved_path() const;

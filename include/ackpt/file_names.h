@@ -29,6 +29,10 @@ std::string ModelFilePrefix(const std::string& prefix);
 // True for ackpt's hidden temp files: ".{name}.tmp-{digits}-{digits}".
 bool IsTempFileName(const std::string& file_name);
 
+// For an ackpt temp file name, the final name it was being written as
+// (".model_3.safetensors.tmp-12-0" -> "model_3.safetensors"); nullopt otherwise.
+std::optional<std::string> TempFileTarget(const std::string& file_name);
+
 // The hidden temp name used while writing `final_name` (unique within the process).
 std::string TempFileName(const std::string& final_name);
 

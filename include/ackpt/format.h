@@ -127,6 +127,10 @@ class CheckpointReader {
 StateDict ReadStateDict(const std::string& path, const ReadOptions& options = {},
                         Env* env = Env::Default());
 
+// True while a CheckpointReader in this process has `path` open (retention
+// never deletes such a file).
+bool IsOpenForReading(const std::string& path);
+
 // The safetensors dtype name of a scalar type ("F32", ...); throws kUnsupported.
 std::string DtypeName(at::ScalarType type);
 

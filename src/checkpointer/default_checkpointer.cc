@@ -3,11 +3,16 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
 
 #include "ackpt/checkpointer.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
+#include "checkpointer/metadata_keys.h"
 #include "engine/engine.h"
 
 namespace ackpt {
@@ -17,8 +22,6 @@ namespace {
 constexpr const char* kGroupModule = "module_interface_state";
 constexpr const char* kGroupTrainer = "trainer_state";
 constexpr const char* kGroupBackend = "trainer_backend_state";
-constexpr const char* kMetaKind = "ackpt.kind";
-constexpr const char* kMetaIndex = "ackpt.index";
 
 std::shared_ptr<spdlog::logger> GetLogger(const DefaultCheckpointerArguments& args) {
   std::string level = args.log_level;
@@ -63,9 +66,23 @@ void Validate(const DefaultCheckpointerArguments& a) {
   if (a.writer_threads < 0 || a.snapshot_threads < 0) {
     throw Error::InvalidArgument("DefaultCheckpointerArguments.writer_threads/snapshot_threads must be >= 0");
   }
+  const RetentionPolicy& r = a.retention;
+  if (r.keep_last < 0 || r.keep_every < 0 || r.keep_best < 0 || r.model_keep_last < 0 ||
+      !(r.keep_time_interval_seconds >= 0)) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.retention: counts and intervals must be >= 0");
+  }
+  if (r.keep_best > 0 && r.best_metric.empty()) {
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.retention.keep_best needs best_metric");
+  }
   if (!(a.drain_timeout_seconds >= 0)) {
     throw Error::InvalidArgument("DefaultCheckpointerArguments.drain_timeout_seconds must be >= 0");
   }
+}
+
+// True for file names ackpt writes for this prefix/ext: checkpoints and model files.
+bool IsOwnFinalName(const std::string& name, const std::string& prefix, const std::string& ext) {
+  return ParseCheckpointIndex(name, prefix, ext).has_value() ||
+         ParseCheckpointIndex(name, ModelFilePrefix(prefix), ext).has_value();
 }
 
 // Removes ackpt's own files (checkpoints, model files, temp files) from dir.
@@ -80,14 +97,48 @@ void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
   }
   size_t removed = 0;
   for (const auto& name : names) {
-    const bool ours = ParseCheckpointIndex(name, prefix, ext).has_value() ||
-                      ParseCheckpointIndex(name, ModelFilePrefix(prefix), ext).has_value() ||
-                      (IsTempFileName(name) && (name.rfind("." + prefix + "_", 0) == 0));
+    auto target = TempFileTarget(name);
+    const bool ours = IsOwnFinalName(name, prefix, ext) || (target && IsOwnFinalName(*target, prefix, ext));
     if (!ours) continue;
     env->RemoveFile(JoinPath(dir, name));
     ++removed;
   }
   if (removed) log.info("delete_existing_checkpoints removed {} files from {}", removed, dir);
+}
+
+// Startup hygiene: temp files a crash left behind, by exact pattern only.
+size_t RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& prefix, const std::string& ext,
+                            spdlog::logger& log) {
+  std::vector<std::string> names;
+  try {
+    names = env->GetChildren(dir);
+  } catch (const Error& e) {
+    if (e.code() == Error::Code::kNotFound) return 0;
+    throw;
+  }
+  size_t removed = 0;
+  for (const auto& name : names) {
+    auto target = TempFileTarget(name);
+    if (!target || !IsOwnFinalName(*target, prefix, ext)) continue;
+    try {
+      env->RemoveFile(JoinPath(dir, name));
+      ++removed;
+    } catch (const Error& e) {
+      log.warn("could not remove stale temp file: {}", e.message());
+    }
+  }
+  if (removed) log.info("removed {} stale temp files from {}", removed, dir);
+  return removed;
+}
+
+std::string FormatTime(double t) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6f", t);
+  return buf;
+}
+
+double WallNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -100,11 +151,15 @@ class DefaultCheckpointer::Impl {
     logger = GetLogger(args);
     if (args.checkpoint) {
       env->CreateDirs(args.save_dir);
+      const bool separate_model_dir = !args.model_state_save_dir.empty() && args.model_state_save_dir != args.save_dir;
       if (args.delete_existing_checkpoints) {
         DeleteOwnFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
-        if (!args.model_state_save_dir.empty() && args.model_state_save_dir != args.save_dir) {
-          DeleteOwnFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
-        }
+        if (separate_model_dir) DeleteOwnFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
+      }
+      temp_files_removed += RemoveStaleTempFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
+      if (separate_model_dir) {
+        temp_files_removed +=
+            RemoveStaleTempFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
       }
     }
     engine::EngineOptions o;
@@ -127,6 +182,62 @@ class DefaultCheckpointer::Impl {
   }
 
   bool compressed() const { return args.compression == Compression::kZstd; }
+
+  std::map<std::string, std::string> Metadata(const char* kind, int64_t index,
+                                              const std::map<std::string, double>& metrics) const {
+    std::map<std::string, std::string> m{
+        {kMetaKind, kind}, {kMetaIndex, std::to_string(index)}, {kMetaTime, FormatTime(WallNow())}};
+    if (!metrics.empty()) m[kMetaMetrics] = EncodeMetrics(metrics);
+    if (args.retention.any_rule() || args.retention.model_keep_last > 0) {
+      m[kMetaRetention] = EncodeRetention(args.retention);
+    }
+    return m;
+  }
+
+  // Runs on the writer pool after a checkpoint is durable.
+  void ApplyRetention() {
+    if (!args.retention.any_rule()) return;
+    std::vector<CheckpointEntry> entries = ListCheckpointEntries(env, args.save_dir, args.file_prefix, args.file_ext);
+    for (const auto& doomed : EvaluateRetention(&entries, args.retention)) Delete(doomed.path);
+  }
+
+  void ApplyModelRetention() {
+    if (args.retention.model_keep_last <= 0) return;
+    const auto models = DefaultCheckpointer::ListCheckpoints(env, args.model_state_save_dir,
+                                                             ModelFilePrefix(args.file_prefix), args.file_ext);
+    for (size_t i = static_cast<size_t>(args.retention.model_keep_last); i < models.size(); ++i) {
+      Delete(models[i].second);
+    }
+  }
+
+  void Delete(const std::string& path) {
+    if (IsOpenForReading(path)) {
+      logger->info("retention: keeping {} while it is being read", path);
+      return;
+    }
+    try {
+      env->RemoveFile(path);
+      ++files_deleted;
+      logger->info("retention: deleted {}", path);
+    } catch (const Error& e) {
+      if (e.code() != Error::Code::kNotFound) logger->error("retention: {}", e.message());
+    }
+  }
+
+  Checkpoint LoadFirstValid(const std::vector<std::string>& paths, const std::string& what) {
+    for (const auto& path : paths) {
+      try {
+        Checkpoint c = ReadCheckpoint(path);
+        std::lock_guard<std::mutex> lock(mu);
+        last_loaded_path = path;
+        logger->info("loaded {}", path);
+        return c;
+      } catch (const Error& e) {
+        logger->warn("skipping unreadable checkpoint {}: {}", path, e.what());
+      }
+    }
+    throw Error::NotFound("no readable " + what + " in '" + args.save_dir + "'");
+  }
 
   Checkpoint ReadCheckpoint(const std::string& path) {
     ReadOptions ro;
@@ -159,6 +270,8 @@ class DefaultCheckpointer::Impl {
   mutable std::mutex mu;
   std::string last_saved_path;
   std::string last_loaded_path;
+  std::atomic<uint64_t> files_deleted{0};
+  uint64_t temp_files_removed = 0;
 };
 
 DefaultCheckpointer::DefaultCheckpointer(DefaultCheckpointerArguments args)
@@ -177,7 +290,9 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
   root.set(kGroupModule, checkpoint.module_interface_state);
   root.set(kGroupTrainer, checkpoint.trainer_state);
   root.set(kGroupBackend, checkpoint.trainer_backend_state);
-  if (im.engine->Save(root, index, path, force, {{kMetaKind, "checkpoint"}, {kMetaIndex, std::to_string(index)}})) {
+  Impl* impl = impl_.get();
+  if (im.engine->Save(root, index, path, force, im.Metadata("checkpoint", index, checkpoint.metrics),
+                      [impl] { impl->ApplyRetention(); })) {
     std::lock_guard<std::mutex> lock(im.mu);
     im.last_saved_path = path;
   }
@@ -192,7 +307,9 @@ void DefaultCheckpointer::save_model(const StateDict& model_state, int64_t index
       JoinPath(im.args.model_state_save_dir,
                CheckpointFileName(ModelFilePrefix(im.args.file_prefix), index, im.compressed(), im.args.file_ext));
   // Synchronous, as in pymarlin: it is the last thing a training run does.
-  im.engine->Save(model_state, index, path, /*force=*/true, {{kMetaKind, "model"}, {kMetaIndex, std::to_string(index)}});
+  Impl* impl = impl_.get();
+  im.engine->Save(model_state, index, path, /*force=*/true, im.Metadata("model", index, {}),
+                  [impl] { impl->ApplyModelRetention(); });
 }
 
 Checkpoint DefaultCheckpointer::load() {
@@ -241,7 +358,55 @@ std::string DefaultCheckpointer::last_loaded_path() const {
   return impl_->last_loaded_path;
 }
 
-CheckpointerCounters DefaultCheckpointer::counters() const { return impl_->engine->counters(); }
+CheckpointerCounters DefaultCheckpointer::counters() const {
+  CheckpointerCounters c = impl_->engine->counters();
+  c.files_deleted = impl_->files_deleted.load();
+  c.temp_files_removed = impl_->temp_files_removed;
+  return c;
+}
+
+Checkpoint DefaultCheckpointer::load_latest() {
+  impl_->engine->Drain(impl_->args.drain_timeout_seconds);
+  std::vector<std::string> paths;
+  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext)) {
+    paths.push_back(c.second);
+  }
+  return impl_->LoadFirstValid(paths, "checkpoint");
+}
+
+Checkpoint DefaultCheckpointer::load_index(int64_t index) {
+  impl_->engine->Drain(impl_->args.drain_timeout_seconds);
+  std::vector<std::string> paths;
+  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext)) {
+    if (c.first == index) paths.push_back(c.second);
+  }
+  return impl_->LoadFirstValid(paths, "checkpoint with index " + std::to_string(index));
+}
+
+Checkpoint DefaultCheckpointer::load_best(const std::string& metric, bool mode_max) {
+  impl_->engine->Drain(impl_->args.drain_timeout_seconds);
+  std::vector<CheckpointEntry> entries =
+      ListCheckpointEntries(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
+  std::vector<const CheckpointEntry*> ranked;
+  for (const auto& e : entries) {
+    auto m = e.metrics.find(metric);
+    if (e.readable && m != e.metrics.end() && !std::isnan(m->second)) ranked.push_back(&e);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [&](const CheckpointEntry* a, const CheckpointEntry* b) {
+    const double x = a->metrics.at(metric), y = b->metrics.at(metric);
+    return mode_max ? x > y : x < y;
+  });
+  std::vector<std::string> paths;
+  for (const auto* e : ranked) paths.push_back(e->path);
+  return impl_->LoadFirstValid(paths, "checkpoint with metric '" + metric + "'");
+}
+
+std::vector<CheckpointEntry> DefaultCheckpointer::list_checkpoints() const {
+  std::vector<CheckpointEntry> entries =
+      ListCheckpointEntries(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
+  EvaluateRetention(&entries, impl_->args.retention);
+  return entries;
+}
 
 const DefaultCheckpointerArguments& DefaultCheckpointer::args() const { return impl_->args; }
 

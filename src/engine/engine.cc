@@ -25,6 +25,7 @@ struct Engine::Job {
   std::vector<StagedTensor> tensors;
   std::string tree_json;
   std::map<std::string, std::string> internal_metadata;
+  std::function<void()> after_commit;
   std::unique_ptr<StagingLease> staging;
   Clock::time_point start;
   SaveStats stats;
@@ -113,7 +114,8 @@ void Engine::RaiseBackgroundError() {
 }
 
 bool Engine::Save(const StateDict& state, int64_t index, const std::string& path, bool force,
-                  const std::map<std::string, std::string>& internal_metadata) {
+                  const std::map<std::string, std::string>& internal_metadata,
+                  std::function<void()> after_commit) {
   const auto t0 = Clock::now();
   RaiseBackgroundError();
   State& s = *state_;
@@ -122,6 +124,7 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   job->start = t0;
   job->path = path;
   job->internal_metadata = internal_metadata;
+  job->after_commit = std::move(after_commit);
   job->stats.index = index;
   job->stats.path = path;
   job->stats.forced = force;
@@ -205,6 +208,13 @@ void Engine::RunNext(State& s) {
   }
   Process(s, *job);
   job->staging.reset();
+  if (job->stats.ok && job->after_commit) {
+    try {
+      job->after_commit();
+    } catch (const std::exception& e) {
+      s.logger->error("after saving index {}: {}", job->stats.index, e.what());
+    }
+  }
   if (s.options.on_save) {
     try {
       s.options.on_save(job->stats);

@@ -43,9 +43,11 @@ class Engine {
   // Raises a pending background error (and then does nothing). Otherwise
   // snapshots `state`, queues it for `path` and returns; with force, returns
   // once it and every earlier save are durable. Returns false if kSkip
-  // dropped the save.
+  // dropped the save. after_commit (optional) runs on the writer pool right
+  // after this save is durable (retention); its errors are logged, not raised.
   bool Save(const StateDict& state, int64_t index, const std::string& path, bool force,
-            const std::map<std::string, std::string>& internal_metadata);
+            const std::map<std::string, std::string>& internal_metadata,
+            std::function<void()> after_commit = nullptr);
   // Waits until every queued save is finished, then raises a pending error.
   void Wait();
   // Waits without raising; returns false on timeout.

@@ -75,6 +75,12 @@ bool IsTempFileName(const std::string& file_name) {
   return AllDigits(name, tmp + 5, dash) && AllDigits(name, dash + 1, name.size());
 }
 
+std::optional<std::string> TempFileTarget(const std::string& file_name) {
+  if (!IsTempFileName(file_name)) return std::nullopt;
+  const std::string name = BaseName(file_name);
+  return name.substr(1, name.rfind(".tmp-") - 1);
+}
+
 std::string TempFileName(const std::string& final_name) {
   static std::atomic<uint64_t> counter{0};
   return "." + BaseName(final_name) + ".tmp-" + std::to_string(::getpid()) + "-" +

@@ -46,6 +46,25 @@ bool ParseHex64(const std::string& s, uint64_t* out) {
   throw Error::Corruption("invalid safetensors header in '" + path + "': " + what);
 }
 
+// Header checksum: XXH3-64 of the header region with its own value zeroed.
+void CheckHeaderChecksum(const std::string& region, const json* stored, const std::string& path) {
+  uint64_t stored_hash = 0;
+  if (stored == nullptr || !stored->is_string() ||
+      !ParseHex64(stored->get_ref<const std::string&>(), &stored_hash)) {
+    Bad(path, "missing or malformed header checksum");
+  }
+  const std::string field = HeaderChecksumField(stored->get_ref<const std::string&>());
+  size_t pos = region.find(field);
+  if (pos == std::string::npos || region.find(field, pos + 1) != std::string::npos) {
+    Bad(path, "header checksum field is not present exactly once");
+  }
+  std::string zeroed = region;
+  zeroed.replace(pos, field.size(), HeaderChecksumField(kZeroHash));
+  if (Xxh3(zeroed.data(), zeroed.size()) != stored_hash) {
+    throw Error::Corruption("header checksum mismatch in '" + path + "'");
+  }
+}
+
 }  // namespace
 
 uint64_t Xxh3(const void* data, size_t n) { return XXH3_64bits(data, n); }
@@ -138,6 +157,18 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     Bad(path, std::string("JSON does not parse: ") + e.what());
   }
   if (!h.is_object()) Bad(path, "JSON is not an object");
+  // In a file of this ackpt version, check the header checksum before trusting
+  // any field, so a damaged header reads as corruption (and not, say, as a
+  // dtype this LibTorch cannot hold).
+  const auto meta = h.find("__metadata__");
+  if (meta != h.end() && meta->is_object()) {
+    const auto version = meta->find(kMetaVersion);
+    if (version != meta->end() && version->is_string() &&
+        version->get_ref<const std::string&>() == std::to_string(kFormatVersion)) {
+      const auto stored = meta->find(kMetaHeaderChecksum);
+      CheckHeaderChecksum(region, stored == meta->end() ? nullptr : &*stored, path);
+    }
+  }
   info->tensors.clear();
   info->metadata.clear();
   for (auto it = h.begin(); it != h.end(); ++it) {
@@ -213,28 +244,23 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
   }
 
   auto version = info->metadata.find(kMetaVersion);
-  if (version == info->metadata.end()) return;  // a foreign safetensors file
+  if (version == info->metadata.end()) {
+    // A foreign safetensors file, unless it carries ackpt's reserved keys: then
+    // the version key itself was damaged, and reading the file as a flat
+    // foreign one would skip every checksum and return the wrong structure.
+    for (const auto& kv : info->metadata) {
+      if (kv.first.rfind("ackpt.", 0) == 0) {
+        Bad(path, "ackpt metadata '" + kv.first + "' without '" + kMetaVersion + "'");
+      }
+    }
+    return;
+  }
   info->written_by_ackpt = true;
   if (version->second != std::to_string(kFormatVersion)) {
     throw Error::Unsupported("'" + path + "' has ackpt format version '" + version->second +
                              "'; this build reads version " + std::to_string(kFormatVersion));
   }
-  // Header checksum: XXH3-64 of the header region with its own value zeroed.
-  auto stored = info->metadata.find(kMetaHeaderChecksum);
-  uint64_t stored_hash = 0;
-  if (stored == info->metadata.end() || !ParseHex64(stored->second, &stored_hash)) {
-    Bad(path, "missing or malformed header checksum");
-  }
-  const std::string field = HeaderChecksumField(stored->second);
-  size_t pos = region.find(field);
-  if (pos == std::string::npos || region.find(field, pos + 1) != std::string::npos) {
-    Bad(path, "header checksum field is not present exactly once");
-  }
-  std::string zeroed = region;
-  zeroed.replace(pos, field.size(), HeaderChecksumField(kZeroHash));
-  if (Xxh3(zeroed.data(), zeroed.size()) != stored_hash) {
-    throw Error::Corruption("header checksum mismatch in '" + path + "'");
-  }
+  // The header checksum was checked right after parsing (CheckHeaderChecksum).
   if (!info->metadata.count(kMetaTree)) Bad(path, "ackpt metadata has no state tree");
   json sums;
   try {

@@ -4,8 +4,12 @@
 #include <zstd.h>
 
 #include <ATen/ATen.h>
+#include <limits.h>
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <set>
 
 #include "ackpt/error.h"
@@ -15,6 +19,32 @@ namespace ackpt {
 namespace format {
 
 namespace {
+
+// Files this process has open through a CheckpointReader, by canonical path,
+// so retention never deletes a checkpoint that is being read.
+std::mutex g_open_mu;
+std::map<std::string, int>* g_open = new std::map<std::string, int>();  // never destroyed
+
+std::string CanonicalPath(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) != nullptr ? std::string(buf) : path;
+}
+
+class OpenRegistration {
+ public:
+  explicit OpenRegistration(const std::string& path) : path_(CanonicalPath(path)) {
+    std::lock_guard<std::mutex> lock(g_open_mu);
+    ++(*g_open)[path_];
+  }
+  ~OpenRegistration() {
+    std::lock_guard<std::mutex> lock(g_open_mu);
+    auto it = g_open->find(path_);
+    if (it != g_open->end() && --it->second == 0) g_open->erase(it);
+  }
+
+ private:
+  std::string path_;
+};
 
 // Plain files are read in blocks of this size so large tensors load in parallel.
 constexpr uint64_t kReadBlock = 8 << 20;
@@ -39,7 +69,7 @@ struct Dest {
 class ReaderImpl final : public CheckpointReader {
  public:
   ReaderImpl(std::unique_ptr<RandomAccessFile> file, const ReadOptions& options)
-      : file_(std::move(file)), options_(options) {
+      : registration_(file->path()), file_(std::move(file)), options_(options) {
     info_.path = file_->path();
     info_.file_bytes = file_->Size();
     uint64_t logical = info_.file_bytes;
@@ -308,6 +338,7 @@ class ReaderImpl final : public CheckpointReader {
     }
   }
 
+  OpenRegistration registration_;
   std::unique_ptr<RandomAccessFile> file_;
   ReadOptions options_;
   FileInfo info_;
@@ -321,6 +352,12 @@ class ReaderImpl final : public CheckpointReader {
 std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path, const ReadOptions& options,
                                                          Env* env) {
   return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
+}
+
+bool IsOpenForReading(const std::string& path) {
+  const std::string canonical = format::CanonicalPath(path);
+  std::lock_guard<std::mutex> lock(format::g_open_mu);
+  return format::g_open->count(canonical) > 0;
 }
 
 StateDict ReadStateDict(const std::string& path, const ReadOptions& options, Env* env) {
