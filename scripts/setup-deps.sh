@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   libtorch-dev libasio-dev libzstd-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libxxhash-dev
-  zstd python3-torch python3-numpy python3-xxhash
+  zstd python3-torch python3-numpy python3-xxhash python3-zstandard
 )
 
 missing=()

@@ -42,6 +42,9 @@ struct Engine::State {
     const int copy_threads = o.snapshot_threads > 0 ? o.snapshot_threads : std::min(4, format::ResolveThreads(0));
     if (copy_threads > 1) copiers = std::make_unique<TaskPool>(copy_threads - 1);
   }
+  // Handlers still queued (for saves that kReplacePending dropped) touch this
+  // state, so they must finish before any member is destroyed.
+  ~State() { writers.pool().join(); }
   const EngineOptions options;
   const std::shared_ptr<spdlog::logger> logger;
   TaskPool writers;
