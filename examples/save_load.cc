@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
 
   // A two-layer MLP's parameters plus a bit of trainer state.
-  torch::nn::Sequential model(torch::nn::Linear(256, 512), torch::nn::ReLU(), torch::nn::Linear(512, 10));
+  torch::nn::Sequential model(torch::nn::Linear(256, 512), torch::nn::ReLU(),
+                              torch::nn::Linear(512, 10));
   ackpt::StateDict weights;
   for (const auto& p : model->named_parameters()) weights.set(p.key(), p.value().detach());
   ackpt::StateDict state;
@@ -36,18 +37,21 @@ int main(int argc, char** argv) {
 
     std::string why;
     const bool same = ackpt::ExactlyEqual(state, loaded, &why);
-    std::printf("%-5s %-40s %8llu tensor bytes -> %8llu on disk  write %6.1f ms  read %6.1f ms  %s\n",
-                zstd ? "zstd" : "plain", path.c_str(), static_cast<unsigned long long>(written.tensor_bytes),
-                static_cast<unsigned long long>(written.file_bytes),
-                std::chrono::duration<double, std::milli>(t1 - t0).count(),
-                std::chrono::duration<double, std::milli>(t2 - t1).count(),
-                same ? "round trip exact" : ("MISMATCH: " + why).c_str());
+    std::printf(
+        "%-5s %-40s %8llu tensor bytes -> %8llu on disk  write %6.1f ms  read %6.1f ms  %s\n",
+        zstd ? "zstd" : "plain", path.c_str(),
+        static_cast<unsigned long long>(written.tensor_bytes),
+        static_cast<unsigned long long>(written.file_bytes),
+        std::chrono::duration<double, std::milli>(t1 - t0).count(),
+        std::chrono::duration<double, std::milli>(t2 - t1).count(),
+        same ? "round trip exact" : ("MISMATCH: " + why).c_str());
     if (!same) return 1;
     last_loaded = loaded;
   }
   std::printf("loaded trainer state: epoch=%lld lr=%g run=%s\n",
               static_cast<long long>(last_loaded.at("trainer").dict().at("epoch").to_int()),
-              last_loaded.at("trainer").dict().at("lr").to_double(), last_loaded.at("trainer").dict().at("run").str().c_str());
+              last_loaded.at("trainer").dict().at("lr").to_double(),
+              last_loaded.at("trainer").dict().at("run").str().c_str());
   std::printf("try: ./build/tools/ackpt inspect %s/example_3.safetensors.zst\n", dir.c_str());
   return 0;
 }

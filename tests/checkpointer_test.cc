@@ -103,8 +103,8 @@ TEST(CheckpointerTest, PeriodForceAndNaming) {
   for (int i = 0; i < 7; ++i) ck.save(MakeCheckpoint(i), i);
   ck.save(MakeCheckpoint(7), 7, /*force=*/true);
   EXPECT_EQ(ListDir(dir.file("ckpt")),
-            (std::vector<std::string>{"model_0.safetensors", "model_3.safetensors", "model_6.safetensors",
-                                      "model_7.safetensors"}));
+            (std::vector<std::string>{"model_0.safetensors", "model_3.safetensors",
+                                      "model_6.safetensors", "model_7.safetensors"}));
   EXPECT_EQ(ck.last_saved_path(), dir.file("ckpt/model_7.safetensors"));
   EXPECT_EQ(ck.counters().saves_completed, 4u);
 }
@@ -179,7 +179,8 @@ TEST(CheckpointerTest, SaveModelNamingNeverTakenForCheckpoint) {
   EXPECT_EQ(again.last_loaded_path(), dir.file("ckpt/model_1.safetensors.zst"));
   EXPECT_TRUE(SameCheckpoint(back, MakeCheckpoint(1)));
   // A model file renamed to look like a checkpoint is still refused by its metadata.
-  Env::Default()->RenameFile(dir.file("ckpt/model_model_9.safetensors.zst"), dir.file("ckpt/model_10.safetensors.zst"));
+  Env::Default()->RenameFile(dir.file("ckpt/model_model_9.safetensors.zst"),
+                             dir.file("ckpt/model_10.safetensors.zst"));
   auto b = a;
   b.load_filename = "model_10.safetensors.zst";
   DefaultCheckpointer named(b);
@@ -247,7 +248,8 @@ TEST(CheckpointerTest, ResumeSkipsCorruptNewestWithWarningAndIgnoresOtherDigits)
   Checkpoint back = ck.load();
   EXPECT_TRUE(SameCheckpoint(back, MakeCheckpoint(4)));
   EXPECT_EQ(ck.last_loaded_path(), dir.file("run_2024_v9/model_4.safetensors.zst"));
-  EXPECT_NE(log.text().find("skipping unreadable checkpoint " + newest), std::string::npos) << log.text();
+  EXPECT_NE(log.text().find("skipping unreadable checkpoint " + newest), std::string::npos)
+      << log.text();
 }
 
 TEST(CheckpointerTest, DeleteExistingRemovesOnlyOwnFiles) {
@@ -264,7 +266,8 @@ TEST(CheckpointerTest, DeleteExistingRemovesOnlyOwnFiles) {
   auto b = a;
   b.delete_existing_checkpoints = true;
   DefaultCheckpointer ck(b);
-  EXPECT_EQ(ListDir(dir.file("ckpt")), (std::vector<std::string>{"notes.txt", "othermodel_3.safetensors"}));
+  EXPECT_EQ(ListDir(dir.file("ckpt")),
+            (std::vector<std::string>{"notes.txt", "othermodel_3.safetensors"}));
 }
 
 // The rule: when save() returns, the snapshot is complete and private.
@@ -296,9 +299,11 @@ TEST(CheckpointerTest, MutatingRightAfterSaveDoesNotTearTheCheckpoint) {
     Checkpoint back;
     back.module_interface_state = ReadStateDict(path).at("module_interface_state").dict();
     std::string why;
-    EXPECT_TRUE(ExactlyEqual(expected.module_interface_state, back.module_interface_state, &why)) << why;
+    EXPECT_TRUE(ExactlyEqual(expected.module_interface_state, back.module_interface_state, &why))
+        << why;
     // Restore for the next round.
-    for (int i = 0; i < 8; ++i) tensors[i].copy_(expected.module_interface_state.at("w" + std::to_string(i)).tensor());
+    for (int i = 0; i < 8; ++i)
+      tensors[i].copy_(expected.module_interface_state.at("w" + std::to_string(i)).tensor());
     base.copy_(PatternTensor({300, 200}, at::kFloat, 77));
   }
 }
@@ -344,7 +349,8 @@ TEST(CheckpointerTest, BackgroundErrorsSurfaceAtNextCallThenSavesProceed) {
     const std::string good = testing::ReadFileBytes(dir.file("ckpt/model_1.safetensors.zst"));
     env.FailOp(op, op == Op::kAppend ? ENOSPC : EIO, /*count=*/1);
     ck.save(MakeCheckpoint(2), 2);  // fails in the background
-    while (ck.counters().saves_failed == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    while (ck.counters().saves_failed == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     try {
       ck.save(MakeCheckpoint(3), 3);
       ADD_FAILURE() << "no error raised for " << testing::OpName(op);
@@ -354,7 +360,8 @@ TEST(CheckpointerTest, BackgroundErrorsSurfaceAtNextCallThenSavesProceed) {
       EXPECT_NE(msg.find("index 2"), std::string::npos) << msg;
       EXPECT_NE(msg.find("model_2.safetensors.zst"), std::string::npos) << msg;
       EXPECT_NE(msg.find(std::string(testing::OpName(op)) + " '"), std::string::npos) << msg;
-      EXPECT_NE(msg.find(op == Op::kAppend ? "No space left on device" : "Input/output error"), std::string::npos)
+      EXPECT_NE(msg.find(op == Op::kAppend ? "No space left on device" : "Input/output error"),
+                std::string::npos)
           << msg;
     }
     // The error was reported once; later saves proceed.
@@ -362,7 +369,8 @@ TEST(CheckpointerTest, BackgroundErrorsSurfaceAtNextCallThenSavesProceed) {
     ck.wait();
     EXPECT_EQ(testing::ReadFileBytes(dir.file("ckpt/model_1.safetensors.zst")), good);
     EXPECT_FALSE(env.FileExists(dir.file("ckpt/model_2.safetensors.zst")));
-    EXPECT_FALSE(env.FileExists(dir.file("ckpt/model_3.safetensors.zst")));  // the save that raised did nothing
+    EXPECT_FALSE(env.FileExists(
+        dir.file("ckpt/model_3.safetensors.zst")));  // the save that raised did nothing
     EXPECT_TRUE(SameCheckpoint(DefaultCheckpointer(Args(dir)).load(), MakeCheckpoint(4)));
     for (const auto& name : ListDir(dir.file("ckpt"))) EXPECT_FALSE(IsTempFileName(name)) << name;
     std::lock_guard<std::mutex> l(mu);
@@ -445,7 +453,8 @@ TEST(BackpressureTest, ReplacePendingSwapsTheQueuedSave) {
   f.gate.Open();
   f.ck->wait();
   EXPECT_EQ(f.written, (std::vector<int64_t>{1, 4}));
-  EXPECT_EQ(ListDir(f.dir.file("ckpt")), (std::vector<std::string>{"model_1.safetensors", "model_4.safetensors"}));
+  EXPECT_EQ(ListDir(f.dir.file("ckpt")),
+            (std::vector<std::string>{"model_1.safetensors", "model_4.safetensors"}));
   EXPECT_LE(f.ck->counters().staging_bytes_peak, f.ck->counters().staging_budget_bytes);
 }
 
@@ -533,7 +542,8 @@ TEST(DrainTest, DestructorGivesUpAfterTimeoutWithoutHanging) {
       gate.Open();
     });
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   opener.join();
   EXPECT_LT(seconds, 5.0);
   // The queued save was abandoned, and nothing partial is left behind.
@@ -583,7 +593,7 @@ TEST(AbstractCheckpointerTest, UserSubclassFollowsTheLifecycle) {
   EXPECT_TRUE(ck.load().empty());
   for (int epoch = 0; epoch < 5; ++epoch) ck.save(MakeCheckpoint(epoch), epoch);
   ck.save(MakeCheckpoint(5), 5, /*force=*/true);
-  ck.save_model(StateDict{}, 5);  // default: does nothing
+  ck.save_model(StateDict{}, 5);      // default: does nothing
   EXPECT_EQ(mine.saved_.size(), 4u);  // 0, 2, 4 and the forced 5
   EXPECT_TRUE(SameCheckpoint(ck.load(), MakeCheckpoint(5)));
 }

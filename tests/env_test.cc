@@ -25,7 +25,7 @@ TEST(PosixEnvTest, WriteReadRenameList) {
   f->Append("hello", 5);
   f->Sync();
   f->Close();
-  f->Close();  // idempotent
+  f->Close();                                                    // idempotent
   EXPECT_THROW(env->NewWritableFile(dir.file("a/b/x")), Error);  // O_EXCL
   env->RenameFile(dir.file("a/b/x"), dir.file("a/b/y"));
   env->SyncDir(dir.file("a/b"));
@@ -82,10 +82,11 @@ TEST(FileNamesTest, ExactPatternOnly) {
   EXPECT_EQ(ParseCheckpointIndex("model_12.safetensors", "model"), 12);
   EXPECT_EQ(ParseCheckpointIndex("/runs/exp_2024_v3/model_7.safetensors.zst", "model"), 7);
   EXPECT_EQ(ParseCheckpointIndex("model_0.safetensors", "model"), 0);
-  for (const char* bad : {"model_.safetensors", "model_1a.safetensors", "model_-1.safetensors",
-                          "model_01.safetensors", "model_1.safetensors.tmp", "xmodel_1.safetensors",
-                          "model_1.pt", "model_model_1.safetensors", "model_99999999999999999999.safetensors",
-                          ".model_1.safetensors.tmp-12-3", "model_1.safetensors.zst.bak"}) {
+  for (const char* bad :
+       {"model_.safetensors", "model_1a.safetensors", "model_-1.safetensors",
+        "model_01.safetensors", "model_1.safetensors.tmp", "xmodel_1.safetensors", "model_1.pt",
+        "model_model_1.safetensors", "model_99999999999999999999.safetensors",
+        ".model_1.safetensors.tmp-12-3", "model_1.safetensors.zst.bak"}) {
     EXPECT_FALSE(ParseCheckpointIndex(bad, "model").has_value()) << bad;
   }
   // A prefix that itself ends in digits and underscores.
@@ -112,7 +113,8 @@ TEST(CommitProtocolTest, EveryFailingStepLeavesNoTempAndKeepsOldFile) {
       FaultInjectionEnv env;
       WriteOptions options;
       options.compression = compression;
-      const std::string path = dir.file(CheckpointFileName("m", 1, compression == Compression::kZstd));
+      const std::string path =
+          dir.file(CheckpointFileName("m", 1, compression == Compression::kZstd));
       WriteStateDict(SampleState(1), path, options, &env);
       const std::string before = testing::ReadFileBytes(path);
       env.FailOp(op, op == Op::kAppend ? ENOSPC : EIO);
@@ -128,7 +130,8 @@ TEST(CommitProtocolTest, EveryFailingStepLeavesNoTempAndKeepsOldFile) {
             << msg;
       }
       env.Clear();
-      EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{BaseName(path)}) << testing::OpName(op);
+      EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{BaseName(path)})
+          << testing::OpName(op);
       EXPECT_EQ(testing::ReadFileBytes(path), before) << testing::OpName(op);
     }
   }

@@ -1,10 +1,9 @@
 // Retention rules, their persistence across restarts, and crash behaviour.
 #include "ackpt/retention.h"
 
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "ackpt/checkpointer.h"
 #include "ackpt/error.h"
@@ -225,7 +224,8 @@ TEST(RetentionTest, CrashBetweenCommitAndDeletionLeavesExtraFilesNeverMissingOne
   EXPECT_EQ(CheckpointFiles(dir.file("ckpt")).size(), 3u);
   env.Clear();
   ck.save(Small(3), 3, true);  // the next commit's retention cleans up
-  EXPECT_EQ(CheckpointFiles(dir.file("ckpt")), (std::vector<std::string>{"model_3.safetensors.zst"}));
+  EXPECT_EQ(CheckpointFiles(dir.file("ckpt")),
+            (std::vector<std::string>{"model_3.safetensors.zst"}));
   // And a restart after a crash mid-retention sees every kept file intact.
   DefaultCheckpointer again(Args(dir));
   EXPECT_EQ(again.load().trainer_state.at("epoch").to_int(), 3);
@@ -247,22 +247,25 @@ TEST(RetentionTest, CheckpointBeingReadIsNotDeleted) {
     EXPECT_EQ(reader->ReadStateDict().at("trainer_state").dict().at("epoch").to_int(), 0);
   }
   ck.save(Small(3), 3, true);
-  EXPECT_EQ(CheckpointFiles(dir.file("ckpt")), (std::vector<std::string>{"model_3.safetensors.zst"}));
+  EXPECT_EQ(CheckpointFiles(dir.file("ckpt")),
+            (std::vector<std::string>{"model_3.safetensors.zst"}));
 }
 
 TEST(RetentionTest, StartupRemovesOnlyOwnStaleTempFiles) {
   TempDir dir;
   Env::Default()->CreateDirs(dir.file("ckpt"));
-  for (const char* n : {".model_3.safetensors.zst.tmp-999-0", ".model_model_1.safetensors.tmp-5-7", ".other_3.safetensors.tmp-1-1",
-                        ".model_3.safetensors.zst.tmp-x-1", "model_3.safetensors.zst.tmp-1-1", "notes.txt"}) {
+  for (const char* n : {".model_3.safetensors.zst.tmp-999-0", ".model_model_1.safetensors.tmp-5-7",
+                        ".other_3.safetensors.tmp-1-1", ".model_3.safetensors.zst.tmp-x-1",
+                        "model_3.safetensors.zst.tmp-1-1", "notes.txt"}) {
     testing::WriteFileBytes(dir.file("ckpt/") + n, "partial");
   }
   auto a = Args(dir);
   DefaultCheckpointer ck(a);
   EXPECT_EQ(ck.counters().temp_files_removed, 2u);
-  EXPECT_EQ(ListDir(dir.file("ckpt")),
-            (std::vector<std::string>{".model_3.safetensors.zst.tmp-x-1", ".other_3.safetensors.tmp-1-1",
-                                      "model_3.safetensors.zst.tmp-1-1", "notes.txt"}));
+  EXPECT_EQ(
+      ListDir(dir.file("ckpt")),
+      (std::vector<std::string>{".model_3.safetensors.zst.tmp-x-1", ".other_3.safetensors.tmp-1-1",
+                                "model_3.safetensors.zst.tmp-1-1", "notes.txt"}));
 }
 
 TEST(RetentionTest, ModelFilesFollowTheirOwnKeepLast) {
@@ -276,9 +279,11 @@ TEST(RetentionTest, ModelFilesFollowTheirOwnKeepLast) {
     ck.save_model(Small(i).module_interface_state, i);
   }
   ck.wait();
-  EXPECT_EQ(ListDir(dir.file("models")),
-            (std::vector<std::string>{"model_model_2.safetensors.zst", "model_model_3.safetensors.zst"}));
-  EXPECT_EQ(CheckpointFiles(dir.file("ckpt")), (std::vector<std::string>{"model_3.safetensors.zst"}));
+  EXPECT_EQ(
+      ListDir(dir.file("models")),
+      (std::vector<std::string>{"model_model_2.safetensors.zst", "model_model_3.safetensors.zst"}));
+  EXPECT_EQ(CheckpointFiles(dir.file("ckpt")),
+            (std::vector<std::string>{"model_3.safetensors.zst"}));
 }
 
 TEST(RetentionTest, InvalidPolicyIsAnArgumentError) {
@@ -306,7 +311,9 @@ TEST(RetentionTest, CliLsShowsWhatIsKeptAndWhy) {
     }
   }
   std::string out;
-  ASSERT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls " + dir.file("ckpt") + " --json --verify", &out), 0)
+  ASSERT_EQ(testing::RunCommand(
+                std::string(ACKPT_CLI) + " ls " + dir.file("ckpt") + " --json --verify", &out),
+            0)
       << out;
   auto j = nlohmann::json::parse(out);
   ASSERT_EQ(j["checkpoints"].size(), 3u);
@@ -317,7 +324,8 @@ TEST(RetentionTest, CliLsShowsWhatIsKeptAndWhy) {
   EXPECT_DOUBLE_EQ(j["checkpoints"][2]["metrics"]["val_loss"].get<double>(), 0.01);
   EXPECT_EQ(j["checkpoints"][1]["verified"], true);
   EXPECT_EQ(j["retention"]["keep_last"], 2);
-  ASSERT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls " + dir.file("ckpt"), &out), 0) << out;
+  ASSERT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls " + dir.file("ckpt"), &out), 0)
+      << out;
   EXPECT_NE(out.find("keep_best"), std::string::npos) << out;
   EXPECT_NE(out.find("val_loss=0.01"), std::string::npos) << out;
   EXPECT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls", &out), 2);

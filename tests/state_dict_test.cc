@@ -54,8 +54,11 @@ TEST(StateDictTest, CopyIsDeepForTreeSharedForTensors) {
   StateDict b = a;
   b.at("optimizer").dict().set("step", 1);
   EXPECT_EQ(a.at("optimizer").dict().at("step").to_int(), 1234);
-  EXPECT_TRUE(a.at("model").dict().at("encoder.bias").tensor().is_same(
-      b.at("model").dict().at("encoder.bias").tensor()));
+  EXPECT_TRUE(a.at("model")
+                  .dict()
+                  .at("encoder.bias")
+                  .tensor()
+                  .is_same(b.at("model").dict().at("encoder.bias").tensor()));
 }
 
 TEST(StateDictTest, ExactlyEqualNamesTheDifference) {
@@ -148,11 +151,12 @@ TEST(FlattenTest, RejectsEmptyKeysReservedNamesAndBadUtf8) {
 
 TEST(FlattenTest, MalformedTreesAreCorruption) {
   const std::map<std::string, at::Tensor> one{{"x", PatternTensor({1}, at::kFloat)}};
-  for (const std::string tree : {"", "[]", "{\"d\":5}", "{\"d\":[[\"a\"]]}", "{\"d\":[[\"a\",{\"q\":1}]]}",
-                                 "{\"d\":[[\"a\",{\"T\":\"missing\"}]]}", "{\"d\":[]}",
-                                 "{\"d\":[[\"a\",{\"T\":\"x\"}],[\"b\",{\"T\":\"x\"}]]}",
-                                 "{\"d\":[[\"a\",{\"T\":\"x\"}],[\"a\",{\"i\":1}]]}",
-                                 "{\"d\":[[\"a\",{\"T\":\"x\"}],[\"b\",{\"i\":1.5}]]}"}) {
+  for (const std::string tree :
+       {"", "[]", "{\"d\":5}", "{\"d\":[[\"a\"]]}", "{\"d\":[[\"a\",{\"q\":1}]]}",
+        "{\"d\":[[\"a\",{\"T\":\"missing\"}]]}", "{\"d\":[]}",
+        "{\"d\":[[\"a\",{\"T\":\"x\"}],[\"b\",{\"T\":\"x\"}]]}",
+        "{\"d\":[[\"a\",{\"T\":\"x\"}],[\"a\",{\"i\":1}]]}",
+        "{\"d\":[[\"a\",{\"T\":\"x\"}],[\"b\",{\"i\":1.5}]]}"}) {
     try {
       format::Unflatten(tree, one, "file.safetensors");
       ADD_FAILURE() << "accepted " << tree;

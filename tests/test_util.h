@@ -73,14 +73,22 @@ enum class Op { kOpenWrite, kAppend, kSync, kClose, kRename, kRemove, kSyncDir, 
 
 inline const char* OpName(Op op) {
   switch (op) {
-    case Op::kOpenWrite: return "open";
-    case Op::kAppend: return "write";
-    case Op::kSync: return "fdatasync";
-    case Op::kClose: return "close";
-    case Op::kRename: return "rename";
-    case Op::kRemove: return "unlink";
-    case Op::kSyncDir: return "fsync";
-    case Op::kRead: return "pread";
+    case Op::kOpenWrite:
+      return "open";
+    case Op::kAppend:
+      return "write";
+    case Op::kSync:
+      return "fdatasync";
+    case Op::kClose:
+      return "close";
+    case Op::kRename:
+      return "rename";
+    case Op::kRemove:
+      return "unlink";
+    case Op::kSyncDir:
+      return "fsync";
+    case Op::kRead:
+      return "pread";
   }
   return "?";
 }
@@ -240,7 +248,8 @@ inline std::unique_ptr<WritableFile> FaultInjectionEnv::NewWritableFile(const st
   return std::make_unique<FaultWritableFile>(this, EnvWrapper::NewWritableFile(path));
 }
 
-inline std::unique_ptr<RandomAccessFile> FaultInjectionEnv::NewRandomAccessFile(const std::string& path) {
+inline std::unique_ptr<RandomAccessFile> FaultInjectionEnv::NewRandomAccessFile(
+    const std::string& path) {
   auto base = EnvWrapper::NewRandomAccessFile(path);
   return std::make_unique<FaultRandomAccessFile>(this, std::move(base));
 }
@@ -289,8 +298,8 @@ inline StateDict SampleState(int seed = 0) {
   optim.set("amsgrad", false);
   optim.set("name", std::string("adam"));
   optim.set("state", List{StateDict{{"exp_avg", PatternTensor({64, 32}, at::kFloat, seed + 3)},
-                                     {"exp_avg_sq", PatternTensor({64, 32}, at::kFloat, seed + 4)}},
-                           StateDict{}});
+                                    {"exp_avg_sq", PatternTensor({64, 32}, at::kFloat, seed + 4)}},
+                          StateDict{}});
   optim.set("betas", List{0.9, 0.999});
   StateDict state;
   state.set("model", model);

@@ -30,10 +30,12 @@ constexpr int kExitUsage = 2;
 void Usage(std::ostream& os) {
   os << "usage:\n"
         "  ackpt inspect FILE [--json]           tensors, metadata, compression ratio\n"
-        "  ackpt verify PATH...                  check every checksum (a directory: its checkpoints)\n"
+        "  ackpt verify PATH...                  check every checksum (a directory: its "
+        "checkpoints)\n"
         "  ackpt export FILE -o OUT.safetensors  write the plain safetensors stream\n"
         "  ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]\n"
-        "                                        checkpoints with index, time, size, ratio, metrics,\n"
+        "                                        checkpoints with index, time, size, ratio, "
+        "metrics,\n"
         "                                        and the retention rule keeping each\n"
         "exit status: 0 ok, 1 corrupt or unreadable, 2 usage error\n";
 }
@@ -75,7 +77,8 @@ int Inspect(const std::vector<std::string>& args) {
     j["compression_ratio"] = info.compression_ratio();
     j["tensors"] = nlohmann::ordered_json::array();
     for (const auto& t : info.tensors) {
-      j["tensors"].push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.nbytes()}});
+      j["tensors"].push_back(
+          {{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.nbytes()}});
     }
     j["metadata"] = info.metadata;
     std::cout << j.dump(2) << "\n";
@@ -84,16 +87,18 @@ int Inspect(const std::vector<std::string>& args) {
   uint64_t tensor_bytes = 0;
   for (const auto& t : info.tensors) tensor_bytes += t.nbytes();
   std::printf("file:        %s\n", info.path.c_str());
-  std::printf("format:      %s%s\n", info.compressed ? "safetensors in zstd seekable frames" : "safetensors",
+  std::printf("format:      %s%s\n",
+              info.compressed ? "safetensors in zstd seekable frames" : "safetensors",
               info.written_by_ackpt ? " (ackpt)" : "");
   std::printf("size:        %llu bytes on disk, %llu bytes uncompressed (ratio %.3f)\n",
-              static_cast<unsigned long long>(info.file_bytes), static_cast<unsigned long long>(info.logical_bytes),
-              info.compression_ratio());
+              static_cast<unsigned long long>(info.file_bytes),
+              static_cast<unsigned long long>(info.logical_bytes), info.compression_ratio());
   if (info.compressed) std::printf("frames:      %zu\n", info.num_frames);
-  std::printf("tensors:     %zu, %llu bytes\n", info.tensors.size(), static_cast<unsigned long long>(tensor_bytes));
+  std::printf("tensors:     %zu, %llu bytes\n", info.tensors.size(),
+              static_cast<unsigned long long>(tensor_bytes));
   for (const auto& t : info.tensors) {
-    std::printf("  %-48s %-5s %-20s %llu\n", t.name.c_str(), t.dtype.c_str(), ShapeString(t.shape).c_str(),
-                static_cast<unsigned long long>(t.nbytes()));
+    std::printf("  %-48s %-5s %-20s %llu\n", t.name.c_str(), t.dtype.c_str(),
+                ShapeString(t.shape).c_str(), static_cast<unsigned long long>(t.nbytes()));
   }
   std::printf("metadata:\n");
   for (const auto& kv : info.metadata) {
@@ -209,14 +214,16 @@ int List(const std::vector<std::string>& args) {
     std::cerr << "ackpt ls: '" << dir << "' is not a directory\n";
     return kExitUsage;
   }
-  std::vector<ackpt::CheckpointEntry> entries = ackpt::ListCheckpointEntries(ackpt::Env::Default(), dir, prefix, ext);
+  std::vector<ackpt::CheckpointEntry> entries =
+      ackpt::ListCheckpointEntries(ackpt::Env::Default(), dir, prefix, ext);
   // The policy in force is the one recorded in the newest readable checkpoint.
   ackpt::RetentionPolicy policy;
   bool have_policy = false;
   for (const auto& e : entries) {
     if (!e.readable) continue;
     try {
-      have_policy = ackpt::ParseRetention(ackpt::CheckpointReader::Open(e.path)->info().metadata, &policy);
+      have_policy =
+          ackpt::ParseRetention(ackpt::CheckpointReader::Open(e.path)->info().metadata, &policy);
     } catch (const ackpt::Error&) {
     }
     break;
@@ -243,14 +250,16 @@ int List(const std::vector<std::string>& args) {
   if (as_json) {
     nlohmann::ordered_json j;
     j["dir"] = dir;
-    j["retention"] = have_policy ? nlohmann::json::parse(ackpt::EncodeRetention(policy)) : nlohmann::json::object();
+    j["retention"] = have_policy ? nlohmann::json::parse(ackpt::EncodeRetention(policy))
+                                 : nlohmann::json::object();
     j["checkpoints"] = nlohmann::ordered_json::array();
     for (size_t i = 0; i < entries.size(); ++i) {
       const auto& e = entries[i];
-      nlohmann::ordered_json c{{"index", e.index},       {"path", e.path},
-                               {"time", e.save_time},    {"time_utc", UtcTime(e.save_time)},
-                               {"file_bytes", e.file_bytes}, {"compression_ratio", e.compression_ratio()},
-                               {"readable", e.readable}, {"kept_by", e.kept_by}};
+      nlohmann::ordered_json c{
+          {"index", e.index},           {"path", e.path},
+          {"time", e.save_time},        {"time_utc", UtcTime(e.save_time)},
+          {"file_bytes", e.file_bytes}, {"compression_ratio", e.compression_ratio()},
+          {"readable", e.readable},     {"kept_by", e.kept_by}};
       nlohmann::ordered_json m = nlohmann::ordered_json::object();
       for (const auto& kv : e.metrics) {
         if (std::isfinite(kv.second)) {
@@ -267,19 +276,21 @@ int List(const std::vector<std::string>& args) {
     std::cout << j.dump(2) << "\n";
     return bad ? kExitCorrupt : kExitOk;
   }
-  std::printf("%-8s %-21s %12s %7s %-8s %-28s %s\n", "INDEX", "SAVED (UTC)", "BYTES", "RATIO", "VERIFY", "METRICS",
-              "KEPT BY");
+  std::printf("%-8s %-21s %12s %7s %-8s %-28s %s\n", "INDEX", "SAVED (UTC)", "BYTES", "RATIO",
+              "VERIFY", "METRICS", "KEPT BY");
   for (size_t i = 0; i < entries.size(); ++i) {
     const auto& e = entries[i];
     std::string metrics;
     for (const auto& kv : e.metrics) {
       char buf[64];
-      std::snprintf(buf, sizeof buf, "%s%s=%.4g", metrics.empty() ? "" : " ", kv.first.c_str(), kv.second);
+      std::snprintf(buf, sizeof buf, "%s%s=%.4g", metrics.empty() ? "" : " ", kv.first.c_str(),
+                    kv.second);
       metrics += buf;
     }
     std::printf("%-8lld %-21s %12llu %7.3f %-8s %-28s %s\n", static_cast<long long>(e.index),
-                UtcTime(e.save_time).c_str(), static_cast<unsigned long long>(e.file_bytes), e.compression_ratio(),
-                status[i].c_str(), metrics.empty() ? "-" : metrics.c_str(), join(e.kept_by).c_str());
+                UtcTime(e.save_time).c_str(), static_cast<unsigned long long>(e.file_bytes),
+                e.compression_ratio(), status[i].c_str(), metrics.empty() ? "-" : metrics.c_str(),
+                join(e.kept_by).c_str());
     if (!e.readable) std::printf("         unreadable: %s\n", e.error.c_str());
   }
   std::printf("%zu checkpoints in %s; retention: %s\n", entries.size(), dir.c_str(),

@@ -72,19 +72,19 @@ struct SaveStats {
   int64_t index = 0;
   std::string path;
   bool forced = false;
-  bool ok = true;             // false: `error` says why; the file was not written
+  bool ok = true;  // false: `error` says why; the file was not written
   std::string error;
-  uint64_t bytes = 0;         // tensor bytes
-  uint64_t file_bytes = 0;    // bytes on disk
-  double stall_seconds = 0;   // time inside save(), backpressure waits included
-  double snapshot_seconds = 0;   // copying tensors into staging
-  double hash_seconds = 0;       // per-tensor XXH3, wall
-  double compress_seconds = 0;   // zstd, summed over threads
-  double write_seconds = 0;      // compress+write+fsync+rename, wall
-  double end_to_end_seconds = 0; // save() entry to durable
-  size_t queue_depth = 0;        // saves queued or writing when this one was enqueued
-  uint64_t skipped_total = 0;    // saves dropped by kSkip so far
-  uint64_t replaced_total = 0;   // saves dropped by kReplacePending so far
+  uint64_t bytes = 0;             // tensor bytes
+  uint64_t file_bytes = 0;        // bytes on disk
+  double stall_seconds = 0;       // time inside save(), backpressure waits included
+  double snapshot_seconds = 0;    // copying tensors into staging
+  double hash_seconds = 0;        // per-tensor XXH3, wall
+  double compress_seconds = 0;    // zstd, summed over threads
+  double write_seconds = 0;       // compress+write+fsync+rename, wall
+  double end_to_end_seconds = 0;  // save() entry to durable
+  size_t queue_depth = 0;         // saves queued or writing when this one was enqueued
+  uint64_t skipped_total = 0;     // saves dropped by kSkip so far
+  uint64_t replaced_total = 0;    // saves dropped by kReplacePending so far
 };
 
 struct DefaultCheckpointerArguments {
@@ -171,13 +171,13 @@ struct DefaultCheckpointerArguments {
 
 // Counters over the checkpointer's lifetime.
 struct CheckpointerCounters {
-  uint64_t files_deleted = 0;    // by retention
+  uint64_t files_deleted = 0;       // by retention
   uint64_t temp_files_removed = 0;  // stale temp files cleaned at startup
-  uint64_t saves_requested = 0;  // save() calls that passed the period check
-  uint64_t saves_completed = 0;  // durable
+  uint64_t saves_requested = 0;     // save() calls that passed the period check
+  uint64_t saves_completed = 0;     // durable
   uint64_t saves_failed = 0;
-  uint64_t saves_skipped = 0;    // kSkip
-  uint64_t saves_replaced = 0;   // kReplacePending
+  uint64_t saves_skipped = 0;           // kSkip
+  uint64_t saves_replaced = 0;          // kReplacePending
   uint64_t staging_bytes_reserved = 0;  // current staging memory held
   uint64_t staging_bytes_peak = 0;
   uint64_t staging_budget_bytes = 0;
@@ -202,8 +202,8 @@ class DefaultCheckpointer : public AbstractCheckpointer {
 
   // Loading helpers; each throws kNotFound if there is no such readable
   // checkpoint in save_dir.
-  Checkpoint load_latest();                 // newest valid (skipping corrupt ones)
-  Checkpoint load_index(int64_t index);     // exactly this index
+  Checkpoint load_latest();              // newest valid (skipping corrupt ones)
+  Checkpoint load_index(int64_t index);  // exactly this index
   // Best by a metric stored with save() (Checkpoint::metrics); mode_max:
   // larger is better. Corrupt files are skipped with a warning.
   Checkpoint load_best(const std::string& metric, bool mode_max = false);
@@ -219,7 +219,8 @@ class DefaultCheckpointer : public AbstractCheckpointer {
   const DefaultCheckpointerArguments& args() const;
 
   // Paths of the checkpoint files in `dir` for `prefix`/`ext`, newest index first.
-  static std::vector<std::pair<int64_t, std::string>> ListCheckpoints(Env* env, const std::string& dir,
+  static std::vector<std::pair<int64_t, std::string>> ListCheckpoints(Env* env,
+                                                                      const std::string& dir,
                                                                       const std::string& prefix,
                                                                       const std::string& ext);
 

@@ -76,7 +76,9 @@ class EnvWrapper : public Env {
   std::unique_ptr<RandomAccessFile> NewRandomAccessFile(const std::string& p) override {
     return target_->NewRandomAccessFile(p);
   }
-  void RenameFile(const std::string& f, const std::string& t) override { target_->RenameFile(f, t); }
+  void RenameFile(const std::string& f, const std::string& t) override {
+    target_->RenameFile(f, t);
+  }
   void RemoveFile(const std::string& p) override { target_->RemoveFile(p); }
   void SyncDir(const std::string& d) override { target_->SyncDir(d); }
   std::vector<std::string> GetChildren(const std::string& d) override {

@@ -23,7 +23,9 @@ class Error : public std::runtime_error {
   // The message without the "ackpt: <code>: " prefix that what() carries.
   const std::string& message() const noexcept { return message_; }
 
-  static Error InvalidArgument(const std::string& msg) { return Error(Code::kInvalidArgument, msg); }
+  static Error InvalidArgument(const std::string& msg) {
+    return Error(Code::kInvalidArgument, msg);
+  }
   static Error Corruption(const std::string& msg) { return Error(Code::kCorruption, msg); }
   static Error NotFound(const std::string& msg) { return Error(Code::kNotFound, msg); }
   static Error Unsupported(const std::string& msg) { return Error(Code::kUnsupported, msg); }

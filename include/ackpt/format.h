@@ -67,8 +67,8 @@ struct ReadOptions {
 };
 
 struct TensorInfo {
-  std::string name;        // flattened name, e.g. "optimizer/state/0/exp_avg"
-  std::string dtype;       // safetensors dtype name, e.g. "F32"
+  std::string name;   // flattened name, e.g. "optimizer/state/0/exp_avg"
+  std::string dtype;  // safetensors dtype name, e.g. "F32"
   at::ScalarType scalar_type;
   std::vector<int64_t> shape;
   uint64_t begin = 0;  // data_offsets, relative to the start of the tensor data
@@ -81,12 +81,12 @@ struct TensorInfo {
 struct FileInfo {
   std::string path;
   bool compressed = false;
-  bool written_by_ackpt = false;   // carries ackpt's metadata (tree, checksums)
-  uint64_t file_bytes = 0;         // on disk
-  uint64_t logical_bytes = 0;      // the plain safetensors stream
-  uint64_t header_bytes = 0;       // 8-byte length + JSON + padding
-  size_t num_frames = 0;           // zstd frames (0 when uncompressed)
-  std::vector<TensorInfo> tensors;  // in data order
+  bool written_by_ackpt = false;                // carries ackpt's metadata (tree, checksums)
+  uint64_t file_bytes = 0;                      // on disk
+  uint64_t logical_bytes = 0;                   // the plain safetensors stream
+  uint64_t header_bytes = 0;                    // 8-byte length + JSON + padding
+  size_t num_frames = 0;                        // zstd frames (0 when uncompressed)
+  std::vector<TensorInfo> tensors;              // in data order
   std::map<std::string, std::string> metadata;  // __metadata__
   double compression_ratio() const {
     return file_bytes == 0 ? 1.0 : static_cast<double>(logical_bytes) / file_bytes;

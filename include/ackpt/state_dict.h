@@ -71,8 +71,8 @@ class Value {
   double double_ = 0;
   bool bool_ = false;
   std::string string_;
-  std::unique_ptr<List> list_;        // set iff kind_ == kList
-  std::unique_ptr<StateDict> dict_;   // set iff kind_ == kDict
+  std::unique_ptr<List> list_;       // set iff kind_ == kList
+  std::unique_ptr<StateDict> dict_;  // set iff kind_ == kDict
 };
 
 const char* KindName(Value::Kind kind);

@@ -25,7 +25,8 @@ constexpr const char* kGroupBackend = "trainer_backend_state";
 
 std::shared_ptr<spdlog::logger> GetLogger(const DefaultCheckpointerArguments& args) {
   std::string level = args.log_level;
-  std::transform(level.begin(), level.end(), level.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::transform(level.begin(), level.end(), level.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
   if (level == "warning") level = "warn";
   if (level == "critical" || level == "fatal") level = "critical";
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
@@ -50,7 +51,8 @@ std::shared_ptr<spdlog::logger> GetLogger(const DefaultCheckpointerArguments& ar
 
 void Validate(const DefaultCheckpointerArguments& a) {
   if (a.period <= 0) {
-    throw Error::InvalidArgument("DefaultCheckpointerArguments.period must be >= 1, got " + std::to_string(a.period));
+    throw Error::InvalidArgument("DefaultCheckpointerArguments.period must be >= 1, got " +
+                                 std::to_string(a.period));
   }
   if (a.file_prefix.empty() || a.file_prefix.find('/') != std::string::npos) {
     throw Error::InvalidArgument("DefaultCheckpointerArguments.file_prefix '" + a.file_prefix +
@@ -64,15 +66,18 @@ void Validate(const DefaultCheckpointerArguments& a) {
     throw Error::InvalidArgument("DefaultCheckpointerArguments.save_dir is empty");
   }
   if (a.writer_threads < 0 || a.snapshot_threads < 0) {
-    throw Error::InvalidArgument("DefaultCheckpointerArguments.writer_threads/snapshot_threads must be >= 0");
+    throw Error::InvalidArgument(
+        "DefaultCheckpointerArguments.writer_threads/snapshot_threads must be >= 0");
   }
   const RetentionPolicy& r = a.retention;
   if (r.keep_last < 0 || r.keep_every < 0 || r.keep_best < 0 || r.model_keep_last < 0 ||
       !(r.keep_time_interval_seconds >= 0)) {
-    throw Error::InvalidArgument("DefaultCheckpointerArguments.retention: counts and intervals must be >= 0");
+    throw Error::InvalidArgument(
+        "DefaultCheckpointerArguments.retention: counts and intervals must be >= 0");
   }
   if (r.keep_best > 0 && r.best_metric.empty()) {
-    throw Error::InvalidArgument("DefaultCheckpointerArguments.retention.keep_best needs best_metric");
+    throw Error::InvalidArgument(
+        "DefaultCheckpointerArguments.retention.keep_best needs best_metric");
   }
   if (!(a.drain_timeout_seconds >= 0)) {
     throw Error::InvalidArgument("DefaultCheckpointerArguments.drain_timeout_seconds must be >= 0");
@@ -86,8 +91,8 @@ bool IsOwnFinalName(const std::string& name, const std::string& prefix, const st
 }
 
 // Removes ackpt's own files (checkpoints, model files, temp files) from dir.
-void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix, const std::string& ext,
-                    spdlog::logger& log) {
+void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
+                    const std::string& ext, spdlog::logger& log) {
   std::vector<std::string> names;
   try {
     names = env->GetChildren(dir);
@@ -98,7 +103,8 @@ void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
   size_t removed = 0;
   for (const auto& name : names) {
     auto target = TempFileTarget(name);
-    const bool ours = IsOwnFinalName(name, prefix, ext) || (target && IsOwnFinalName(*target, prefix, ext));
+    const bool ours =
+        IsOwnFinalName(name, prefix, ext) || (target && IsOwnFinalName(*target, prefix, ext));
     if (!ours) continue;
     env->RemoveFile(JoinPath(dir, name));
     ++removed;
@@ -107,8 +113,8 @@ void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
 }
 
 // Startup hygiene: temp files a crash left behind, by exact pattern only.
-size_t RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& prefix, const std::string& ext,
-                            spdlog::logger& log) {
+size_t RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& prefix,
+                            const std::string& ext, spdlog::logger& log) {
   std::vector<std::string> names;
   try {
     names = env->GetChildren(dir);
@@ -151,15 +157,18 @@ class DefaultCheckpointer::Impl {
     logger = GetLogger(args);
     if (args.checkpoint) {
       env->CreateDirs(args.save_dir);
-      const bool separate_model_dir = !args.model_state_save_dir.empty() && args.model_state_save_dir != args.save_dir;
+      const bool separate_model_dir =
+          !args.model_state_save_dir.empty() && args.model_state_save_dir != args.save_dir;
       if (args.delete_existing_checkpoints) {
         DeleteOwnFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
-        if (separate_model_dir) DeleteOwnFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
+        if (separate_model_dir)
+          DeleteOwnFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
       }
-      temp_files_removed += RemoveStaleTempFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
+      temp_files_removed +=
+          RemoveStaleTempFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
       if (separate_model_dir) {
-        temp_files_removed +=
-            RemoveStaleTempFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
+        temp_files_removed += RemoveStaleTempFiles(env, args.model_state_save_dir, args.file_prefix,
+                                                   args.file_ext, *logger);
       }
     }
     engine::EngineOptions o;
@@ -197,14 +206,15 @@ class DefaultCheckpointer::Impl {
   // Runs on the writer pool after a checkpoint is durable.
   void ApplyRetention() {
     if (!args.retention.any_rule()) return;
-    std::vector<CheckpointEntry> entries = ListCheckpointEntries(env, args.save_dir, args.file_prefix, args.file_ext);
+    std::vector<CheckpointEntry> entries =
+        ListCheckpointEntries(env, args.save_dir, args.file_prefix, args.file_ext);
     for (const auto& doomed : EvaluateRetention(&entries, args.retention)) Delete(doomed.path);
   }
 
   void ApplyModelRetention() {
     if (args.retention.model_keep_last <= 0) return;
-    const auto models = DefaultCheckpointer::ListCheckpoints(env, args.model_state_save_dir,
-                                                             ModelFilePrefix(args.file_prefix), args.file_ext);
+    const auto models = DefaultCheckpointer::ListCheckpoints(
+        env, args.model_state_save_dir, ModelFilePrefix(args.file_prefix), args.file_ext);
     for (size_t i = static_cast<size_t>(args.retention.model_keep_last); i < models.size(); ++i) {
       Delete(models[i].second);
     }
@@ -245,7 +255,8 @@ class DefaultCheckpointer::Impl {
     auto reader = CheckpointReader::Open(path, ro, env);
     auto kind = reader->info().metadata.find(kMetaKind);
     if (kind != reader->info().metadata.end() && kind->second != "checkpoint") {
-      throw Error::InvalidArgument("'" + path + "' is a " + kind->second + " file, not a full checkpoint");
+      throw Error::InvalidArgument("'" + path + "' is a " + kind->second +
+                                   " file, not a full checkpoint");
     }
     StateDict root = reader->ReadStateDict();
     Checkpoint c;
@@ -283,15 +294,18 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
   Impl& im = *impl_;
   if (!im.args.checkpoint) return;
   if (!force && index % im.args.period != 0) return;
-  if (index < 0) throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
-  const std::string path = JoinPath(
-      im.args.save_dir, CheckpointFileName(im.args.file_prefix, index, im.compressed(), im.args.file_ext));
+  if (index < 0)
+    throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
+  const std::string path =
+      JoinPath(im.args.save_dir,
+               CheckpointFileName(im.args.file_prefix, index, im.compressed(), im.args.file_ext));
   StateDict root;
   root.set(kGroupModule, checkpoint.module_interface_state);
   root.set(kGroupTrainer, checkpoint.trainer_state);
   root.set(kGroupBackend, checkpoint.trainer_backend_state);
   Impl* impl = impl_.get();
-  if (im.engine->Save(root, index, path, force, im.Metadata("checkpoint", index, checkpoint.metrics),
+  if (im.engine->Save(root, index, path, force,
+                      im.Metadata("checkpoint", index, checkpoint.metrics),
                       [impl] { impl->ApplyRetention(); })) {
     std::lock_guard<std::mutex> lock(im.mu);
     im.last_saved_path = path;
@@ -301,11 +315,12 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
 void DefaultCheckpointer::save_model(const StateDict& model_state, int64_t index) {
   Impl& im = *impl_;
   if (!im.args.checkpoint || im.args.model_state_save_dir.empty()) return;
-  if (index < 0) throw Error::InvalidArgument("model index " + std::to_string(index) + " is negative");
+  if (index < 0)
+    throw Error::InvalidArgument("model index " + std::to_string(index) + " is negative");
   im.env->CreateDirs(im.args.model_state_save_dir);
-  const std::string path =
-      JoinPath(im.args.model_state_save_dir,
-               CheckpointFileName(ModelFilePrefix(im.args.file_prefix), index, im.compressed(), im.args.file_ext));
+  const std::string path = JoinPath(im.args.model_state_save_dir,
+                                    CheckpointFileName(ModelFilePrefix(im.args.file_prefix), index,
+                                                       im.compressed(), im.args.file_ext));
   // Synchronous, as in pymarlin: it is the last thing a training run does.
   Impl* impl = impl_.get();
   im.engine->Save(model_state, index, path, /*force=*/true, im.Metadata("model", index, {}),
@@ -368,7 +383,8 @@ CheckpointerCounters DefaultCheckpointer::counters() const {
 Checkpoint DefaultCheckpointer::load_latest() {
   impl_->engine->Drain(impl_->args.drain_timeout_seconds);
   std::vector<std::string> paths;
-  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext)) {
+  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix,
+                                       impl_->args.file_ext)) {
     paths.push_back(c.second);
   }
   return impl_->LoadFirstValid(paths, "checkpoint");
@@ -377,7 +393,8 @@ Checkpoint DefaultCheckpointer::load_latest() {
 Checkpoint DefaultCheckpointer::load_index(int64_t index) {
   impl_->engine->Drain(impl_->args.drain_timeout_seconds);
   std::vector<std::string> paths;
-  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext)) {
+  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix,
+                                       impl_->args.file_ext)) {
     if (c.first == index) paths.push_back(c.second);
   }
   return impl_->LoadFirstValid(paths, "checkpoint with index " + std::to_string(index));
@@ -385,34 +402,34 @@ Checkpoint DefaultCheckpointer::load_index(int64_t index) {
 
 Checkpoint DefaultCheckpointer::load_best(const std::string& metric, bool mode_max) {
   impl_->engine->Drain(impl_->args.drain_timeout_seconds);
-  std::vector<CheckpointEntry> entries =
-      ListCheckpointEntries(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
+  std::vector<CheckpointEntry> entries = ListCheckpointEntries(
+      impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
   std::vector<const CheckpointEntry*> ranked;
   for (const auto& e : entries) {
     auto m = e.metrics.find(metric);
     if (e.readable && m != e.metrics.end() && !std::isnan(m->second)) ranked.push_back(&e);
   }
-  std::stable_sort(ranked.begin(), ranked.end(), [&](const CheckpointEntry* a, const CheckpointEntry* b) {
-    const double x = a->metrics.at(metric), y = b->metrics.at(metric);
-    return mode_max ? x > y : x < y;
-  });
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [&](const CheckpointEntry* a, const CheckpointEntry* b) {
+                     const double x = a->metrics.at(metric), y = b->metrics.at(metric);
+                     return mode_max ? x > y : x < y;
+                   });
   std::vector<std::string> paths;
   for (const auto* e : ranked) paths.push_back(e->path);
   return impl_->LoadFirstValid(paths, "checkpoint with metric '" + metric + "'");
 }
 
 std::vector<CheckpointEntry> DefaultCheckpointer::list_checkpoints() const {
-  std::vector<CheckpointEntry> entries =
-      ListCheckpointEntries(impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
+  std::vector<CheckpointEntry> entries = ListCheckpointEntries(
+      impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
   EvaluateRetention(&entries, impl_->args.retention);
   return entries;
 }
 
 const DefaultCheckpointerArguments& DefaultCheckpointer::args() const { return impl_->args; }
 
-std::vector<std::pair<int64_t, std::string>> DefaultCheckpointer::ListCheckpoints(Env* env, const std::string& dir,
-                                                                                  const std::string& prefix,
-                                                                                  const std::string& ext) {
+std::vector<std::pair<int64_t, std::string>> DefaultCheckpointer::ListCheckpoints(
+    Env* env, const std::string& dir, const std::string& prefix, const std::string& ext) {
   std::vector<std::pair<int64_t, std::string>> out;
   std::vector<std::string> names;
   try {
@@ -422,7 +439,8 @@ std::vector<std::pair<int64_t, std::string>> DefaultCheckpointer::ListCheckpoint
     throw;
   }
   for (const auto& name : names) {
-    if (auto index = ParseCheckpointIndex(name, prefix, ext)) out.emplace_back(*index, JoinPath(dir, name));
+    if (auto index = ParseCheckpointIndex(name, prefix, ext))
+      out.emplace_back(*index, JoinPath(dir, name));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first > b.first : a.second > b.second;

@@ -54,7 +54,8 @@ std::string EncodeRetention(const RetentionPolicy& p) {
     j["best_metric"] = p.best_metric;
     j["best_mode"] = p.best_mode_max ? "max" : "min";
   }
-  if (p.keep_time_interval_seconds > 0) j["keep_time_interval_seconds"] = p.keep_time_interval_seconds;
+  if (p.keep_time_interval_seconds > 0)
+    j["keep_time_interval_seconds"] = p.keep_time_interval_seconds;
   if (p.max_total_bytes > 0) j["max_total_bytes"] = p.max_total_bytes;
   if (p.model_keep_last > 0) j["model_keep_last"] = p.model_keep_last;
   return j.dump();

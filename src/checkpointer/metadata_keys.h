@@ -8,11 +8,12 @@
 
 namespace ackpt {
 
-inline constexpr const char* kMetaKind = "ackpt.kind";          // "checkpoint" | "model"
-inline constexpr const char* kMetaIndex = "ackpt.index";        // decimal
-inline constexpr const char* kMetaTime = "ackpt.time";          // save() wall time, seconds since epoch
-inline constexpr const char* kMetaMetrics = "ackpt.metrics";    // JSON object name -> number|null
-inline constexpr const char* kMetaRetention = "ackpt.retention";  // JSON of the RetentionPolicy in force
+inline constexpr const char* kMetaKind = "ackpt.kind";    // "checkpoint" | "model"
+inline constexpr const char* kMetaIndex = "ackpt.index";  // decimal
+inline constexpr const char* kMetaTime = "ackpt.time";    // save() wall time, seconds since epoch
+inline constexpr const char* kMetaMetrics = "ackpt.metrics";  // JSON object name -> number|null
+inline constexpr const char* kMetaRetention =
+    "ackpt.retention";  // JSON of the RetentionPolicy in force
 
 std::string EncodeMetrics(const std::map<std::string, double>& metrics);
 // Unparseable or non-numeric entries are dropped; null reads as NaN.

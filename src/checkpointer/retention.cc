@@ -13,7 +13,8 @@
 
 namespace ackpt {
 
-std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir, const std::string& prefix,
+std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
+                                                   const std::string& prefix,
                                                    const std::string& ext) {
   std::vector<CheckpointEntry> out;
   std::vector<std::string> names;
@@ -58,12 +59,14 @@ std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& 
   return out;
 }
 
-std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries, const RetentionPolicy& p) {
+std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
+                                               const RetentionPolicy& p) {
   auto& all = *entries;
   for (auto& e : all) e.kept_by.clear();
   // Newest first (ListCheckpointEntries' order); make sure of it.
-  std::stable_sort(all.begin(), all.end(),
-                   [](const CheckpointEntry& a, const CheckpointEntry& b) { return a.index > b.index; });
+  std::stable_sort(all.begin(), all.end(), [](const CheckpointEntry& a, const CheckpointEntry& b) {
+    return a.index > b.index;
+  });
   std::vector<CheckpointEntry*> readable;
   for (auto& e : all) {
     if (!e.readable) {
@@ -93,10 +96,11 @@ std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* ent
       if (m != e->metrics.end() && !std::isnan(m->second)) ranked.push_back(e);
     }
     // Ties go to the newer checkpoint.
-    std::stable_sort(ranked.begin(), ranked.end(), [&](const CheckpointEntry* a, const CheckpointEntry* b) {
-      const double x = a->metrics.at(p.best_metric), y = b->metrics.at(p.best_metric);
-      return p.best_mode_max ? x > y : x < y;
-    });
+    std::stable_sort(
+        ranked.begin(), ranked.end(), [&](const CheckpointEntry* a, const CheckpointEntry* b) {
+          const double x = a->metrics.at(p.best_metric), y = b->metrics.at(p.best_metric);
+          return p.best_mode_max ? x > y : x < y;
+        });
     for (size_t i = 0; i < ranked.size() && i < static_cast<size_t>(p.keep_best); ++i) {
       ranked[i]->kept_by.push_back("keep_best");
     }

@@ -39,7 +39,8 @@ struct Engine::State {
         writers(format::ResolveThreads(o.writer_threads)),
         strand(asio::make_strand(writers.pool())),
         staging(o.staging_budget_bytes, o.pin_host_memory, std::move(warn)) {
-    const int copy_threads = o.snapshot_threads > 0 ? o.snapshot_threads : std::min(4, format::ResolveThreads(0));
+    const int copy_threads =
+        o.snapshot_threads > 0 ? o.snapshot_threads : std::min(4, format::ResolveThreads(0));
     if (copy_threads > 1) copiers = std::make_unique<TaskPool>(copy_threads - 1);
   }
   // Handlers still queued (for saves that kReplacePending dropped) touch this
@@ -55,10 +56,10 @@ struct Engine::State {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::unique_ptr<Job>> pending;  // queued, not started
-  uint64_t submitted = 0;                     // last seq handed out
-  uint64_t finished = 0;                      // every seq <= finished is done
-  size_t in_flight = 0;                       // queued + writing
-  std::map<uint64_t, Error> failures;         // failed, not yet reported
+  uint64_t submitted = 0;                    // last seq handed out
+  uint64_t finished = 0;                     // every seq <= finished is done
+  size_t in_flight = 0;                      // queued + writing
+  std::map<uint64_t, Error> failures;        // failed, not yet reported
   std::atomic<bool> cancel{false};
   CheckpointerCounters counters;
 };
@@ -68,7 +69,8 @@ Engine::Engine(EngineOptions options) {
   logger_ = options.logger ? options.logger : spdlog::default_logger();
   format::ValidateWriteOptions(options.write);
   auto logger = logger_;
-  state_ = new State(options, logger_, [logger](const std::string& msg) { logger->warn("{}", msg); });
+  state_ =
+      new State(options, logger_, [logger](const std::string& msg) { logger->warn("{}", msg); });
 }
 
 Engine::~Engine() {
@@ -148,8 +150,9 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
       std::lock_guard<std::mutex> lock(s.mu);
       skipped = ++s.counters.saves_skipped;
     }
-    logger_->warn("skipped save of index {} (staging budget full, {} saves in flight); {} skipped so far",
-                  index, s.in_flight, skipped);
+    logger_->warn(
+        "skipped save of index {} (staging budget full, {} saves in flight); {} skipped so far",
+        index, s.in_flight, skipped);
     return false;
   }
   if (!job->staging) {  // kReplacePending
@@ -164,7 +167,8 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
       }
     }
     if (dropped) {
-      logger_->warn("save of index {} replaced the queued save of index {}", index, dropped->stats.index);
+      logger_->warn("save of index {} replaced the queued save of index {}", index,
+                    dropped->stats.index);
       dropped.reset();  // returns its staging
       std::lock_guard<std::mutex> lock(s.mu);
       // The dropped save counts as finished for waiters once earlier ones are.
@@ -268,7 +272,8 @@ void Engine::Process(State& s, Job& job) {
     TaskPool& pool = s.writers;
     format::CommitStats commit = format::CommitStream(
         stream, job.path, opts.write, opts.env,
-        [&pool](size_t n, const std::function<void(size_t)>& fn) { pool.ParallelFor(n, fn); }, &s.cancel);
+        [&pool](size_t n, const std::function<void(size_t)>& fn) { pool.ParallelFor(n, fn); },
+        &s.cancel);
     job.stats.file_bytes = commit.file_bytes;
     job.stats.compress_seconds = commit.compress_seconds;
     job.stats.write_seconds = commit.write_seconds;
@@ -279,16 +284,18 @@ void Engine::Process(State& s, Job& job) {
       job.stats.replaced_total = s.counters.saves_replaced;
     }
     log.info(
-        "saved index {} to {} ({:.1f} MB, ratio {:.3f}; stall {:.1f} ms, write {:.1f} ms, end-to-end {:.1f} ms)",
+        "saved index {} to {} ({:.1f} MB, ratio {:.3f}; stall {:.1f} ms, write {:.1f} ms, "
+        "end-to-end {:.1f} ms)",
         job.stats.index, job.path, job.stats.bytes / 1e6,
         job.stats.file_bytes ? static_cast<double>(stream.size()) / job.stats.file_bytes : 1.0,
-        job.stats.stall_seconds * 1e3, job.stats.write_seconds * 1e3, job.stats.end_to_end_seconds * 1e3);
+        job.stats.stall_seconds * 1e3, job.stats.write_seconds * 1e3,
+        job.stats.end_to_end_seconds * 1e3);
   } catch (const std::exception& e) {
     const auto* ackpt_error = dynamic_cast<const Error*>(&e);
     const Error::Code code = ackpt_error ? ackpt_error->code() : Error::Code::kIOError;
     const std::string cause = ackpt_error ? ackpt_error->message() : e.what();
-    Error err(code, "background save of index " + std::to_string(job.stats.index) + " to '" + job.path +
-                        "' failed: " + cause);
+    Error err(code, "background save of index " + std::to_string(job.stats.index) + " to '" +
+                        job.path + "' failed: " + cause);
     job.stats.ok = false;
     job.stats.error = err.what();
     job.stats.end_to_end_seconds = Seconds(Clock::now() - job.start);
@@ -301,8 +308,9 @@ void Engine::Process(State& s, Job& job) {
 bool Engine::Drain(double timeout_seconds) {
   State& s = *state_;
   std::unique_lock<std::mutex> lock(s.mu);
-  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                           std::chrono::duration<double>(std::max(0.0, timeout_seconds)));
+  const auto deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(std::max(0.0, timeout_seconds)));
   return s.cv.wait_until(lock, deadline, [&] { return s.in_flight == 0; });
 }
 

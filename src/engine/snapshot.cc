@@ -5,8 +5,8 @@
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
-#include <cstring>
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "ackpt/error.h"
@@ -24,8 +24,8 @@ at::Tensor StagingView(uint8_t* base, const StagedTensor& s) {
 }
 }  // namespace
 
-uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat, std::vector<StagedTensor>* staged,
-                      bool* any_cuda) {
+uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat,
+                      std::vector<StagedTensor>* staged, bool* any_cuda) {
   staged->clear();
   staged->reserve(flat.size());
   *any_cuda = false;
@@ -33,7 +33,8 @@ uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat, std::vector<S
   for (const auto& f : flat) {
     const at::Tensor& t = f.tensor;
     if (t.layout() != at::kStrided) {
-      throw Error::Unsupported("tensor '" + f.name + "' is not dense (layout " + c10::str(t.layout()) + ")");
+      throw Error::Unsupported("tensor '" + f.name + "' is not dense (layout " +
+                               c10::str(t.layout()) + ")");
     }
     format::DtypeToName(t.scalar_type(), "tensor '" + f.name + "'");
     if (!t.device().is_cpu()) *any_cuda = true;
@@ -49,8 +50,8 @@ uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat, std::vector<S
   return offset;
 }
 
-void CopySnapshot(const std::vector<format::FlatTensor>& flat, const std::vector<StagedTensor>& staged,
-                  uint8_t* base, TaskPool* pool) {
+void CopySnapshot(const std::vector<format::FlatTensor>& flat,
+                  const std::vector<StagedTensor>& staged, uint8_t* base, TaskPool* pool) {
   struct Piece {
     const uint8_t* src;
     uint8_t* dst;
@@ -66,12 +67,14 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat, const std::vector
     if (!t.device().is_cpu()) {
       auto it = std::find_if(device_tensors.begin(), device_tensors.end(),
                              [&](const auto& d) { return d.first == t.device(); });
-      if (it == device_tensors.end()) it = device_tensors.insert(device_tensors.end(), {t.device(), {}});
+      if (it == device_tensors.end())
+        it = device_tensors.insert(device_tensors.end(), {t.device(), {}});
       it->second.push_back(i);
     } else if (t.is_contiguous() && !t.is_neg() && !t.is_conj()) {
       const auto* src = static_cast<const uint8_t*>(t.data_ptr());
       for (uint64_t off = 0; off < s.nbytes; off += kCopyPiece) {
-        pieces.push_back({src + off, base + s.offset + off, std::min(kCopyPiece, s.nbytes - off), i});
+        pieces.push_back(
+            {src + off, base + s.offset + off, std::min(kCopyPiece, s.nbytes - off), i});
       }
     } else {
       pieces.push_back({nullptr, base + s.offset, s.nbytes, i});
@@ -89,7 +92,8 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat, const std::vector
     ready.block(side);
     {
       c10::StreamGuard guard(side);
-      for (size_t i : dev.second) StagingView(base, staged[i]).copy_(flat[i].tensor, /*non_blocking=*/true);
+      for (size_t i : dev.second)
+        StagingView(base, staged[i]).copy_(flat[i].tensor, /*non_blocking=*/true);
     }
     side.synchronize();
   }

@@ -22,16 +22,16 @@ struct StagedTensor {
 // Validates every tensor (dense, supported dtype) and lays them out in one
 // staging buffer. Returns the bytes needed; sets *any_cuda if a tensor lives
 // on a non-CPU device.
-uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat, std::vector<StagedTensor>* staged,
-                      bool* any_cuda);
+uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat,
+                      std::vector<StagedTensor>* staged, bool* any_cuda);
 
 // Copies each tensor into base + offset as contiguous bytes. Non-contiguous
 // tensors are copied straight into place (no intermediate contiguous copy).
 // Large contiguous CPU tensors are split across `pool` (may be null). Device
 // tensors are copied with non-blocking device-to-host copies on a side
 // stream, which is synchronized before returning.
-void CopySnapshot(const std::vector<format::FlatTensor>& flat, const std::vector<StagedTensor>& staged,
-                  uint8_t* base, TaskPool* pool);
+void CopySnapshot(const std::vector<format::FlatTensor>& flat,
+                  const std::vector<StagedTensor>& staged, uint8_t* base, TaskPool* pool);
 
 }  // namespace engine
 }  // namespace ackpt

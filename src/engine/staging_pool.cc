@@ -16,7 +16,9 @@ namespace {
 // Capacities are rounded up so slightly different checkpoint sizes reuse the
 // same buffers.
 constexpr uint64_t kGranule = uint64_t{2} << 20;
-uint64_t RoundUp(uint64_t n) { return (std::max<uint64_t>(n, 1) + kGranule - 1) / kGranule * kGranule; }
+uint64_t RoundUp(uint64_t n) {
+  return (std::max<uint64_t>(n, 1) + kGranule - 1) / kGranule * kGranule;
+}
 }  // namespace
 
 StagingLease::~StagingLease() { pool_->Release(buffer_); }
@@ -50,14 +52,17 @@ StagingBuffer* StagingPool::Allocate(uint64_t capacity, bool cuda_pinned) {
   auto b = std::make_unique<StagingBuffer>();
   b->capacity = capacity;
   if (cuda_pinned) {
-    b->pinned = at::empty({static_cast<int64_t>(capacity)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    b->pinned = at::empty({static_cast<int64_t>(capacity)},
+                          at::TensorOptions().dtype(at::kByte).pinned_memory(true));
     b->data = static_cast<uint8_t*>(b->pinned.data_ptr());
     b->cuda_pinned = true;
     b->locked = true;
   } else {
     // MAP_POPULATE faults the pages in now, once, instead of during a copy.
-    void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED) throw Error::IO("mmap", "staging buffer of " + std::to_string(capacity) + " bytes", errno);
+    void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED)
+      throw Error::IO("mmap", "staging buffer of " + std::to_string(capacity) + " bytes", errno);
     b->data = static_cast<uint8_t*>(p);
     if (pin_) {
       if (::mlock(p, capacity) == 0) {
@@ -119,9 +124,9 @@ std::unique_ptr<StagingLease> StagingPool::Acquire(uint64_t n, bool cuda_pinned,
     for (const auto& b : free_) idle += b->capacity;
     if (reserved_ - idle + need <= budget_) {
       while (reserved_ + need > budget_ && !free_.empty()) {
-        auto largest = std::max_element(free_.begin(), free_.end(), [](const auto& a, const auto& b) {
-          return a->capacity < b->capacity;
-        });
+        auto largest = std::max_element(
+            free_.begin(), free_.end(),
+            [](const auto& a, const auto& b) { return a->capacity < b->capacity; });
         reserved_ -= (*largest)->capacity;
         Free(largest->get());
         free_.erase(largest);
@@ -151,7 +156,8 @@ std::unique_ptr<StagingLease> StagingPool::Acquire(uint64_t n, bool cuda_pinned,
 
 void StagingPool::Release(StagingBuffer* buffer) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = std::find_if(in_use_.begin(), in_use_.end(), [&](const auto& b) { return b.get() == buffer; });
+  auto it = std::find_if(in_use_.begin(), in_use_.end(),
+                         [&](const auto& b) { return b.get() == buffer; });
   if (it != in_use_.end()) {
     free_.push_back(std::move(*it));
     in_use_.erase(it);

@@ -21,11 +21,19 @@ struct DtypeName {
 };
 // safetensors names for every dtype this LibTorch can hold.
 const DtypeName kDtypes[] = {
-    {at::kBool, "BOOL"},  {at::kByte, "U8"},      {at::kChar, "I8"},   {at::kShort, "I16"},
-    {at::kInt, "I32"},    {at::kLong, "I64"},     {at::kHalf, "F16"},  {at::kBFloat16, "BF16"},
-    {at::kFloat, "F32"},  {at::kDouble, "F64"},
+    {at::kBool, "BOOL"},
+    {at::kByte, "U8"},
+    {at::kChar, "I8"},
+    {at::kShort, "I16"},
+    {at::kInt, "I32"},
+    {at::kLong, "I64"},
+    {at::kHalf, "F16"},
+    {at::kBFloat16, "BF16"},
+    {at::kFloat, "F32"},
+    {at::kDouble, "F64"},
 #ifdef ACKPT_HAVE_FLOAT8
-    {at::ScalarType::Float8_e4m3fn, "F8_E4M3"}, {at::ScalarType::Float8_e5m2, "F8_E5M2"},
+    {at::ScalarType::Float8_e4m3fn, "F8_E4M3"},
+    {at::ScalarType::Float8_e5m2, "F8_E5M2"},
 #endif
 };
 }  // namespace

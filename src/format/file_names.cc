@@ -22,7 +22,8 @@ bool AllDigits(const std::string& s, size_t begin, size_t end) {
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -30,12 +31,15 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 std::string CheckpointFileName(const std::string& prefix, int64_t index, bool compressed,
                                const std::string& ext) {
   if (prefix.empty() || prefix.find('/') != std::string::npos) {
-    throw Error::InvalidArgument("file prefix '" + prefix + "' must be non-empty and contain no '/'");
+    throw Error::InvalidArgument("file prefix '" + prefix +
+                                 "' must be non-empty and contain no '/'");
   }
   if (ext.empty() || ext.find('/') != std::string::npos) {
-    throw Error::InvalidArgument("file extension '" + ext + "' must be non-empty and contain no '/'");
+    throw Error::InvalidArgument("file extension '" + ext +
+                                 "' must be non-empty and contain no '/'");
   }
-  if (index < 0) throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
+  if (index < 0)
+    throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
   return prefix + "_" + std::to_string(index) + "." + ext + (compressed ? ".zst" : "");
 }
 

@@ -27,7 +27,8 @@ json FlattenValue(const Value& v, const std::string& name, int depth, std::vecto
 json FlattenDict(const StateDict& d, const std::string& name, int depth,
                  std::vector<FlatTensor>* out) {
   if (depth > kMaxDepth) {
-    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " + Where(name));
+    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " +
+                                 Where(name));
   }
   json items = json::array();
   for (const auto& kv : d) {
@@ -38,11 +39,13 @@ json FlattenDict(const StateDict& d, const std::string& name, int depth,
   return json{{"d", std::move(items)}};
 }
 
-json FlattenValue(const Value& v, const std::string& name, int depth, std::vector<FlatTensor>* out) {
+json FlattenValue(const Value& v, const std::string& name, int depth,
+                  std::vector<FlatTensor>* out) {
   // Every node, leaves included, counts: Unflatten rejects any node deeper
   // than kMaxDepth, so the writer must never produce one.
   if (depth > kMaxDepth) {
-    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " + Where(name));
+    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " +
+                                 Where(name));
   }
   switch (v.kind()) {
     case Value::Kind::kTensor:
@@ -118,7 +121,8 @@ Value UnflattenValue(const json& node, UnflattenContext& ctx, int depth) {
   }
   if (tag == "i") {
     if (!v.is_number_integer()) BadTree(ctx, "int node holds no integer");
-    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    if (v.is_number_unsigned() &&
+        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
       BadTree(ctx, "int out of range");
     }
     return Value(v.get<int64_t>());
@@ -174,7 +178,8 @@ void Flatten(const StateDict& state, std::vector<FlatTensor>* tensors, std::stri
   try {
     *tree_json = tree.dump();
   } catch (const json::type_error& e) {
-    throw Error::InvalidArgument(std::string("a key or string in the state is not valid UTF-8: ") + e.what());
+    throw Error::InvalidArgument(std::string("a key or string in the state is not valid UTF-8: ") +
+                                 e.what());
   }
 }
 
@@ -187,7 +192,8 @@ StateDict Unflatten(const std::string& tree_json, const std::map<std::string, at
   } catch (const json::exception& e) {
     BadTree(ctx, e.what());
   }
-  if (!tree.is_object() || tree.size() != 1 || !tree.contains("d")) BadTree(ctx, "root is not a dict node");
+  if (!tree.is_object() || tree.size() != 1 || !tree.contains("d"))
+    BadTree(ctx, "root is not a dict node");
   StateDict out = UnflattenDict(tree["d"], ctx, 0);
   if (ctx.used.size() != tensors.size()) {
     for (const auto& kv : tensors) {

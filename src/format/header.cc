@@ -80,9 +80,10 @@ std::string Hex64(uint64_t v) {
 }
 
 void SortForAlignment(std::vector<SerializedTensor>* tensors) {
-  std::stable_sort(tensors->begin(), tensors->end(), [](const SerializedTensor& a, const SerializedTensor& b) {
-    return DtypeSize(a.dtype) > DtypeSize(b.dtype);
-  });
+  std::stable_sort(tensors->begin(), tensors->end(),
+                   [](const SerializedTensor& a, const SerializedTensor& b) {
+                     return DtypeSize(a.dtype) > DtypeSize(b.dtype);
+                   });
 }
 
 std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std::string& tree_json,
@@ -97,7 +98,8 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
     meta[kv.first] = kv.second;
   }
   for (const auto& kv : internal_metadata) {
-    if (kv.first.rfind("ackpt.", 0) != 0) throw Error::InvalidArgument("internal metadata key '" + kv.first + "'");
+    if (kv.first.rfind("ackpt.", 0) != 0)
+      throw Error::InvalidArgument("internal metadata key '" + kv.first + "'");
     meta[kv.first] = kv.second;
   }
   meta[kMetaVersion] = std::to_string(kFormatVersion);
@@ -112,7 +114,8 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
   std::set<std::string> seen;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
-    if (!seen.insert(t.name).second) throw Error::InvalidArgument("duplicate tensor name '" + t.name + "'");
+    if (!seen.insert(t.name).second)
+      throw Error::InvalidArgument("duplicate tensor name '" + t.name + "'");
     uint64_t numel = 1;
     for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
     if (numel * DtypeSize(t.dtype) != t.nbytes) {
@@ -127,7 +130,8 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
   try {
     text = h.dump();
   } catch (const json::type_error& e) {
-    throw Error::InvalidArgument(std::string("a name or metadata string is not valid UTF-8: ") + e.what());
+    throw Error::InvalidArgument(std::string("a name or metadata string is not valid UTF-8: ") +
+                                 e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');
   if (text.size() > kMaxHeaderBytes) {
@@ -136,7 +140,8 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
   }
   std::string region(8, '\0');
   uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) region[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    region[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
   region += text;
   // The real field is the last member of __metadata__ and tensor entries
   // cannot contain the pattern, so it is the last occurrence. An earlier one
@@ -149,7 +154,8 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
   return region;
 }
 
-void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::string& path, FileInfo* info) {
+void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::string& path,
+                  FileInfo* info) {
   json h;
   try {
     h = json::parse(region.begin() + 8, region.end());
@@ -177,7 +183,8 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     if (name == "__metadata__") {
       if (!v.is_object()) Bad(path, "__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) Bad(path, "__metadata__ value '" + m.key() + "' is not a string");
+        if (!m.value().is_string())
+          Bad(path, "__metadata__ value '" + m.key() + "' is not a string");
         info->metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -186,8 +193,9 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     if (!v.is_object()) Bad(path, what + " is not an object");
     if (!v.contains("dtype") || !v["dtype"].is_string()) Bad(path, what + " has no dtype string");
     if (!v.contains("shape") || !v["shape"].is_array()) Bad(path, what + " has no shape array");
-    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2 ||
-        !v["data_offsets"][0].is_number_unsigned() || !v["data_offsets"][1].is_number_unsigned()) {
+    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() ||
+        v["data_offsets"].size() != 2 || !v["data_offsets"][0].is_number_unsigned() ||
+        !v["data_offsets"][1].is_number_unsigned()) {
       Bad(path, what + " has no data_offsets pair of non-negative integers");
     }
     TensorInfo t;
@@ -200,16 +208,19 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     t.begin = v["data_offsets"][0].get<uint64_t>();
     t.end = v["data_offsets"][1].get<uint64_t>();
     if (t.begin > t.end || t.end > data_bytes) {
-      Bad(path, what + " has data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                    "] outside the " + std::to_string(data_bytes) + "-byte data section");
+      Bad(path, what + " has data_offsets [" + std::to_string(t.begin) + ", " +
+                    std::to_string(t.end) + "] outside the " + std::to_string(data_bytes) +
+                    "-byte data section");
     }
     // numel * element size must equal the byte range; compute without overflow.
     const uint64_t esize = DtypeSize(t.scalar_type);
     bool zero = false;
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned()) Bad(path, what + " has a shape entry that is not a non-negative integer");
+      if (!d.is_number_unsigned())
+        Bad(path, what + " has a shape entry that is not a non-negative integer");
       uint64_t dim = d.get<uint64_t>();
-      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) Bad(path, what + " has a huge dimension");
+      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        Bad(path, what + " has a huge dimension");
       t.shape.push_back(static_cast<int64_t>(dim));
       if (dim == 0) zero = true;
     }
@@ -217,7 +228,8 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     if (!zero) {
       const uint64_t max_numel = data_bytes / esize;
       for (int64_t dim : t.shape) {
-        if (numel > max_numel / static_cast<uint64_t>(dim)) Bad(path, what + " has a shape larger than the data section");
+        if (numel > max_numel / static_cast<uint64_t>(dim))
+          Bad(path, what + " has a shape larger than the data section");
         numel *= static_cast<uint64_t>(dim);
       }
     }
@@ -227,14 +239,16 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     }
     info->tensors.push_back(std::move(t));
   }
-  std::sort(info->tensors.begin(), info->tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(info->tensors.begin(), info->tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) {
+              return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+            });
   uint64_t expected = 0;
   for (const auto& t : info->tensors) {
     if (t.begin != expected) {
       Bad(path, "tensor '" + t.name + "' starts at " + std::to_string(t.begin) + ", expected " +
-                    std::to_string(expected) + " (data must be contiguous without gaps or overlaps)");
+                    std::to_string(expected) +
+                    " (data must be contiguous without gaps or overlaps)");
     }
     expected = t.end;
   }
@@ -268,7 +282,8 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
   } catch (const std::exception& e) {
     Bad(path, std::string("tensor checksums are missing or malformed: ") + e.what());
   }
-  if (!sums.is_object() || sums.size() != info->tensors.size()) Bad(path, "tensor checksum table does not match the tensors");
+  if (!sums.is_object() || sums.size() != info->tensors.size())
+    Bad(path, "tensor checksum table does not match the tensors");
   for (auto& t : info->tensors) {
     auto s = sums.find(t.name);
     if (s == sums.end() || !s->is_string() || !ParseHex64(s->get<std::string>(), &t.xxh3)) {

@@ -1,11 +1,10 @@
 // Validating, parallel checkpoint reader.
 #define XXH_INLINE_ALL
-#include <xxhash.h>
-#include <zstd.h>
-
 #include <ATen/ATen.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <xxhash.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -80,12 +79,14 @@ class ReaderImpl final : public CheckpointReader {
       logical = table_.logical_bytes;
     }
     info_.logical_bytes = logical;
-    if (logical < 8) Corrupt("too small to hold a safetensors header (" + std::to_string(logical) + " bytes)");
+    if (logical < 8)
+      Corrupt("too small to hold a safetensors header (" + std::to_string(logical) + " bytes)");
     uint8_t len_bytes[8];
     ReadLogical(0, 8, len_bytes);
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
-    if (n > kMaxHeaderBytes) Corrupt("header length " + std::to_string(n) + " exceeds the 100 MB limit");
+    if (n > kMaxHeaderBytes)
+      Corrupt("header length " + std::to_string(n) + " exceeds the 100 MB limit");
     if (n > logical - 8) {
       Corrupt("header length " + std::to_string(n) + " exceeds the " + std::to_string(logical) +
               "-byte stream (truncated file?)");
@@ -118,7 +119,8 @@ class ReaderImpl final : public CheckpointReader {
     std::vector<const TensorInfo*> infos;
     for (const auto& name : names) {
       auto it = by_name.find(name);
-      if (it == by_name.end()) throw Error::NotFound("no tensor '" + name + "' in '" + info_.path + "'");
+      if (it == by_name.end())
+        throw Error::NotFound("no tensor '" + name + "' in '" + info_.path + "'");
       if (out.count(name)) continue;
       const TensorInfo& t = *it->second;
       at::Tensor dst = at::empty(t.shape, at::TensorOptions().dtype(t.scalar_type));
@@ -129,7 +131,8 @@ class ReaderImpl final : public CheckpointReader {
                          static_cast<uint8_t*>(dst.data_ptr())});
       }
     }
-    std::sort(dests.begin(), dests.end(), [](const Dest& a, const Dest& b) { return a.begin < b.begin; });
+    std::sort(dests.begin(), dests.end(),
+              [](const Dest& a, const Dest& b) { return a.begin < b.begin; });
     if (info_.compressed) {
       ReadFramesInto(dests);
     } else {
@@ -140,9 +143,11 @@ class ReaderImpl final : public CheckpointReader {
         const TensorInfo& t = *infos[i];
         if (!t.has_checksum) return;
         const at::Tensor& d = out.at(t.name);
-        const uint64_t h = Xxh3(t.nbytes() ? d.data_ptr() : nullptr, static_cast<size_t>(t.nbytes()));
+        const uint64_t h =
+            Xxh3(t.nbytes() ? d.data_ptr() : nullptr, static_cast<size_t>(t.nbytes()));
         if (h != t.xxh3) {
-          throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path + "'");
+          throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path +
+                                  "'");
         }
       });
     }
@@ -163,7 +168,8 @@ class ReaderImpl final : public CheckpointReader {
           XXH3_64bits_update(&state, buf.data(), n);
         }
         if (XXH3_64bits_digest(&state) != t.xxh3) {
-          throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path + "'");
+          throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path +
+                                  "'");
         }
       });
       return;
@@ -202,7 +208,8 @@ class ReaderImpl final : public CheckpointReader {
     for (size_t i = 0; i < info_.tensors.size(); ++i) {
       const TensorInfo& t = info_.tensors[i];
       if (t.has_checksum && XXH3_64bits_digest(&states[i]) != t.xxh3) {
-        throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path + "'");
+        throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path +
+                                "'");
       }
     }
   }
@@ -211,9 +218,11 @@ class ReaderImpl final : public CheckpointReader {
     if (options_.verify_checksums) Verify();
     AtomicWrite(env, out_path, /*fsync=*/true, [&](WritableFile* out) {
       if (!info_.compressed) {
-        std::string buf(static_cast<size_t>(std::min<uint64_t>(kReadBlock, info_.logical_bytes)), '\0');
+        std::string buf(static_cast<size_t>(std::min<uint64_t>(kReadBlock, info_.logical_bytes)),
+                        '\0');
         for (uint64_t off = 0; off < info_.logical_bytes; off += kReadBlock) {
-          const size_t n = static_cast<size_t>(std::min<uint64_t>(kReadBlock, info_.logical_bytes - off));
+          const size_t n =
+              static_cast<size_t>(std::min<uint64_t>(kReadBlock, info_.logical_bytes - off));
           file_->Read(off, n, buf.data());
           out->Append(buf.data(), n);
         }
@@ -253,7 +262,8 @@ class ReaderImpl final : public CheckpointReader {
     if (ZSTD_isError(frame_size) || frame_size != comp.size()) {
       Corrupt(which + " does not span exactly its " + std::to_string(comp.size()) + " bytes");
     }
-    const size_t r = ZSTD_decompressDCtx(ThreadDCtx(), dst, f.decompressed_size, comp.data(), comp.size());
+    const size_t r =
+        ZSTD_decompressDCtx(ThreadDCtx(), dst, f.decompressed_size, comp.data(), comp.size());
     if (ZSTD_isError(r)) Corrupt(which + ": " + ZSTD_getErrorName(r));
     if (r != f.decompressed_size) Corrupt(which + " decompressed to the wrong size");
     if (options_.verify_checksums && table_.has_checksums &&
@@ -307,10 +317,12 @@ class ReaderImpl final : public CheckpointReader {
     for (const auto& d : dests) {
       if (d.end > table_.logical_bytes) Corrupt("tensor data beyond the end of the stream");
       // First frame whose end is past d.begin.
-      size_t i = static_cast<size_t>(
-          std::upper_bound(frames.begin(), frames.end(), d.begin,
-                           [](uint64_t off, const FrameEntry& f) { return off < f.decompressed_offset + f.decompressed_size; }) -
-          frames.begin());
+      size_t i = static_cast<size_t>(std::upper_bound(frames.begin(), frames.end(), d.begin,
+                                                      [](uint64_t off, const FrameEntry& f) {
+                                                        return off < f.decompressed_offset +
+                                                                         f.decompressed_size;
+                                                      }) -
+                                     frames.begin());
       for (; i < frames.size() && frames[i].decompressed_offset < d.end; ++i) {
         const FrameEntry& f = frames[i];
         const uint64_t b = std::max(d.begin, f.decompressed_offset);
@@ -323,7 +335,8 @@ class ReaderImpl final : public CheckpointReader {
     auto run = [&](size_t j) {
       const Job& job = jobs[j];
       const FrameEntry& f = frames[job.frame];
-      if (job.pieces.size() == 1 && job.pieces[0].frame_offset == 0 && job.pieces[0].n == f.decompressed_size) {
+      if (job.pieces.size() == 1 && job.pieces[0].frame_offset == 0 &&
+          job.pieces[0].n == f.decompressed_size) {
         DecompressFrame(job.frame, job.pieces[0].dst);
         return;
       }
@@ -349,8 +362,8 @@ class ReaderImpl final : public CheckpointReader {
 
 }  // namespace format
 
-std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path, const ReadOptions& options,
-                                                         Env* env) {
+std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path,
+                                                         const ReadOptions& options, Env* env) {
   return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
 }
 

@@ -49,24 +49,29 @@ bool LooksCompressed(const RandomAccessFile& file) {
 
 SeekTable ReadSeekTable(const RandomAccessFile& file) {
   const uint64_t size = file.Size();
-  if (size < 8 + kSeekTableFooterSize) Bad(file, "file of " + std::to_string(size) + " bytes is too small");
+  if (size < 8 + kSeekTableFooterSize)
+    Bad(file, "file of " + std::to_string(size) + " bytes is too small");
   uint8_t footer[kSeekTableFooterSize];
   file.Read(size - kSeekTableFooterSize, kSeekTableFooterSize, footer);
-  if (GetLE32(footer + 5) != kSeekableFooterMagic) Bad(file, "footer magic missing (truncated file?)");
+  if (GetLE32(footer + 5) != kSeekableFooterMagic)
+    Bad(file, "footer magic missing (truncated file?)");
   const uint32_t num_frames = GetLE32(footer);
   const uint8_t descriptor = footer[4];
   if (descriptor & 0x7c) Bad(file, "reserved descriptor bits are set");
-  if (num_frames > kMaxFrames) Bad(file, "frame count " + std::to_string(num_frames) + " exceeds the limit");
+  if (num_frames > kMaxFrames)
+    Bad(file, "frame count " + std::to_string(num_frames) + " exceeds the limit");
   SeekTable table;
   table.has_checksums = (descriptor & 0x80) != 0;
   const uint64_t entry_size = table.has_checksums ? 12 : 8;
   table.table_bytes = 8 + uint64_t{num_frames} * entry_size + kSeekTableFooterSize;
-  if (table.table_bytes > size) Bad(file, std::to_string(num_frames) + " frames do not fit in the file");
+  if (table.table_bytes > size)
+    Bad(file, std::to_string(num_frames) + " frames do not fit in the file");
   std::string raw(table.table_bytes - kSeekTableFooterSize, '\0');
   file.Read(size - table.table_bytes, raw.size(), raw.data());
   const auto* p = reinterpret_cast<const uint8_t*>(raw.data());
   if (GetLE32(p) != kSeekableSkippableMagic) Bad(file, "skippable frame magic missing");
-  if (GetLE32(p + 4) != table.table_bytes - 8) Bad(file, "skippable frame size does not match the frame count");
+  if (GetLE32(p + 4) != table.table_bytes - 8)
+    Bad(file, "skippable frame size does not match the frame count");
   p += 8;
   uint64_t compressed_offset = 0;
   uint64_t decompressed_offset = 0;
@@ -82,7 +87,8 @@ SeekTable ReadSeekTable(const RandomAccessFile& file) {
     if (f.compressed_size == 0) Bad(file, which + " has compressed size 0");
     if (f.decompressed_size > kMaxFrameDecompressedSize ||
         f.decompressed_size > uint64_t{f.compressed_size} * kMaxExpansion) {
-      Bad(file, which + " claims an impossible decompressed size " + std::to_string(f.decompressed_size));
+      Bad(file,
+          which + " claims an impossible decompressed size " + std::to_string(f.decompressed_size));
     }
     compressed_offset += f.compressed_size;
     decompressed_offset += f.decompressed_size;

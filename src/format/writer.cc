@@ -1,9 +1,9 @@
 // Serializing a checkpoint and committing it atomically.
 #define XXH_INLINE_ALL
+#include <ATen/ATen.h>
 #include <xxhash.h>
 #include <zstd.h>
 
-#include <ATen/ATen.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,7 +35,8 @@ ZSTD_CCtx* ThreadCCtx() {
 }
 
 void CheckZstd(size_t rc, const char* call) {
-  if (ZSTD_isError(rc)) throw Error(Error::Code::kIOError, std::string(call) + ": " + ZSTD_getErrorName(rc));
+  if (ZSTD_isError(rc))
+    throw Error(Error::Code::kIOError, std::string(call) + ": " + ZSTD_getErrorName(rc));
 }
 
 // Compresses stream[offset, offset+n) into one zstd frame with its content
@@ -44,7 +45,8 @@ uint32_t CompressChunk(const LogicalStream& stream, uint64_t offset, size_t n, i
                        std::string* out) {
   ZSTD_CCtx* cctx = ThreadCCtx();
   CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level), "ZSTD_c_compressionLevel");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
+            "ZSTD_c_compressionLevel");
   CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "ZSTD_c_checksumFlag");
   CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1), "ZSTD_c_contentSizeFlag");
   CheckZstd(ZSTD_CCtx_setPledgedSrcSize(cctx, n), "ZSTD_CCtx_setPledgedSrcSize");
@@ -55,7 +57,8 @@ uint32_t CompressChunk(const LogicalStream& stream, uint64_t offset, size_t n, i
   stream.Visit(offset, n, [&](const void* p, size_t len) {
     XXH64_update(&hash, p, len);
     ZSTD_inBuffer ib{p, len, 0};
-    while (ib.pos < ib.size) CheckZstd(ZSTD_compressStream2(cctx, &ob, &ib, ZSTD_e_continue), "ZSTD_compressStream2");
+    while (ib.pos < ib.size)
+      CheckZstd(ZSTD_compressStream2(cctx, &ob, &ib, ZSTD_e_continue), "ZSTD_compressStream2");
   });
   ZSTD_inBuffer empty{nullptr, 0, 0};
   for (;;) {
@@ -159,7 +162,8 @@ CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
                          const std::atomic<bool>* cancel) {
   ValidateWriteOptions(options);
   auto check_cancel = [cancel, &path] {
-    if (cancel != nullptr && cancel->load()) throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
+    if (cancel != nullptr && cancel->load())
+      throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
   };
   CommitStats stats;
   const auto t0 = Clock::now();
@@ -191,7 +195,8 @@ CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
         const uint64_t off = (first + j) * chunk;
         const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk, stream.size() - off));
         sums[j] = CompressChunk(stream, off, n, options.zstd_level, &frames[j]);
-        compress_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
+        compress_ns +=
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
       });
       for (size_t j = 0; j < count; ++j) {
         const uint64_t off = (first + j) * chunk;
@@ -243,8 +248,8 @@ void SerializeTensors(const std::vector<FlatTensor>& flat, int threads,
 
 }  // namespace format
 
-WriteResult WriteStateDict(const StateDict& state, const std::string& path, const WriteOptions& options,
-                           Env* env) {
+WriteResult WriteStateDict(const StateDict& state, const std::string& path,
+                           const WriteOptions& options, Env* env) {
   std::vector<format::FlatTensor> flat;
   std::string tree;
   format::Flatten(state, &flat, &tree);
@@ -263,8 +268,9 @@ WriteResult WriteStateDict(const StateDict& state, const std::string& path, cons
   }
   const int threads = options.threads;
   format::CommitStats stats = format::CommitStream(
-      stream, path, options, env,
-      [threads](size_t n, const std::function<void(size_t)>& fn) { format::ParallelFor(n, threads, fn); });
+      stream, path, options, env, [threads](size_t n, const std::function<void(size_t)>& fn) {
+        format::ParallelFor(n, threads, fn);
+      });
   result.logical_bytes = stream.size();
   result.file_bytes = stats.file_bytes;
   return result;

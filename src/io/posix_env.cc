@@ -113,7 +113,8 @@ class PosixEnv final : public Env {
   }
 
   void RenameFile(const std::string& from, const std::string& to) override {
-    if (::rename(from.c_str(), to.c_str()) != 0) throw Error::IO("rename", from + "' -> '" + to, errno);
+    if (::rename(from.c_str(), to.c_str()) != 0)
+      throw Error::IO("rename", from + "' -> '" + to, errno);
   }
 
   void RemoveFile(const std::string& path) override {

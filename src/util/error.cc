@@ -23,7 +23,9 @@ const char* CodeName(Error::Code code) {
 }
 
 Error::Error(Code code, const std::string& message)
-    : std::runtime_error(std::string("ackpt: ") + CodeName(code) + ": " + message), code_(code), message_(message) {}
+    : std::runtime_error(std::string("ackpt: ") + CodeName(code) + ": " + message),
+      code_(code),
+      message_(message) {}
 
 Error Error::IO(const std::string& call, const std::string& path, int err) {
   char buf[256];

@@ -190,10 +190,10 @@ bool TensorsEqual(const at::Tensor& a, const at::Tensor& b) {
 
 bool ValuesEqual(const Value& a, const Value& b, const std::string& path, std::string* why);
 
-bool DictsEqual(const StateDict& a, const StateDict& b, const std::string& path,
-                std::string* why) {
+bool DictsEqual(const StateDict& a, const StateDict& b, const std::string& path, std::string* why) {
   if (a.size() != b.size()) {
-    if (why) *why = path + ": " + std::to_string(a.size()) + " vs " + std::to_string(b.size()) + " keys";
+    if (why)
+      *why = path + ": " + std::to_string(a.size()) + " vs " + std::to_string(b.size()) + " keys";
     return false;
   }
   auto ia = a.begin();
