@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${ACKPT_TSAN_BUILD_DIR:-build-tsan}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACKPT_SANITIZE=thread \
   -DACKPT_BUILD_BENCHMARKS=OFF -DACKPT_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)" --target checkpointer_test env_test
+cmake --build "$BUILD_DIR" -j"$(nproc)" --target checkpointer_test env_test engine_test
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
 export OMP_NUM_THREADS=1
-for t in checkpointer_test env_test; do
+for t in engine_test checkpointer_test env_test; do
   echo "== TSan: $t"
   "$BUILD_DIR/tests/$t" --gtest_brief=1
 done
