@@ -93,6 +93,9 @@ class EnvWrapper : public Env {
   Env* target_;
 };
 
+// env->GetChildren(dir), or no names if dir does not exist.
+std::vector<std::string> GetChildrenIfExists(Env* env, const std::string& dir);
+
 // Path helpers shared by the layers above.
 std::string DirName(const std::string& path);   // "a/b/c" -> "a/b", "c" -> "."
 std::string BaseName(const std::string& path);  // "a/b/c" -> "c"

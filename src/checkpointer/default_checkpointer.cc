@@ -93,13 +93,7 @@ bool IsOwnFinalName(const std::string& name, const std::string& prefix, const st
 // Removes ackpt's own files (checkpoints, model files, temp files) from dir.
 void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
                     const std::string& ext, spdlog::logger& log) {
-  std::vector<std::string> names;
-  try {
-    names = env->GetChildren(dir);
-  } catch (const Error& e) {
-    if (e.code() == Error::Code::kNotFound) return;
-    throw;
-  }
+  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
   size_t removed = 0;
   for (const auto& name : names) {
     auto target = TempFileTarget(name);
@@ -115,13 +109,7 @@ void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
 // Startup hygiene: temp files a crash left behind, by exact pattern only.
 size_t RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& prefix,
                             const std::string& ext, spdlog::logger& log) {
-  std::vector<std::string> names;
-  try {
-    names = env->GetChildren(dir);
-  } catch (const Error& e) {
-    if (e.code() == Error::Code::kNotFound) return 0;
-    throw;
-  }
+  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
   size_t removed = 0;
   for (const auto& name : names) {
     auto target = TempFileTarget(name);
@@ -431,13 +419,7 @@ const DefaultCheckpointerArguments& DefaultCheckpointer::args() const { return i
 std::vector<std::pair<int64_t, std::string>> DefaultCheckpointer::ListCheckpoints(
     Env* env, const std::string& dir, const std::string& prefix, const std::string& ext) {
   std::vector<std::pair<int64_t, std::string>> out;
-  std::vector<std::string> names;
-  try {
-    names = env->GetChildren(dir);
-  } catch (const Error& e) {
-    if (e.code() == Error::Code::kNotFound) return out;
-    throw;
-  }
+  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
   for (const auto& name : names) {
     if (auto index = ParseCheckpointIndex(name, prefix, ext))
       out.emplace_back(*index, JoinPath(dir, name));

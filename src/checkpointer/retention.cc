@@ -17,13 +17,7 @@ std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& 
                                                    const std::string& prefix,
                                                    const std::string& ext) {
   std::vector<CheckpointEntry> out;
-  std::vector<std::string> names;
-  try {
-    names = env->GetChildren(dir);
-  } catch (const Error& e) {
-    if (e.code() == Error::Code::kNotFound) return out;
-    throw;
-  }
+  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
   for (const auto& name : names) {
     auto index = ParseCheckpointIndex(name, prefix, ext);
     if (!index) continue;

@@ -178,6 +178,15 @@ Env* Env::Default() {
   return env;
 }
 
+std::vector<std::string> GetChildrenIfExists(Env* env, const std::string& dir) {
+  try {
+    return env->GetChildren(dir);
+  } catch (const Error& e) {
+    if (e.code() == Error::Code::kNotFound) return {};
+    throw;
+  }
+}
+
 std::string DirName(const std::string& path) {
   size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
