@@ -55,6 +55,9 @@ class AbstractCheckpointer {
   }
   // Returns the checkpoint to resume from, or an empty Checkpoint.
   virtual Checkpoint load() = 0;
+  // Returns once every earlier save is durable (asynchronous checkpointers
+  // override it). Default: nothing to wait for.
+  virtual void wait() {}
 };
 
 // What save() does when the staging budget is full because earlier saves
@@ -198,7 +201,7 @@ class DefaultCheckpointer : public AbstractCheckpointer {
   void save_model(const StateDict& model_state, int64_t index) override;
   Checkpoint load() override;
   // Returns once every save so far is durable; raises a background error.
-  void wait();
+  void wait() override;
 
   // Loading helpers; each throws kNotFound if there is no such readable
   // checkpoint in save_dir.

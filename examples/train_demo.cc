@@ -1,0 +1,658 @@
+// ackpt_demo: trains a small character-level transformer on real text and
+// checkpoints it asynchronously through ackpt::Trainer.
+//
+//   ackpt_demo [--steps N] [--checkpoint-every K] [--save-dir DIR]
+//              [--compression none|zstd] [--level L] [--model-size small|medium]
+//              [--resume] [--sync] [--corpus FILE] ...      (--help for all)
+//
+// The corpus defaults to the license texts every Debian machine has under
+// /usr/share/common-licenses. Every K steps the Trainer hands a checkpoint
+// (model, AdamW state, StepLR, RNG, step counters) to the checkpointer; save()
+// returns after a memcpy-speed snapshot and a writer thread compresses,
+// writes, fsyncs and renames the file. --sync makes every save blocking
+// (force = true) to show what checkpointing costs without ackpt. Killed
+// (Ctrl-C, or kill -9) and run again with --resume, it continues from the
+// newest complete checkpoint; the data order is part of the checkpoint (RNG),
+// so the resumed run trains exactly as an uninterrupted one.
+//
+// The model: byte embeddings plus a byte-pair embedding table (and, for
+// medium, a hashed byte-triple table) feeding pre-norm transformer blocks
+// with causal self-attention. The tables hold most of the parameters: cheap
+// to train on two CPU cores, and checkpointed like every other tensor.
+#include <signal.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ackpt/ackpt.h"
+#include "ackpt/trainer.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string Bytes(double b) {
+  char buf[64];
+  if (b >= 1e9) {
+    std::snprintf(buf, sizeof buf, "%.2f GB", b / 1e9);
+  } else if (b >= 1e6) {
+    std::snprintf(buf, sizeof buf, "%.1f MB", b / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f kB", b / 1e3);
+  }
+  return buf;
+}
+
+std::mutex g_print_mu;  // main thread and writer threads print
+
+template <typename... A>
+void Print(const char* fmt, A... args) {
+  std::lock_guard<std::mutex> lock(g_print_mu);
+  std::printf(fmt, args...);
+  std::fflush(stdout);
+}
+
+// ---- options ----
+
+struct ModelSize {
+  int64_t d_model, layers, heads, context, batch;
+  int64_t trigram_buckets;  // 0: no hashed-trigram table
+  double lr;
+};
+
+struct Options {
+  int64_t steps = 240;
+  int64_t checkpoint_every = 20;
+  std::string save_dir = "demo_checkpoints";
+  std::string compression = "zstd";
+  int level = 1;
+  std::string model_size = "small";
+  bool resume = false;
+  bool sync = false;
+  std::string corpus;
+  int threads = 0;         // 0: LibTorch's default
+  int writer_threads = 1;  // background writers
+  int64_t log_every = 0;   // 0: at checkpoints only
+  int64_t keep_last = 3;   // retention; 0 keeps every checkpoint
+  int64_t seed = 0;
+};
+
+const char* kUsage =
+    "usage: ackpt_demo [options]\n"
+    "  --steps N               optimizer steps in total (default 240)\n"
+    "  --checkpoint-every K    checkpoint every K steps (default 20)\n"
+    "  --save-dir DIR          where checkpoints go (default demo_checkpoints)\n"
+    "  --compression none|zstd file format (default zstd)\n"
+    "  --level L               zstd level (default 1)\n"
+    "  --model-size S          small (4.3M parameters, 52 MB checkpoints, default) or\n"
+    "                          medium (24M parameters, 290 MB checkpoints); tiny is for tests\n"
+    "  --resume                continue from the newest complete checkpoint in --save-dir\n"
+    "                          (without it, ackpt's files in --save-dir are removed first)\n"
+    "  --sync                  blocking saves (force = true), for comparison\n"
+    "  --corpus FILE           train on FILE instead of /usr/share/common-licenses/*\n"
+    "  --threads N             LibTorch intra-op threads (default: LibTorch's)\n"
+    "  --writer-threads N      checkpoint writer threads (default 1)\n"
+    "  --log-every N           also print the loss every N steps (default: at checkpoints)\n"
+    "  --keep-last N           keep the N newest checkpoints plus the best by val_loss;\n"
+    "                          0 = keep all (default 3)\n"
+    "  --seed N                model init and data order (default 0)\n";
+
+ModelSize SizeOf(const std::string& name) {
+  if (name == "tiny") return {32, 1, 2, 32, 8, 0, 3e-3};
+  if (name == "small") return {64, 2, 4, 64, 16, 0, 3e-3};
+  if (name == "medium") return {256, 4, 8, 64, 8, int64_t{1} << 14, 1e-3};
+  throw ackpt::Error::InvalidArgument("--model-size must be small or medium, got '" + name + "'");
+}
+
+// ---- data ----
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ackpt::Error::NotFound("cannot read corpus file '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The license texts of a Debian system, or --corpus.
+std::string LoadCorpus(const Options& o, std::string* description) {
+  if (!o.corpus.empty()) {
+    *description = o.corpus;
+    return ReadFile(o.corpus);
+  }
+  namespace fs = std::filesystem;
+  const std::string dir = "/usr/share/common-licenses";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw ackpt::Error::NotFound(dir + " is missing (not a Debian system?); pass --corpus FILE");
+  }
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file() && !e.is_symlink()) files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  std::string text;
+  for (const auto& f : files) text += ReadFile(f);
+  *description = dir + " (" + std::to_string(files.size()) + " files)";
+  return text;
+}
+
+// ---- model: a small GPT over bytes ----
+
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(int64_t d, int64_t heads) : heads(heads) {
+    ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    qkv = register_module("qkv", torch::nn::Linear(d, 3 * d));
+    proj = register_module("proj", torch::nn::Linear(d, d));
+    ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    fc1 = register_module("fc1", torch::nn::Linear(d, 4 * d));
+    fc2 = register_module("fc2", torch::nn::Linear(4 * d, d));
+  }
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& causal) {
+    const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / heads;
+    auto q_k_v = qkv(ln1(x)).view({B, T, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+    torch::Tensor att = torch::matmul(q_k_v[0], q_k_v[1].transpose(-2, -1)) / std::sqrt(double(hd));
+    att = torch::softmax(att.masked_fill(causal, -INFINITY), -1);
+    torch::Tensor y = torch::matmul(att, q_k_v[2]).transpose(1, 2).reshape({B, T, C});
+    x = x + proj(y);
+    return x + fc2(torch::gelu(fc1(ln2(x))));
+  }
+  int64_t heads;
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  torch::nn::Linear qkv{nullptr}, proj{nullptr}, fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(Block);
+
+struct CharTransformerImpl : torch::nn::Module {
+  explicit CharTransformerImpl(const ModelSize& s) : trigram_buckets(s.trigram_buckets) {
+    tok = register_module("tok", torch::nn::Embedding(256, s.d_model));
+    bigram = register_module("bigram", torch::nn::Embedding(256 * 256, s.d_model));
+    if (trigram_buckets > 0) {
+      trigram = register_module("trigram", torch::nn::Embedding(trigram_buckets, s.d_model));
+    }
+    pos = register_parameter("pos", torch::randn({s.context, s.d_model}) * 0.02);
+    for (int64_t i = 0; i < s.layers; ++i) {
+      blocks.push_back(register_module("block" + std::to_string(i), Block(s.d_model, s.heads)));
+    }
+    ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({s.d_model})));
+    head = register_module("head", torch::nn::Linear(s.d_model, 256));
+    causal = torch::ones({s.context, s.context}, torch::kBool).triu(1);  // not state
+  }
+  // tokens [B, T] (bytes as int64) -> logits [B, T, 256]
+  torch::Tensor forward(const torch::Tensor& tokens) {
+    const int64_t B = tokens.size(0), T = tokens.size(1);
+    // Each position also sees the byte pair (and hashed triple) ending there.
+    auto shift = [&](const torch::Tensor& t) {
+      return torch::cat({torch::zeros({B, 1}, t.options()), t.narrow(1, 0, T - 1)}, 1);
+    };
+    const torch::Tensor prev = shift(tokens);
+    torch::Tensor x = tok(tokens) + bigram(prev * 256 + tokens) + pos.narrow(0, 0, T);
+    if (trigram_buckets > 0) {
+      const torch::Tensor key = shift(prev) * 65536 + prev * 256 + tokens;
+      x = x + trigram(key.mul(static_cast<int64_t>(2654435761LL)).remainder(trigram_buckets));
+    }
+    const torch::Tensor mask = causal.narrow(0, 0, T).narrow(1, 0, T);
+    for (auto& b : blocks) x = b->forward(x, mask);
+    return head(ln(x));
+  }
+  int64_t trigram_buckets;
+  torch::nn::Embedding tok{nullptr}, bigram{nullptr}, trigram{nullptr};
+  torch::Tensor pos, causal;
+  std::vector<Block> blocks;
+  torch::nn::LayerNorm ln{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(CharTransformer);
+
+// ---- the recipe: one Trainer "epoch" is one window of K steps ----
+
+class CharLM : public ackpt::ModuleInterface {
+ public:
+  CharLM(CharTransformer model, const ModelSize& size, const Options& o, const std::string& text)
+      : ModuleInterface(model), model_(model), size_(size), opt_(o) {
+    torch::Tensor bytes = torch::from_blob(const_cast<char*>(text.data()),
+                                           {static_cast<int64_t>(text.size())}, torch::kUInt8)
+                              .to(torch::kLong);
+    const int64_t n = bytes.size(0);
+    const int64_t split = n * 9 / 10;
+    train_ = bytes.narrow(0, 0, split);
+    val_ = bytes.narrow(0, split, n - split);
+    if (val_.size(0) <= size_.context + 1 || train_.size(0) <= size_.context + 1) {
+      throw ackpt::Error::InvalidArgument("the corpus is too short for a context of " +
+                                          std::to_string(size_.context) + " bytes");
+    }
+  }
+
+  // Window e covers steps [e * K, min((e + 1) * K, steps)).
+  int64_t epochs() const {
+    return (opt_.steps + opt_.checkpoint_every - 1) / opt_.checkpoint_every;
+  }
+  void on_begin_train_epoch(int64_t global_step, int64_t) override { window_start_ = global_step; }
+  int64_t num_train_batches(int64_t epoch) override {
+    const int64_t end = std::min((epoch + 1) * opt_.checkpoint_every, opt_.steps);
+    return std::max<int64_t>(0, end - window_start_);
+  }
+  torch::Tensor train_step(int64_t, int64_t, int64_t) override {
+    // Random windows drawn from LibTorch's generator (checkpointed with the Trainer).
+    torch::Tensor starts = torch::randint(0, train_.size(0) - size_.context - 1, {size_.batch});
+    return Loss(train_, starts);
+  }
+  int64_t num_val_batches(int64_t) override { return 2; }
+  torch::Tensor val_step(int64_t, int64_t, int64_t batch) override {
+    // Fixed windows: validation never touches the generator.
+    const int64_t span = val_.size(0) - size_.context - 1;
+    torch::Tensor starts = (torch::arange(size_.batch) * 7919 + batch * 104729) % span;
+    return Loss(val_, starts);
+  }
+  ackpt::OptimizersSchedulers get_optimizers_schedulers(int64_t, int64_t) override {
+    auto opt = std::make_shared<torch::optim::AdamW>(
+        model_->parameters(), torch::optim::AdamWOptions(size_.lr).weight_decay(0.01));
+    const unsigned decay_every = static_cast<unsigned>(std::max<int64_t>(1, opt_.steps * 2 / 3));
+    return {{opt}, {ackpt::MakeScheduler<torch::optim::StepLR>(*opt, decay_every, 0.3)}};
+  }
+
+  // Progress: a loss line every --log-every steps; at the end of a window the
+  // line waits for the validation loss and the checkpoint's stall.
+  void on_end_train_step(int64_t step, double loss) override {
+    loss_sum_ += loss;
+    ++loss_n_;
+    const bool window_end = step % opt_.checkpoint_every == 0 || step == opt_.steps;
+    if (!window_end && (opt_.log_every == 0 || step % opt_.log_every != 0)) return;
+    const double ms = 1e3 * Seconds(Clock::now() - since_) / static_cast<double>(loss_n_);
+    last_loss_ = loss_sum_ / static_cast<double>(loss_n_);
+    char line[160];
+    std::snprintf(line, sizeof line, "step %5lld/%lld  loss %.3f  %4.0f ms/step",
+                  static_cast<long long>(step), static_cast<long long>(opt_.steps), last_loss_, ms);
+    loss_sum_ = 0;
+    loss_n_ = 0;
+    since_ = Clock::now();
+    if (window_end) {
+      pending_ = line;
+    } else {
+      Print("%s\n", line);
+    }
+  }
+  void on_end_val_epoch(int64_t, int64_t, double loss) override {
+    last_val_ = loss;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "  val %.3f", loss);
+    pending_ += buf;
+  }
+  // The pending progress line (and clears it).
+  std::string take_pending() { return std::exchange(pending_, std::string()); }
+  void reset_clock() { since_ = Clock::now(); }
+  double last_loss() const { return last_loss_; }
+  double last_val() const { return last_val_; }
+
+ private:
+  torch::Tensor Loss(const torch::Tensor& data, const torch::Tensor& starts) {
+    const int64_t T = size_.context;
+    torch::Tensor offsets = torch::arange(T + 1);
+    torch::Tensor windows = data.index({starts.unsqueeze(1) + offsets.unsqueeze(0)});  // [B, T+1]
+    torch::Tensor x = windows.narrow(1, 0, T), y = windows.narrow(1, 1, T);
+    torch::Tensor logits = model_->forward(x);
+    return torch::nn::functional::cross_entropy(logits.reshape({-1, 256}), y.reshape({-1}));
+  }
+
+  CharTransformer model_;
+  ModelSize size_;
+  Options opt_;
+  torch::Tensor train_, val_;
+  int64_t window_start_ = 0;
+  double loss_sum_ = 0;
+  int64_t loss_n_ = 0;
+  double last_loss_ = NAN, last_val_ = NAN;
+  std::string pending_;
+  Clock::time_point since_ = Clock::now();
+};
+
+// ---- a checkpointer wrapper: names files by step, measures the stall, --sync ----
+
+struct SaveRecord {
+  int64_t step;
+  bool forced;
+  bool wrote;  // false: a forced save that only waited for the same state's periodic save
+  double stall;
+};
+
+class DemoCheckpointer : public ackpt::AbstractCheckpointer {
+ public:
+  DemoCheckpointer(ackpt::DefaultCheckpointerArguments args, bool sync, CharLM* module)
+      : inner_(std::move(args)), sync_(sync), module_(module) {}
+  void save(const ackpt::Checkpoint& c, int64_t, bool force) override {
+    // File index = optimizer steps done (the Trainer's index is its epoch,
+    // here a window of --checkpoint-every steps).
+    const int64_t step = c.trainer_backend_state.at("global_step_completed").to_int();
+    const auto t0 = Clock::now();
+    if (force && !records_.empty() && records_.back().step == step && !records_.back().forced) {
+      // The Trainer's final save(force = true) right after the periodic save
+      // of the same state: making that one durable is enough.
+      inner_.wait();
+      const double stall = Seconds(Clock::now() - t0);
+      records_.push_back({step, true, false, stall});
+      Print("final save (force = true): waited %.1f ms until %s was durable\n", stall * 1e3,
+            ackpt::BaseName(inner_.last_saved_path()).c_str());
+      return;
+    }
+    inner_.save(c, step, force || sync_);
+    const double stall = Seconds(Clock::now() - t0);
+    records_.push_back({step, force, true, stall});
+    const std::string name = ackpt::BaseName(inner_.last_saved_path());
+    if (!force) {
+      Print("%s  | %s %s, stall %.1f ms\n", module_->take_pending().c_str(),
+            sync_ ? "wrote" : "queued", name.c_str(), stall * 1e3);
+    } else {
+      Print("final save (force = true) of %s: %.1f ms\n", name.c_str(), stall * 1e3);
+    }
+  }
+  void save_model(const ackpt::StateDict& s, int64_t) override {
+    const auto t0 = Clock::now();
+    inner_.save_model(s, last_step());  // synchronous, as in pymarlin
+    model_stall_ += Seconds(Clock::now() - t0);
+  }
+  double model_stall() const { return model_stall_; }
+  ackpt::Checkpoint load() override { return inner_.load(); }
+  void wait() override { inner_.wait(); }
+  ackpt::DefaultCheckpointer& inner() { return inner_; }
+  const std::vector<SaveRecord>& records() const { return records_; }
+  int64_t last_step() const { return records_.empty() ? 0 : records_.back().step; }
+
+ private:
+  ackpt::DefaultCheckpointer inner_;
+  bool sync_;
+  CharLM* module_;
+  std::vector<SaveRecord> records_;
+  double model_stall_ = 0;
+};
+
+std::atomic<ackpt::Trainer*> g_trainer{nullptr};
+
+void OnSigint(int) {
+  ackpt::Trainer* t = g_trainer.load();
+  if (t != nullptr) t->request_stop();
+}
+
+int Run(const Options& o) {
+  const ModelSize size = SizeOf(o.model_size);
+  if (o.threads > 0) torch::set_num_threads(o.threads);
+  torch::manual_seed(static_cast<uint64_t>(o.seed));
+
+  std::string corpus_name;
+  const std::string text = LoadCorpus(o, &corpus_name);
+  auto model = CharTransformer(size);
+  auto module = std::make_shared<CharLM>(model, size, o, text);
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) params += p.numel();
+
+  std::mutex stats_mu;
+  std::vector<ackpt::SaveStats> stats;
+  ackpt::DefaultCheckpointerArguments ca;
+  ca.save_dir = o.save_dir;
+  ca.model_state_save_dir = o.save_dir;
+  ca.compression = o.compression == "none" ? ackpt::Compression::kNone : ackpt::Compression::kZstd;
+  ca.zstd_level = o.level;
+  ca.writer_threads = o.writer_threads;
+  ca.log_level = "WARN";
+  ca.resume_from_save_dir = o.resume;
+  ca.delete_existing_checkpoints = !o.resume;
+  // Keep the newest N plus the best by validation loss (stored in each file's
+  // metadata by the Trainer, so it survives --resume).
+  ca.retention.keep_last = o.keep_last;
+  if (o.keep_last > 0) {
+    ca.retention.keep_best = 1;
+    ca.retention.best_metric = "val_loss";
+  }
+  ca.retention.model_keep_last = o.keep_last > 0 ? 1 : 0;
+  ca.on_save = [&](const ackpt::SaveStats& s) {
+    {
+      std::lock_guard<std::mutex> lock(stats_mu);
+      stats.push_back(s);
+    }
+    if (!s.ok) {
+      Print("%53s| FAILED %s: %s\n", "", ackpt::BaseName(s.path).c_str(), s.error.c_str());
+    } else if (!o.sync) {
+      Print("%53s| durable %s: %s -> %s, %.0f ms%s\n", "", ackpt::BaseName(s.path).c_str(),
+            Bytes(static_cast<double>(s.bytes)).c_str(),
+            Bytes(static_cast<double>(s.file_bytes)).c_str(), s.write_seconds * 1e3,
+            s.forced ? "" : " in the background");
+    }
+  };
+  const std::string format = o.compression == "zstd" ? "zstd level " + std::to_string(o.level)
+                                                     : std::string("uncompressed");
+  std::printf("ackpt demo: character-level transformer (%s, %.2fM parameters) on %s, %s\n",
+              o.model_size.c_str(), static_cast<double>(params) / 1e6, corpus_name.c_str(),
+              Bytes(static_cast<double>(text.size())).c_str());
+  std::printf("%lld steps, checkpoint every %lld into %s (%s, %s saves)%s\n",
+              static_cast<long long>(o.steps), static_cast<long long>(o.checkpoint_every),
+              o.save_dir.c_str(), format.c_str(), o.sync ? "blocking --sync" : "asynchronous",
+              o.resume ? "" : "; ackpt files already there are removed (use --resume to continue)");
+  std::fflush(stdout);
+
+  auto checkpointer = std::make_shared<DemoCheckpointer>(ca, o.sync, module.get());
+  ackpt::TrainerArguments ta;
+  ta.epochs = module->epochs();
+  ta.log_level = "WARN";
+  ta.clip_grads = true;
+  ta.max_grad_norm = 1.0;
+  ackpt::Trainer trainer(module, ta, nullptr, checkpointer);
+
+  const std::string loaded = checkpointer->inner().last_loaded_path();
+  const int64_t start_step = trainer.global_steps_finished();
+  if (!loaded.empty()) {
+    const int64_t e = trainer.last_epoch();
+    if (start_step <= e * o.checkpoint_every || start_step > (e + 1) * o.checkpoint_every) {
+      throw ackpt::Error::InvalidArgument(
+          "the checkpoint " + loaded + " (step " + std::to_string(start_step) + ", window " +
+          std::to_string(e) +
+          ") was written with another --checkpoint-every; resume with that one");
+    }
+    const auto index =
+        ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
+    std::printf("resuming from checkpoint index %lld (step %lld, %s)\n",
+                static_cast<long long>(index ? *index : -1), static_cast<long long>(start_step),
+                loaded.c_str());
+  } else if (o.resume) {
+    std::printf("no checkpoint in %s: starting from step 0\n", o.save_dir.c_str());
+  }
+  std::fflush(stdout);
+
+  g_trainer.store(&trainer);
+  struct sigaction sa {};
+  sa.sa_handler = OnSigint;
+  sa.sa_flags = SA_RESETHAND | SA_RESTART;  // a second Ctrl-C kills
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+
+  module->reset_clock();
+  const auto t0 = Clock::now();
+  trainer.train();
+  const double train_seconds = Seconds(Clock::now() - t0);
+  g_trainer.store(nullptr);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  if (trainer.interrupted()) {
+    Print("interrupted: waiting for pending saves\n");
+  }
+  checkpointer->inner().wait();  // every save durable before the summary
+
+  // ---- summary ----
+  const int64_t steps_done = trainer.global_steps_finished() - start_step;
+  double periodic_sum = 0, periodic_max = 0, final_stall = 0;
+  int periodic = 0, forced = 0;
+  int64_t newest = -1;
+  for (const auto& r : checkpointer->records()) {
+    newest = std::max(newest, r.step);
+    if (r.forced) {
+      final_stall += r.stall;
+      ++forced;
+    } else {
+      periodic_sum += r.stall;
+      periodic_max = std::max(periodic_max, r.stall);
+      ++periodic;
+    }
+  }
+  uint64_t bytes = 0, file_bytes = 0;
+  double write_sum = 0;
+  int written = 0, failed = 0, model_files = 0;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu);
+    for (const auto& s : stats) {
+      if (!s.ok) {
+        ++failed;
+        continue;
+      }
+      bytes += s.bytes;
+      file_bytes += s.file_bytes;
+      write_sum += s.write_seconds;
+      if (ackpt::ParseCheckpointIndex(ackpt::BaseName(s.path), ca.file_prefix, ca.file_ext)) {
+        ++written;
+      } else {
+        ++model_files;
+      }
+    }
+  }
+  const double final_total = final_stall + checkpointer->model_stall();
+  const double total_stall = periodic_sum + final_total;
+  auto share = [&](double x) { return train_seconds > 0 ? 100.0 * x / train_seconds : 0.0; };
+  std::printf("\n== summary: %s saves, %s ==\n", o.sync ? "blocking (--sync)" : "asynchronous",
+              format.c_str());
+  if (trainer.interrupted()) {
+    std::printf(
+        "interrupted:         at step %lld; newest checkpoint: step %lld; continue with --resume\n",
+        static_cast<long long>(trainer.global_steps_finished()),
+        static_cast<long long>(newest >= 0 ? newest : start_step));
+  }
+  std::printf(
+      "training:            %lld steps in %.1f s (%.0f ms/step); loss %.3f, val_loss %.3f\n",
+      static_cast<long long>(steps_done), train_seconds,
+      steps_done ? 1e3 * train_seconds / static_cast<double>(steps_done) : 0.0, module->last_loss(),
+      module->last_val());
+  std::printf("checkpoints written: %d + %d model file%s%s\n", written, model_files,
+              model_files == 1 ? "" : "s",
+              failed ? (", " + std::to_string(failed) + " FAILED").c_str() : "");
+  if (periodic > 0) {
+    std::printf("stall per save:      mean %.1f ms, max %.1f ms (time inside save())\n",
+                1e3 * periodic_sum / periodic, 1e3 * periodic_max);
+  }
+  if (forced > 0) {
+    std::printf(
+        "final save:          %.1f ms (force = true: returns once durable) + %.1f ms model file\n",
+        1e3 * final_stall, 1e3 * checkpointer->model_stall());
+  }
+  if (written + model_files > 0) {
+    std::printf(
+        "background write:    mean %.1f ms per file (hash, compress, write, fsync, rename)\n",
+        1e3 * write_sum / (written + model_files));
+  }
+  std::printf("bytes written:       %s on disk for %s of tensors, compression ratio %.2f\n",
+              Bytes(static_cast<double>(file_bytes)).c_str(),
+              Bytes(static_cast<double>(bytes)).c_str(),
+              file_bytes ? static_cast<double>(bytes) / static_cast<double>(file_bytes) : 1.0);
+  std::printf(
+      "checkpoint stall:    %.2f s of %.1f s training = %.1f %% (periodic saves %.1f %%, final "
+      "save %.1f %%)\n",
+      total_stall, train_seconds, share(total_stall), share(periodic_sum), share(final_total));
+  std::printf("kept (retention):    ");
+  for (const auto& e : checkpointer->inner().list_checkpoints()) {
+    std::string why;
+    for (const auto& k : e.kept_by) why += (why.empty() ? "" : "+") + k;
+    auto v = e.metrics.find("val_loss");
+    char val[48] = "";
+    if (v != e.metrics.end()) std::snprintf(val, sizeof val, ", val_loss %.3f", v->second);
+    std::printf("%s (%s%s)  ", ackpt::BaseName(e.path).c_str(), why.c_str(), val);
+  }
+  std::printf("\nfiles:               ackpt ls %s\n", o.save_dir.c_str());
+  return trainer.interrupted() ? 130 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  Options o;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto next = [&]() -> std::string {
+        if (i + 1 >= argc) throw ackpt::Error::InvalidArgument(a + " needs a value");
+        return argv[++i];
+      };
+      auto number = [&](int64_t min) {
+        const std::string v = next();
+        size_t used = 0;
+        int64_t n = 0;
+        try {
+          n = std::stoll(v, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used != v.size() || v.empty() || n < min) {
+          throw ackpt::Error::InvalidArgument(a + " needs an integer >= " + std::to_string(min) +
+                                              ", got '" + v + "'");
+        }
+        return n;
+      };
+      if (a == "--help" || a == "-h") {
+        std::printf("%s", kUsage);
+        return 0;
+      } else if (a == "--steps") {
+        o.steps = number(1);
+      } else if (a == "--checkpoint-every") {
+        o.checkpoint_every = number(1);
+      } else if (a == "--save-dir") {
+        o.save_dir = next();
+      } else if (a == "--compression") {
+        o.compression = next();
+        if (o.compression != "none" && o.compression != "zstd") {
+          throw ackpt::Error::InvalidArgument("--compression must be none or zstd, got '" +
+                                              o.compression + "'");
+        }
+      } else if (a == "--level") {
+        o.level = static_cast<int>(number(-7));
+      } else if (a == "--model-size") {
+        o.model_size = next();
+        SizeOf(o.model_size);
+      } else if (a == "--resume") {
+        o.resume = true;
+      } else if (a == "--sync") {
+        o.sync = true;
+      } else if (a == "--corpus") {
+        o.corpus = next();
+      } else if (a == "--threads") {
+        o.threads = static_cast<int>(number(1));
+      } else if (a == "--writer-threads") {
+        o.writer_threads = static_cast<int>(number(1));
+      } else if (a == "--log-every") {
+        o.log_every = number(1);
+      } else if (a == "--keep-last") {
+        o.keep_last = number(0);
+      } else if (a == "--seed") {
+        o.seed = number(0);
+      } else {
+        throw ackpt::Error::InvalidArgument("unknown option '" + a + "'");
+      }
+    }
+  } catch (const ackpt::Error& e) {
+    std::fprintf(stderr, "ackpt_demo: %s\n%s", e.message().c_str(), kUsage);
+    return 2;
+  }
+  try {
+    return Run(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ackpt_demo: %s\n", e.what());
+    return 1;
+  }
+}

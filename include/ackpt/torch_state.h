@@ -1,0 +1,150 @@
+// Capturing the LibTorch state that has no StateDict of its own: module
+// parameters and buffers, optimizer state, LR schedulers and the random
+// number generators. Everything is captured into an ackpt::StateDict (so it
+// can go into a Checkpoint) and restored into freshly built objects.
+//
+// Optimizer state is keyed by parameter NAME (as in module->named_parameters()),
+// never by tensor address: LibTorch keys an optimizer's state by the address of
+// each parameter's TensorImpl, which is meaningless in another process.
+//
+// The captured StateDicts share tensor storage with the live objects (a
+// checkpointer's save() snapshots the bytes before it returns); restoring
+// always copies, so restored objects never share storage with the StateDict.
+//
+// This header pulls in LibTorch's nn/optim headers, not <torch/torch.h>.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <torch/optim/schedulers/lr_scheduler.h>
+#include <torch/ordered_dict.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ackpt/state_dict.h"
+
+namespace ackpt {
+
+using NamedTensors = torch::OrderedDict<std::string, torch::Tensor>;
+
+// ---- Module parameters and buffers ------------------------------------------
+
+// The module's parameters, then its buffers, by their dotted names (as in
+// named_parameters() / named_buffers()), detached; they share storage with
+// the module.
+StateDict ModuleState(const torch::nn::Module& module);
+
+// What LoadModuleState found.
+struct ModuleLoadReport {
+  std::vector<std::string> missing;     // in the module, not in the state
+  std::vector<std::string> unexpected;  // in the state, not in the module
+  std::vector<std::string>
+      mismatched;                   // "name: checkpoint [2, 3] vs module [3, 3]" (or not a tensor)
+  std::vector<std::string> loaded;  // copied into the module
+  bool clean() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+  // "missing: a, b; unexpected: c; shape mismatch: d: checkpoint [2] vs module [3]"; "" when clean.
+  std::string ToString() const;
+};
+
+// Copies `state` (from ModuleState, possibly loaded from a file) into the
+// module's parameters and buffers in place, so optimizers holding them stay
+// valid; dtype and device are converted as Tensor::copy_ does.
+// strict = true: any missing, unexpected or shape-mismatched key throws
+// ackpt::Error (kInvalidArgument) listing all of them, and nothing is modified.
+// strict = false (lenient): what matches is loaded, the rest is skipped and
+// reported.
+ModuleLoadReport LoadModuleState(torch::nn::Module& module, const StateDict& state,
+                                 bool strict = true);
+
+// ---- Optimizers ---------------------------------------------------------------
+
+// "Adam", "AdamW", "SGD", "RMSprop" or "Adagrad"; throws kUnsupported for
+// any other optimizer (LBFGS, user-defined ones).
+std::string OptimizerTypeName(const torch::optim::Optimizer& optimizer);
+
+// Captures the optimizer's param groups (hyper-parameters and the names of
+// their parameters) and per-parameter state:
+//   type:          "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad"
+//   param_groups:  [ {params: [names...], lr, betas: [b1, b2], eps, ...}, ... ]
+//   state:         { name: {step, exp_avg, exp_avg_sq, [max_exp_avg_sq]} }   Adam, AdamW
+//                  { name: {momentum_buffer} }                               SGD
+//                  { name: {step, square_avg, [momentum_buffer], [grad_avg]} }  RMSprop
+//                  { name: {step, sum} }                                     Adagrad
+// `named_parameters` names the parameters (module.named_parameters()); a
+// parameter of the optimizer that is not among them throws kInvalidArgument.
+StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
+                           const NamedTensors& named_parameters);
+StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
+                           const torch::nn::Module& module);
+
+// Restores CaptureOptimizer's output into `optimizer`, typically freshly built
+// over a freshly built module: hyper-parameters of every param group and the
+// per-parameter state, matched by name. The state tensors are copied onto
+// each parameter's device. Everything is checked before anything changes;
+// ackpt::Error (kInvalidArgument) names the problem: an optimizer type
+// mismatch, a different number of param groups, a parameter name that is
+// missing from or unknown to a group, a state tensor whose shape differs from
+// its parameter's, a missing or mistyped field.
+void RestoreOptimizer(torch::optim::Optimizer& optimizer, const NamedTensors& named_parameters,
+                      const StateDict& state);
+void RestoreOptimizer(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,
+                      const StateDict& state);
+
+// ---- LR schedulers --------------------------------------------------------------
+
+// A learning-rate scheduler whose state can be checkpointed. Implement it for
+// your own schedulers; TorchScheduler adapts LibTorch's (StepLR, ...).
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  // Advances the schedule by one optimizer step.
+  virtual void step() = 0;
+  virtual StateDict get_state() const = 0;
+  virtual void update_state(const StateDict& state) = 0;
+};
+
+// LibTorch's schedulers keep their only state, the number of step() calls,
+// in a protected member; the learning rates themselves live in the
+// optimizer's param groups and are restored with the optimizer.
+//   {type: "StepLR", step_count: 7}
+StateDict CaptureScheduler(const torch::optim::LRScheduler& scheduler);
+// Throws kInvalidArgument on a type mismatch or a malformed state.
+void RestoreScheduler(torch::optim::LRScheduler& scheduler, const StateDict& state);
+// "StepLR" for torch::optim::StepLR, otherwise the demangled class name.
+std::string SchedulerTypeName(const torch::optim::LRScheduler& scheduler);
+
+// Adapts a LibTorch scheduler to ackpt::Scheduler.
+class TorchScheduler : public Scheduler {
+ public:
+  explicit TorchScheduler(std::shared_ptr<torch::optim::LRScheduler> scheduler);
+  void step() override;
+  StateDict get_state() const override;
+  void update_state(const StateDict& state) override;
+  torch::optim::LRScheduler& scheduler() const { return *scheduler_; }
+
+ private:
+  std::shared_ptr<torch::optim::LRScheduler> scheduler_;
+};
+
+// Builds a LibTorch scheduler and wraps it:
+//   auto s = ackpt::MakeScheduler<torch::optim::StepLR>(*optimizer, 10, 0.5);
+// The optimizer must outlive the scheduler.
+template <typename S, typename... Args>
+std::shared_ptr<Scheduler> MakeScheduler(Args&&... args) {
+  return std::make_shared<TorchScheduler>(std::make_shared<S>(std::forward<Args>(args)...));
+}
+
+// ---- Random number generators -------------------------------------------------
+
+// {cpu: uint8 tensor [, cuda: [one uint8 tensor per device]]}: the default CPU
+// generator's state and, where CUDA is available, every device's.
+StateDict CaptureRngState();
+// Restores CaptureRngState's output. CUDA states are restored for the devices
+// present in both; they are ignored where CUDA is not available. A malformed
+// state throws kInvalidArgument.
+void RestoreRngState(const StateDict& state);
+
+}  // namespace ackpt

@@ -1,0 +1,448 @@
+// pymarlin's Trainer, ModuleInterface and SingleProcess backend for LibTorch.
+#include "ackpt/trainer.h"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <limits>
+
+#include "ackpt/error.h"
+
+namespace ackpt {
+
+namespace {
+
+constexpr const char* kLoggerName = "ackpt.trainer";
+
+std::shared_ptr<spdlog::logger> MakeLogger(const TrainerArguments& args) {
+  std::string level = args.log_level;
+  std::transform(level.begin(), level.end(), level.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (level == "warning") level = "warn";
+  if (level == "fatal") level = "critical";
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), level) == std::end(kLevels)) {
+    throw Error::InvalidArgument("TrainerArguments.log_level '" + args.log_level +
+                                 "' is not one of TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL, OFF");
+  }
+  std::shared_ptr<spdlog::logger> logger = args.logger;
+  if (!logger) {
+    logger = spdlog::get(kLoggerName);
+    if (!logger) {
+      try {
+        logger = spdlog::stderr_color_mt(kLoggerName);
+      } catch (const spdlog::spdlog_ex&) {
+        logger = spdlog::get(kLoggerName);
+      }
+    }
+  }
+  logger->set_level(spdlog::level::from_str(level));
+  return logger;
+}
+
+void Validate(const TrainerArguments& a) {
+  auto bad = [](const std::string& what) {
+    return Error::InvalidArgument("TrainerArguments." + what);
+  };
+  if (a.epochs < 0) throw bad("epochs must be >= 0, got " + std::to_string(a.epochs));
+  if (a.max_train_steps_per_epoch < 0) throw bad("max_train_steps_per_epoch must be >= 0");
+  if (a.max_val_steps_per_epoch < 0) throw bad("max_val_steps_per_epoch must be >= 0");
+  if (a.gradient_accumulation < 1) {
+    throw bad("gradient_accumulation must be >= 1, got " + std::to_string(a.gradient_accumulation));
+  }
+  if (a.clip_grads && !(a.max_grad_norm > 0))
+    throw bad("max_grad_norm must be > 0 when clip_grads is set");
+}
+
+int64_t GetInt(const StateDict& d, const std::string& key, const std::string& where) {
+  const Value* v = d.find(key);
+  if (v == nullptr) throw Error::InvalidArgument(where + " has no '" + key + "'");
+  if (!v->is_int()) {
+    throw Error::InvalidArgument(where + "." + key + " is a " + KindName(v->kind()) +
+                                 ", not an int");
+  }
+  return v->to_int();
+}
+
+const List& GetList(const StateDict& d, const std::string& key, const std::string& where) {
+  const Value* v = d.find(key);
+  if (v == nullptr) throw Error::InvalidArgument(where + " has no '" + key + "'");
+  if (!v->is_list()) {
+    throw Error::InvalidArgument(where + "." + key + " is a " + KindName(v->kind()) +
+                                 ", not a list");
+  }
+  return v->list();
+}
+
+const StateDict& AsDict(const Value& v, const std::string& where) {
+  if (!v.is_dict())
+    throw Error::InvalidArgument(where + " is a " + KindName(v.kind()) + ", not a dict");
+  return v.dict();
+}
+
+void CheckRecipe(const OptimizersSchedulers& os) {
+  for (const auto& o : os.optimizers) {
+    if (!o) throw Error::InvalidArgument("get_optimizers_schedulers returned a null optimizer");
+  }
+  for (const auto& s : os.schedulers) {
+    if (!s) throw Error::InvalidArgument("get_optimizers_schedulers returned a null scheduler");
+  }
+}
+
+}  // namespace
+
+// ---- ModuleInterface ----
+
+ModuleInterface::ModuleInterface(std::shared_ptr<torch::nn::Module> module)
+    : module_(std::move(module)) {
+  if (!module_) throw Error::InvalidArgument("ModuleInterface needs a module, got null");
+}
+
+ModuleInterface::~ModuleInterface() = default;
+
+int64_t ModuleInterface::num_val_batches(int64_t) { return 0; }
+
+torch::Tensor ModuleInterface::val_step(int64_t, int64_t, int64_t) {
+  throw Error::InvalidArgument("num_val_batches() > 0 but val_step() is not overridden");
+}
+
+void ModuleInterface::on_begin_train_epoch(int64_t, int64_t) {}
+void ModuleInterface::on_end_backward(int64_t, const torch::Tensor&) {}
+void ModuleInterface::on_end_train_step(int64_t, double) {}
+void ModuleInterface::on_end_train_epoch(int64_t, int64_t, double) {}
+void ModuleInterface::on_end_val_epoch(int64_t, int64_t, double) {}
+void ModuleInterface::on_end_train(int64_t) {}
+
+StateDict ModuleInterface::get_state() { return ModuleState(*module_); }
+
+void ModuleInterface::update_state(const StateDict& state) {
+  last_report_ = LoadModuleState(*module_, state, strict_);
+  if (!last_report_.clean()) {
+    if (auto logger = spdlog::get(kLoggerName)) {
+      logger->warn("module state loaded leniently; skipped {}", last_report_.ToString());
+    }
+  }
+}
+
+// ---- SingleProcess ----
+
+void SingleProcess::init(const TrainerBackendArguments& args) {
+  if (args.module == nullptr)
+    throw Error::InvalidArgument("TrainerBackendArguments.module is null");
+  if (args.gradient_accumulation < 1) {
+    throw Error::InvalidArgument("TrainerBackendArguments.gradient_accumulation must be >= 1");
+  }
+  args_ = args;
+}
+
+bool SingleProcess::stop_requested() const {
+  return args_.stop_requested != nullptr && args_.stop_requested->load();
+}
+
+double SingleProcess::train_epoch(int64_t epoch) {
+  if (args_.module == nullptr) throw Error::InvalidArgument("SingleProcess::init() was not called");
+  ModuleInterface& m = *args_.module;
+  const int64_t n = m.num_train_batches(epoch);
+  const int64_t accumulation = args_.gradient_accumulation;
+  int64_t steps = 0, in_step = 0, epoch_batches = 0;
+  double step_sum = 0, epoch_sum = 0;
+  for (int64_t b = 0; b < n; ++b) {
+    if (args_.max_train_steps_per_epoch > 0 && steps >= args_.max_train_steps_per_epoch) break;
+    if (stop_requested()) break;
+    torch::Tensor loss = m.train_step(global_step_completed_ + 1, epoch, b);
+    if (!loss.defined() || loss.numel() != 1) {
+      throw Error::InvalidArgument("train_step() must return a one-element loss tensor (epoch " +
+                                   std::to_string(epoch) + ", batch " + std::to_string(b) + ")");
+    }
+    if (accumulation > 1) {
+      (loss / static_cast<double>(accumulation)).backward();
+    } else {
+      loss.backward();
+    }
+    m.on_end_backward(global_step_completed_ + 1, loss);
+    const double l = loss.item<double>();
+    step_sum += l;
+    epoch_sum += l;
+    ++in_step;
+    ++epoch_batches;
+    ++batches_completed_;
+    if (in_step == accumulation) {
+      process_global_step(step_sum / static_cast<double>(in_step));
+      ++steps;
+      in_step = 0;
+      step_sum = 0;
+    }
+  }
+  if (in_step > 0) {
+    if (stop_requested()) {
+      m.module().zero_grad(/*set_to_none=*/true);  // drop the unfinished step
+    } else {
+      process_global_step(step_sum / static_cast<double>(in_step));
+    }
+  }
+  return epoch_batches > 0 ? epoch_sum / static_cast<double>(epoch_batches)
+                           : std::numeric_limits<double>::quiet_NaN();
+}
+
+void SingleProcess::process_global_step(double mean_loss) {
+  ModuleInterface& m = *args_.module;
+  if (args_.clip_grads) {
+    torch::nn::utils::clip_grad_norm_(m.module().parameters(), args_.max_grad_norm);
+  }
+  for (const auto& o : args_.optimizers) o->step();
+  // Reset gradients to none (not to zero), so that a resumed process, whose
+  // gradients start undefined, accumulates exactly as an uninterrupted one.
+  for (const auto& o : args_.optimizers) {
+    for (auto& g : o->param_groups()) {
+      for (auto& p : g.params()) {
+        if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+      }
+    }
+  }
+  m.module().zero_grad(/*set_to_none=*/true);
+  for (const auto& s : args_.schedulers) s->step();
+  ++global_step_completed_;
+  m.on_end_train_step(global_step_completed_, mean_loss);
+}
+
+double SingleProcess::validate_epoch(int64_t epoch) {
+  if (args_.module == nullptr) throw Error::InvalidArgument("SingleProcess::init() was not called");
+  ModuleInterface& m = *args_.module;
+  int64_t n = m.num_val_batches(epoch);
+  if (args_.max_val_steps_per_epoch > 0) n = std::min(n, args_.max_val_steps_per_epoch);
+  if (n <= 0) return std::numeric_limits<double>::quiet_NaN();
+  torch::NoGradGuard no_grad;
+  double sum = 0;
+  for (int64_t b = 0; b < n; ++b) {
+    torch::Tensor loss = m.val_step(global_step_completed_, epoch, b);
+    if (!loss.defined() || loss.numel() != 1) {
+      throw Error::InvalidArgument("val_step() must return a one-element loss tensor");
+    }
+    sum += loss.item<double>();
+  }
+  return sum / static_cast<double>(n);
+}
+
+StateDict SingleProcess::get_state() {
+  return StateDict{{"global_step_completed", global_step_completed_},
+                   {"batches_completed", batches_completed_}};
+}
+
+void SingleProcess::update_state(const StateDict& state) {
+  if (state.empty()) return;
+  const std::string w = "trainer_backend_state";
+  const int64_t steps = GetInt(state, "global_step_completed", w);
+  const int64_t batches = GetInt(state, "batches_completed", w);
+  global_step_completed_ = steps;
+  batches_completed_ = batches;
+}
+
+// ---- Trainer ----
+
+Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
+                 std::shared_ptr<TrainerBackend> backend,
+                 std::shared_ptr<AbstractCheckpointer> checkpointer)
+    : args_(std::move(args)),
+      module_(std::move(module)),
+      checkpointer_(std::move(checkpointer)),
+      backend_(std::move(backend)) {
+  if (!module_) throw Error::InvalidArgument("Trainer needs a ModuleInterface, got null");
+  Validate(args_);
+  logger_ = MakeLogger(args_);
+  if (!checkpointer_)
+    checkpointer_ = std::make_shared<DefaultCheckpointer>(args_.checkpointer_args);
+  if (!backend_) backend_ = std::make_shared<SingleProcess>();
+
+  // pymarlin's order: load, module state, optimizers/schedulers, trainer
+  // state (which restores them), backend init, backend state.
+  checkpointed_states_ = checkpointer_->load();
+  if (!checkpointed_states_.module_interface_state.empty()) {
+    module_->update_state(checkpointed_states_.module_interface_state);
+  }
+  const int64_t batches = module_->num_train_batches(0);
+  estimated_global_steps_per_epoch_ =
+      (batches + args_.gradient_accumulation - 1) / args_.gradient_accumulation;
+  if (args_.max_train_steps_per_epoch > 0) {
+    estimated_global_steps_per_epoch_ =
+        std::min(estimated_global_steps_per_epoch_, args_.max_train_steps_per_epoch);
+  }
+  OptimizersSchedulers os =
+      module_->get_optimizers_schedulers(estimated_global_steps_per_epoch_, args_.epochs);
+  CheckRecipe(os);
+  optimizers_ = std::move(os.optimizers);
+  schedulers_ = std::move(os.schedulers);
+  Trainer::update_state(checkpointed_states_.trainer_state);
+
+  backend_->init(backend_args());
+  backend_->update_state(checkpointed_states_.trainer_backend_state);
+  if (!checkpointed_states_.empty()) {
+    logger_->info("resumed after epoch {} (global step {})", last_epoch_, global_steps_finished());
+  }
+}
+
+Trainer::~Trainer() = default;
+
+TrainerBackendArguments Trainer::backend_args() {
+  TrainerBackendArguments ba;
+  ba.module = module_.get();
+  ba.optimizers = optimizers_;
+  ba.schedulers = schedulers_;
+  ba.max_train_steps_per_epoch = args_.max_train_steps_per_epoch;
+  ba.max_val_steps_per_epoch = args_.max_val_steps_per_epoch;
+  ba.gradient_accumulation = args_.gradient_accumulation;
+  ba.clip_grads = args_.clip_grads;
+  ba.max_grad_norm = args_.max_grad_norm;
+  ba.stop_requested = &stop_;
+  return ba;
+}
+
+int64_t Trainer::global_steps_finished() const { return backend_->get_global_steps_completed(); }
+
+void Trainer::restore_trainer_state() {
+  update_state(checkpointed_states_.trainer_state);
+  // update_state may have rebuilt the optimizers (reset_optimizers_schedulers).
+  backend_->init(backend_args());
+}
+
+StateDict Trainer::get_state() {
+  StateDict state;
+  state.set("last_epoch", last_epoch_);
+  List optimizers;
+  for (const auto& o : optimizers_)
+    optimizers.emplace_back(CaptureOptimizer(*o, module_->module()));
+  List schedulers;
+  for (const auto& s : schedulers_) schedulers.emplace_back(s->get_state());
+  state.set("optimizers", std::move(optimizers));
+  state.set("schedulers", std::move(schedulers));
+  if (args_.checkpoint_rng) state.set("rng", CaptureRngState());
+  return state;
+}
+
+void Trainer::update_state(const StateDict& state) {
+  if (state.empty()) return;
+  const std::string w = "trainer_state";
+  last_epoch_ = GetInt(state, "last_epoch", w);
+  if (args_.reset_optimizers_schedulers) {
+    logger_->info("optimizers and schedulers reset, not loaded from the checkpoint");
+    const int64_t remaining = args_.epochs - last_epoch_ - 1;
+    if (remaining > 0) {
+      OptimizersSchedulers os =
+          module_->get_optimizers_schedulers(estimated_global_steps_per_epoch_, remaining);
+      CheckRecipe(os);
+      optimizers_ = std::move(os.optimizers);
+      schedulers_ = std::move(os.schedulers);
+    }
+  } else {
+    const List& optimizers = GetList(state, "optimizers", w);
+    const List& schedulers = GetList(state, "schedulers", w);
+    if (optimizers.size() != optimizers_.size()) {
+      throw Error::InvalidArgument(
+          "the checkpoint holds " + std::to_string(optimizers.size()) +
+          " optimizer states but the module built " + std::to_string(optimizers_.size()) +
+          " optimizers (set reset_optimizers_schedulers to start them afresh)");
+    }
+    if (schedulers.size() != schedulers_.size()) {
+      throw Error::InvalidArgument(
+          "the checkpoint holds " + std::to_string(schedulers.size()) +
+          " scheduler states but the module built " + std::to_string(schedulers_.size()) +
+          " schedulers (set reset_optimizers_schedulers to start them afresh)");
+    }
+    for (size_t i = 0; i < optimizers.size(); ++i) {
+      RestoreOptimizer(*optimizers_[i], module_->module(),
+                       AsDict(optimizers[i], w + ".optimizers[" + std::to_string(i) + "]"));
+    }
+    for (size_t i = 0; i < schedulers.size(); ++i) {
+      schedulers_[i]->update_state(
+          AsDict(schedulers[i], w + ".schedulers[" + std::to_string(i) + "]"));
+    }
+  }
+  if (args_.checkpoint_rng) {
+    if (const Value* rng = state.find("rng")) RestoreRngState(AsDict(*rng, w + ".rng"));
+  }
+}
+
+double Trainer::validate(int64_t epoch) {
+  if (module_->num_val_batches(epoch) <= 0) return std::numeric_limits<double>::quiet_NaN();
+  torch::nn::Module& m = module_->module();
+  const bool was_training = m.is_training();
+  m.eval();
+  double loss;
+  try {
+    loss = backend_->validate_epoch(epoch);
+  } catch (...) {
+    if (was_training) m.train();
+    throw;
+  }
+  if (was_training) m.train();
+  module_->on_end_val_epoch(global_steps_finished(), epoch, loss);
+  return loss;
+}
+
+void Trainer::train() {
+  interrupted_ = false;
+  for (int64_t epoch = last_epoch_ + 1; epoch < args_.epochs; ++epoch) {
+    if (stop_requested()) {
+      interrupted_ = true;
+      break;
+    }
+    logger_->info("training epoch {}", epoch);
+    module_->on_begin_train_epoch(global_steps_finished(), epoch);
+    module_->module().train();
+    const double train_loss = backend_->train_epoch(epoch);
+    if (stop_requested()) {
+      interrupted_ = true;
+      break;
+    }
+    const double val_loss = validate(epoch);
+    module_->on_end_train_epoch(global_steps_finished(), epoch, train_loss);
+    last_epoch_ = epoch;
+    metrics_.clear();
+    if (!std::isnan(train_loss)) metrics_["train_loss"] = train_loss;
+    if (!std::isnan(val_loss)) metrics_["val_loss"] = val_loss;
+    save_checkpoint();
+  }
+  if (interrupted_) {
+    logger_->info("stopped before finishing epoch {}; waiting for pending saves", last_epoch_ + 1);
+    wait_for_saves();
+    return;
+  }
+  if (last_epoch_ >= 0) {
+    save_checkpoint(/*force=*/true);
+    save_model_checkpoint();
+  } else {
+    logger_->warn("no epoch to train (epochs = {}); nothing saved", args_.epochs);
+  }
+  module_->on_end_train(global_steps_finished());
+  logger_->info("finished training after epoch {} (global step {})", last_epoch_,
+                global_steps_finished());
+}
+
+void Trainer::save_checkpoint(bool force) {
+  if (last_epoch_ < 0) {
+    throw Error::InvalidArgument("save_checkpoint() before any epoch finished (last_epoch = -1)");
+  }
+  Checkpoint c;
+  c.module_interface_state = module_->get_state();
+  c.trainer_state = get_state();
+  c.trainer_backend_state = backend_->get_state();
+  c.metrics = metrics_;
+  checkpointer_->save(c, last_epoch_, force);
+}
+
+void Trainer::save_model_checkpoint() {
+  if (last_epoch_ < 0) {
+    throw Error::InvalidArgument(
+        "save_model_checkpoint() before any epoch finished (last_epoch = -1)");
+  }
+  checkpointer_->save_model(module_->get_state(), last_epoch_);
+}
+
+void Trainer::wait_for_saves() { checkpointer_->wait(); }
+
+}  // namespace ackpt

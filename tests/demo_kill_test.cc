@@ -1,0 +1,239 @@
+// The training demo killed while a save is in flight (SIGKILL) or stopped with
+// Ctrl-C (SIGINT), then run again with --resume: it must continue from the
+// newest complete checkpoint, with no error, no temp file left behind and
+// every checkpoint file intact.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <optional>
+#include <regex>
+#include <thread>
+
+#include "ackpt/env.h"
+#include "ackpt/file_names.h"
+#include "ackpt/format.h"
+#include "test_util.h"
+
+#ifndef ACKPT_DEMO
+#error "ACKPT_DEMO must name the ackpt_demo binary"
+#endif
+
+namespace ackpt {
+namespace {
+
+using testing::ReadFileBytes;
+using testing::TempDir;
+using Clock = std::chrono::steady_clock;
+
+// The demo on a model small enough for a test, saving every 5 steps.
+std::vector<std::string> DemoArgs(const std::string& save_dir, int64_t steps) {
+  return {ACKPT_DEMO,
+          "--model-size",
+          "tiny",
+          "--steps",
+          std::to_string(steps),
+          "--checkpoint-every",
+          "5",
+          "--save-dir",
+          save_dir,
+          "--keep-last",
+          "0",
+          "--threads",
+          "1"};
+}
+
+// Starts a process with stdout and stderr going to `log`.
+pid_t Spawn(std::vector<std::string> args, const std::string& log) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for the process; returns its exit status, 128 + signal, or -1 after
+// `timeout` (then it is killed).
+int WaitFor(pid_t pid, double timeout_seconds) {
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_seconds);
+  int status = 0;
+  while (true) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (Clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+struct DirState {
+  std::vector<std::pair<int64_t, std::string>> checkpoints;  // newest first
+  std::vector<std::string> temp_files;
+};
+
+DirState Scan(const std::string& dir) {
+  DirState s;
+  std::vector<std::string> names;
+  try {
+    names = Env::Default()->GetChildren(dir);
+  } catch (const Error&) {
+    return s;
+  }
+  for (const auto& n : names) {
+    if (IsTempFileName(n)) s.temp_files.push_back(n);
+    if (auto i = ParseCheckpointIndex(n, "model")) s.checkpoints.emplace_back(*i, JoinPath(dir, n));
+  }
+  std::sort(s.checkpoints.begin(), s.checkpoints.end(), std::greater<>());
+  return s;
+}
+
+// A temp file of a full checkpoint (not of the model-only file) is being written.
+bool CheckpointInFlight(const DirState& s) {
+  for (const auto& t : s.temp_files) {
+    auto target = TempFileTarget(t);
+    if (target && ParseCheckpointIndex(*target, "model")) return true;
+  }
+  return false;
+}
+
+// Every checkpoint in dir opens and passes every checksum.
+void ExpectAllIntact(const std::string& dir) {
+  for (const auto& name : Env::Default()->GetChildren(dir)) {
+    if (IsTempFileName(name)) {
+      ADD_FAILURE() << "temp file left behind: " << name;
+      continue;
+    }
+    const std::string path = JoinPath(dir, name);
+    EXPECT_NO_THROW(CheckpointReader::Open(path)->Verify()) << path;
+  }
+}
+
+std::optional<int64_t> ParseResumeIndex(const std::string& output) {
+  std::smatch m;
+  if (!std::regex_search(output, m,
+                         std::regex("resuming from checkpoint index (\\d+) \\(step (\\d+)"))) {
+    return std::nullopt;
+  }
+  return std::stoll(m[1]);
+}
+
+// Resumes in `dir` and checks the run continues from `expected_index`.
+void ResumeAndCheck(const TempDir& dir, const std::string& save_dir, int64_t expected_index) {
+  const int64_t steps = expected_index + 10;
+  auto args = DemoArgs(save_dir, steps);
+  args.push_back("--resume");
+  const std::string log = dir.file("resume.log");
+  const int rc = WaitFor(Spawn(args, log), 300);
+  const std::string out = ReadFileBytes(log);
+  ASSERT_EQ(rc, 0) << out;
+  const auto index = ParseResumeIndex(out);
+  ASSERT_TRUE(index.has_value()) << out;
+  EXPECT_EQ(*index, expected_index) << out;
+  EXPECT_NE(out.find("training:            10 steps"), std::string::npos) << out;
+  EXPECT_EQ(out.find("FAILED"), std::string::npos) << out;
+
+  const DirState after = Scan(save_dir);
+  EXPECT_TRUE(after.temp_files.empty());
+  ASSERT_FALSE(after.checkpoints.empty());
+  EXPECT_EQ(after.checkpoints.front().first, steps);  // the resumed run reached the end
+  ExpectAllIntact(save_dir);
+}
+
+TEST(DemoKillTest, SigkillDuringSaveThenResume) {
+  TempDir dir;
+  const std::string save_dir = dir.file("ckpt");
+  // Attempts: the kill must land while a checkpoint's temp file exists; if the
+  // save finished between seeing the temp file and the kill, try again.
+  bool caught = false;
+  DirState killed;
+  std::string out;
+  for (int attempt = 0; attempt < 5 && !caught; ++attempt) {
+    const std::string log = dir.file("run.log");
+    const pid_t pid = Spawn(DemoArgs(save_dir, 100000), log);
+    ASSERT_GT(pid, 0);
+    const auto deadline = Clock::now() + std::chrono::seconds(120);
+    bool seen_complete = false;
+    while (Clock::now() < deadline) {
+      const DirState s = Scan(save_dir);
+      // Wait for one complete checkpoint, then for the next save to be in flight.
+      seen_complete = seen_complete || !s.checkpoints.empty();
+      if (seen_complete && CheckpointInFlight(s)) break;
+      int status;
+      if (waitpid(pid, &status, WNOHANG) == pid)
+        FAIL() << "the demo exited early:\n" << ReadFileBytes(log);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    kill(pid, SIGKILL);
+    EXPECT_EQ(WaitFor(pid, 60), 128 + SIGKILL);
+    out = ReadFileBytes(log);
+    killed = Scan(save_dir);
+    caught = CheckpointInFlight(killed);
+  }
+  ASSERT_TRUE(caught) << "never caught a save in flight:\n" << out;
+  ASSERT_FALSE(killed.checkpoints.empty()) << out;
+  const int64_t newest = killed.checkpoints.front().first;
+  // The complete files are intact; the partial one never got its final name.
+  for (const auto& c : killed.checkpoints)
+    EXPECT_NO_THROW(CheckpointReader::Open(c.second)->Verify()) << c.second;
+
+  ResumeAndCheck(dir, save_dir, newest);
+}
+
+TEST(DemoKillTest, CtrlCDrainsThenResume) {
+  TempDir dir;
+  const std::string save_dir = dir.file("ckpt");
+  const std::string log = dir.file("run.log");
+  const pid_t pid = Spawn(DemoArgs(save_dir, 100000), log);
+  ASSERT_GT(pid, 0);
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (Clock::now() < deadline && Scan(save_dir).checkpoints.size() < 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  kill(pid, SIGINT);
+  const int rc = WaitFor(pid, 120);
+  const std::string out = ReadFileBytes(log);
+  EXPECT_EQ(rc, 130) << out;  // interrupted, after draining
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(out, m, std::regex("newest checkpoint: step (\\d+)"))) << out;
+  const int64_t newest = std::stoll(m[1]);
+  const DirState s = Scan(save_dir);
+  EXPECT_TRUE(s.temp_files.empty());
+  ASSERT_FALSE(s.checkpoints.empty());
+  EXPECT_EQ(s.checkpoints.front().first, newest);
+  ExpectAllIntact(save_dir);
+
+  ResumeAndCheck(dir, save_dir, newest);
+}
+
+TEST(DemoKillTest, BadFlagsAreClearErrors) {
+  TempDir dir;
+  std::string out;
+  EXPECT_EQ(testing::RunCommand(std::string(ACKPT_DEMO) + " --compression lz4", &out), 2);
+  EXPECT_NE(out.find("--compression must be none or zstd, got 'lz4'"), std::string::npos) << out;
+  EXPECT_EQ(testing::RunCommand(std::string(ACKPT_DEMO) + " --steps -3", &out), 2);
+  EXPECT_NE(out.find("--steps needs an integer >= 1"), std::string::npos) << out;
+  EXPECT_EQ(
+      testing::RunCommand(std::string(ACKPT_DEMO) + " --corpus " + dir.file("missing.txt"), &out),
+      1);
+  EXPECT_NE(out.find("cannot read corpus file"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace ackpt
