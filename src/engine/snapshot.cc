@@ -16,8 +16,8 @@ namespace engine {
 
 namespace {
 constexpr uint64_t kAlign = 64;
-// Contiguous tensors are copied in pieces of this size across the pool.
-constexpr uint64_t kCopyPiece = uint64_t{8} << 20;
+// Contiguous bytes are split across the pool in ranges of at least this size.
+constexpr uint64_t kMinRange = uint64_t{8} << 20;
 
 at::Tensor StagingView(uint8_t* base, const StagedTensor& s) {
   return at::from_blob(base + s.offset, s.shape, at::TensorOptions().dtype(s.dtype));
@@ -56,9 +56,10 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
     const uint8_t* src;
     uint8_t* dst;
     uint64_t n;
-    size_t tensor;  // for strided copies (src == nullptr)
+    size_t tensor;
   };
-  std::vector<Piece> pieces;
+  std::vector<Piece> contiguous;  // memcpy
+  std::vector<Piece> strided;     // copied through a staging view (src == nullptr)
   std::vector<std::pair<c10::Device, std::vector<size_t>>> device_tensors;
   for (size_t i = 0; i < flat.size(); ++i) {
     const at::Tensor& t = flat[i].tensor;
@@ -71,13 +72,9 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
         it = device_tensors.insert(device_tensors.end(), {t.device(), {}});
       it->second.push_back(i);
     } else if (t.is_contiguous() && !t.is_neg() && !t.is_conj()) {
-      const auto* src = static_cast<const uint8_t*>(t.data_ptr());
-      for (uint64_t off = 0; off < s.nbytes; off += kCopyPiece) {
-        pieces.push_back(
-            {src + off, base + s.offset + off, std::min(kCopyPiece, s.nbytes - off), i});
-      }
+      contiguous.push_back({static_cast<const uint8_t*>(t.data_ptr()), base + s.offset, s.nbytes, i});
     } else {
-      pieces.push_back({nullptr, base + s.offset, s.nbytes, i});
+      strided.push_back({nullptr, base + s.offset, s.nbytes, i});
     }
   }
 
@@ -98,18 +95,40 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
     side.synchronize();
   }
 
+  // The contiguous bytes, taken as one sequence across tensors, are cut into
+  // one contiguous range per copying thread. (Interleaving small pieces
+  // between the threads instead was measured ~1.5x slower for 1 GiB on a
+  // 2-vCPU VM: two threads streaming through adjacent blocks, against two
+  // threads each streaming through its own half.)
+  std::vector<uint64_t> starts(contiguous.size() + 1, 0);
+  for (size_t k = 0; k < contiguous.size(); ++k) starts[k + 1] = starts[k] + contiguous[k].n;
+  const uint64_t total = starts.back();
+  const size_t workers = pool == nullptr ? 1 : static_cast<size_t>(pool->threads()) + 1;
+  const size_t ranges =
+      total == 0 ? 0 : static_cast<size_t>(std::clamp<uint64_t>(total / kMinRange, 1, workers));
+  auto copy_range = [&](size_t r) {
+    const uint64_t b = total * r / ranges;
+    const uint64_t e = total * (r + 1) / ranges;
+    size_t k = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), b) - starts.begin()) - 1;
+    for (; k < contiguous.size() && starts[k] < e; ++k) {
+      const uint64_t lo = std::max(b, starts[k]) - starts[k];
+      const uint64_t hi = std::min(e, starts[k + 1]) - starts[k];
+      if (lo < hi) std::memcpy(contiguous[k].dst + lo, contiguous[k].src + lo, hi - lo);
+    }
+  };
   auto run = [&](size_t k) {
-    const Piece& p = pieces[k];
-    if (p.src != nullptr) {
-      std::memcpy(p.dst, p.src, p.n);
+    if (k < ranges) {
+      copy_range(k);
     } else {
+      const Piece& p = strided[k - ranges];
       StagingView(base, staged[p.tensor]).copy_(flat[p.tensor].tensor);
     }
   };
-  if (pool == nullptr || pieces.size() < 2) {
-    for (size_t k = 0; k < pieces.size(); ++k) run(k);
+  const size_t tasks = ranges + strided.size();
+  if (pool == nullptr || tasks < 2) {
+    for (size_t k = 0; k < tasks; ++k) run(k);
   } else {
-    pool->ParallelFor(pieces.size(), run);
+    pool->ParallelFor(tasks, run);
   }
 }
 

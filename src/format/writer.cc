@@ -39,23 +39,12 @@ void CheckZstd(size_t rc, const char* call) {
     throw Error(Error::Code::kIOError, std::string(call) + ": " + ZSTD_getErrorName(rc));
 }
 
-// Compresses stream[offset, offset+n) into one zstd frame with its content
-// checksum; returns the frame and the low 32 bits of XXH64 of the input.
-uint32_t CompressChunk(const LogicalStream& stream, uint64_t offset, size_t n, int level,
-                       std::string* out) {
-  ZSTD_CCtx* cctx = ThreadCCtx();
-  CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
-            "ZSTD_c_compressionLevel");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "ZSTD_c_checksumFlag");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1), "ZSTD_c_contentSizeFlag");
+// Streams a chunk made of several pieces (tensor boundaries) into one frame.
+void CompressPieces(ZSTD_CCtx* cctx, const LogicalStream& stream, uint64_t offset, size_t n,
+                    std::string* out) {
   CheckZstd(ZSTD_CCtx_setPledgedSrcSize(cctx, n), "ZSTD_CCtx_setPledgedSrcSize");
-  out->resize(ZSTD_compressBound(n));
   ZSTD_outBuffer ob{out->data(), out->size(), 0};
-  XXH64_state_t hash;
-  XXH64_reset(&hash, 0);
   stream.Visit(offset, n, [&](const void* p, size_t len) {
-    XXH64_update(&hash, p, len);
     ZSTD_inBuffer ib{p, len, 0};
     while (ib.pos < ib.size)
       CheckZstd(ZSTD_compressStream2(cctx, &ob, &ib, ZSTD_e_continue), "ZSTD_compressStream2");
@@ -70,7 +59,43 @@ uint32_t CompressChunk(const LogicalStream& stream, uint64_t offset, size_t n, i
     ob.size = out->size();
   }
   out->resize(ob.pos);
-  return static_cast<uint32_t>(XXH64_digest(&hash) & 0xffffffffu);
+}
+
+// Compresses stream[offset, offset+n) into one zstd frame with its content
+// checksum; returns the frame and the low 32 bits of XXH64 of the input.
+// That value is exactly the frame's own content checksum (zstd format:
+// "lowest 4 bytes of XXH64, seed 0, little-endian", the last 4 bytes of the
+// frame), which is also what the seekable format's seek table stores, so it
+// is read from the frame instead of hashing the input a second time.
+uint32_t CompressChunk(const LogicalStream& stream, uint64_t offset, size_t n, int level,
+                       std::string* out) {
+  ZSTD_CCtx* cctx = ThreadCCtx();
+  CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
+            "ZSTD_c_compressionLevel");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "ZSTD_c_checksumFlag");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1), "ZSTD_c_contentSizeFlag");
+  out->resize(ZSTD_compressBound(n));
+  // Most chunks lie inside one tensor: compress them in one call, straight
+  // from the staging memory (the streaming API would first copy the input
+  // into zstd's own buffer).
+  const void* single = nullptr;
+  size_t pieces = 0;
+  stream.Visit(offset, n, [&](const void* p, size_t) {
+    if (pieces++ == 0) single = p;
+  });
+  if (pieces == 1) {
+    const size_t r = ZSTD_compress2(cctx, out->data(), out->size(), single, n);
+    CheckZstd(r, "ZSTD_compress2");
+    out->resize(r);
+  } else {
+    CompressPieces(cctx, stream, offset, n, out);
+  }
+  if (out->size() < 4)
+    throw Error(Error::Code::kIOError, "zstd produced a frame without a content checksum");
+  const auto* tail = reinterpret_cast<const uint8_t*>(out->data() + out->size() - 4);
+  return static_cast<uint32_t>(tail[0]) | (static_cast<uint32_t>(tail[1]) << 8) |
+         (static_cast<uint32_t>(tail[2]) << 16) | (static_cast<uint32_t>(tail[3]) << 24);
 }
 
 // Coalesces small appends so a state of many tiny tensors is not written
