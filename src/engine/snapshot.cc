@@ -72,7 +72,8 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
         it = device_tensors.insert(device_tensors.end(), {t.device(), {}});
       it->second.push_back(i);
     } else if (t.is_contiguous() && !t.is_neg() && !t.is_conj()) {
-      contiguous.push_back({static_cast<const uint8_t*>(t.data_ptr()), base + s.offset, s.nbytes, i});
+      contiguous.push_back(
+          {static_cast<const uint8_t*>(t.data_ptr()), base + s.offset, s.nbytes, i});
     } else {
       strided.push_back({nullptr, base + s.offset, s.nbytes, i});
     }
@@ -109,7 +110,8 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
   auto copy_range = [&](size_t r) {
     const uint64_t b = total * r / ranges;
     const uint64_t e = total * (r + 1) / ranges;
-    size_t k = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), b) - starts.begin()) - 1;
+    size_t k =
+        static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), b) - starts.begin()) - 1;
     for (; k < contiguous.size() && starts[k] < e; ++k) {
       const uint64_t lo = std::max(b, starts[k]) - starts[k];
       const uint64_t hi = std::min(e, starts[k + 1]) - starts[k];

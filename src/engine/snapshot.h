@@ -27,9 +27,10 @@ uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat,
 
 // Copies each tensor into base + offset as contiguous bytes. Non-contiguous
 // tensors are copied straight into place (no intermediate contiguous copy).
-// Large contiguous CPU tensors are split across `pool` (may be null). Device
-// tensors are copied with non-blocking device-to-host copies on a side
-// stream, which is synchronized before returning.
+// The bytes of contiguous CPU tensors are split into one contiguous range per
+// thread of `pool` (may be null) plus the caller. Device tensors are copied
+// with non-blocking device-to-host copies on a side stream, which is
+// synchronized before returning.
 void CopySnapshot(const std::vector<format::FlatTensor>& flat,
                   const std::vector<StagedTensor>& staged, uint8_t* base, TaskPool* pool);
 
