@@ -96,7 +96,7 @@ void BM_ZstdDecompressFrame(benchmark::State& state) {
 }
 BENCHMARK(BM_ZstdDecompressFrame)->Arg(1)->Arg(3)->Unit(benchmark::kMillisecond);
 
-// An Env whose files discard their bytes: CommitStream without the disk.
+// An Env whose files discard their bytes: the encode path without the disk.
 class NullFile final : public WritableFile {
  public:
   explicit NullFile(std::string p) : path_(std::move(p)) {}
@@ -119,11 +119,16 @@ class NullEnv final : public EnvWrapper {
   void SyncDir(const std::string&) override {}
 };
 
-// The compressing commit pipeline on 64 MiB, no disk: args (level, threads).
-void BM_CommitStreamNoDisk(benchmark::State& state) {
+// The one encode path (hash, header, compress, commit) on 64 MiB, no disk:
+// args (level, threads).
+void BM_EncodeAndCommitNoDisk(benchmark::State& state) {
   const auto& d = Weights(size_t{64} << 20);
-  format::LogicalStream stream;
-  stream.Add(d.data(), d.size());
+  format::FlatTensor t;
+  t.name = "w";
+  t.dtype = at::kByte;
+  t.shape = {static_cast<int64_t>(d.size())};
+  t.nbytes = d.size();
+  t.data = d.data();
   WriteOptions o;
   o.zstd_level = static_cast<int>(state.range(0));
   o.threads = static_cast<int>(state.range(1));
@@ -139,25 +144,27 @@ void BM_CommitStreamNoDisk(benchmark::State& state) {
     }
   };
   for (auto _ : state) {
-    format::CommitStats s = format::CommitStream(stream, "/tmp/ackpt-micro-null", o, &env, pf);
-    benchmark::DoNotOptimize(s.file_bytes);
+    std::vector<format::FlatTensor> tensors{t};
+    format::EncodeResult r = format::EncodeAndCommit(&tensors, R"({"d":[["w",{"T":"w"}]]})", o, {},
+                                                     "/tmp/ackpt-micro-null", &env, pf);
+    benchmark::DoNotOptimize(r.file_bytes);
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
                           static_cast<int64_t>(d.size()));
 }
-BENCHMARK(BM_CommitStreamNoDisk)
+BENCHMARK(BM_EncodeAndCommitNoDisk)
     ->Args({1, 1})
     ->Args({1, 2})
     ->Args({3, 2})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-std::vector<format::SerializedTensor> HeaderTensors(size_t n, std::vector<at::Tensor>* keep) {
-  std::vector<format::SerializedTensor> v;
+std::vector<format::FlatTensor> HeaderTensors(size_t n, std::vector<at::Tensor>* keep) {
+  std::vector<format::FlatTensor> v;
   for (size_t i = 0; i < n; ++i) {
     at::Tensor t = at::zeros({16, 4});
     keep->push_back(t);
-    format::SerializedTensor s;
+    format::FlatTensor s;
     s.name =
         "model/layers." + std::to_string(i / 12) + ".mlp.fc" + std::to_string(i % 12) + ".weight";
     s.dtype = at::kFloat;
@@ -220,15 +227,15 @@ BENCHMARK(BM_Flatten)->Arg(300)->Unit(benchmark::kMicrosecond);
 void BM_SnapshotCopy(benchmark::State& state) {
   std::vector<format::FlatTensor> flat;
   for (int i = 0; i < 16; ++i) flat.push_back({"t" + std::to_string(i), at::randn({1 << 20})});
-  std::vector<engine::StagedTensor> staged;
   bool cuda = false;
-  const uint64_t bytes = engine::PlanSnapshot(flat, &staged, &cuda);
+  const uint64_t bytes = engine::PlanSnapshot(&flat, &cuda);
   std::vector<uint8_t> buf(bytes);
   std::unique_ptr<engine::TaskPool> pool;
   if (state.range(0) > 1)
     pool = std::make_unique<engine::TaskPool>(static_cast<int>(state.range(0)) - 1);
   for (auto _ : state) {
-    engine::CopySnapshot(flat, staged, buf.data(), pool.get());
+    std::vector<format::FlatTensor> planned = flat;  // CopySnapshot drops the tensor refs
+    engine::CopySnapshot(&planned, buf.data(), pool.get());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));

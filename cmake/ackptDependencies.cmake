@@ -8,8 +8,13 @@ find_dependency(Threads)
 find_dependency(Torch)
 find_dependency(zstd)
 find_dependency(spdlog)
-find_dependency(nlohmann_json)
 
+# Header-only dependencies used inside the library only: needed to build
+# ackpt, not to use an installed copy (the exported target drops them).
+if(NOT ACKPT_BUILDING_FROM_SOURCE)
+  return()
+endif()
+find_dependency(nlohmann_json)
 # Standalone Asio and xxHash are header-only here (xxHash via XXH_INLINE_ALL).
 if(NOT TARGET ackpt_asio)
   find_path(ACKPT_ASIO_INCLUDE_DIR asio.hpp REQUIRED)

@@ -8,7 +8,10 @@ PACKAGES=(
   build-essential cmake pkg-config
   libtorch-dev libasio-dev libzstd-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libxxhash-dev
+  libcli11-dev libgloo-dev
   zstd python3-torch python3-numpy python3-xxhash python3-zstandard
+  # fuzzing and the sanitizer builds (scripts/run-fuzz.sh)
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

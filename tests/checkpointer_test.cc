@@ -11,6 +11,7 @@
 
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
+#include "io/atomic_file.h"
 #include "ackpt/format.h"
 #include "test_util.h"
 
@@ -59,6 +60,13 @@ DefaultCheckpointerArguments Args(const TempDir& dir, CapturedLog* log = nullptr
   a.writer_threads = 2;
   a.log_level = "WARN";
   if (log) a.logger = log->logger;
+  return a;
+}
+
+// A reader of the directory a writer in the same test owns.
+DefaultCheckpointerArguments ReaderArgs(const TempDir& dir) {
+  DefaultCheckpointerArguments a = Args(dir);
+  a.checkpoint = false;
   return a;
 }
 
@@ -174,6 +182,7 @@ TEST(CheckpointerTest, SaveModelNamingNeverTakenForCheckpoint) {
   ck.save_model(MakeCheckpoint(9).module_interface_state, 9);  // higher index, same folder
   ck.wait();
   EXPECT_TRUE(Env::Default()->FileExists(dir.file("ckpt/model_model_9.safetensors.zst")));
+  a.checkpoint = false;  // readers of the directory `ck` owns
   DefaultCheckpointer again(a);
   Checkpoint back = again.load();
   EXPECT_EQ(again.last_loaded_path(), dir.file("ckpt/model_1.safetensors.zst"));
@@ -196,6 +205,7 @@ TEST(CheckpointerTest, LoadFilenameTakesPrecedenceAndLoadDirIsUsed) {
   }
   auto b = a;
   b.load_filename = "model_2.safetensors.zst";
+  b.checkpoint = false;
   DefaultCheckpointer named(b);
   EXPECT_TRUE(SameCheckpoint(named.load(), MakeCheckpoint(2)));
   auto c = a;
@@ -205,20 +215,52 @@ TEST(CheckpointerTest, LoadFilenameTakesPrecedenceAndLoadDirIsUsed) {
   EXPECT_TRUE(SameCheckpoint(from_dir.load(), MakeCheckpoint(3)));
   auto d = a;
   d.load_filename = "model_42.safetensors.zst";
+  d.checkpoint = false;
   DefaultCheckpointer missing(d);
-  EXPECT_THROW(missing.load(), Error);
+  try {
+    missing.load();
+    FAIL() << "a missing load_filename must be an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Error::Code::kNotFound);
+    EXPECT_NE(std::string(e.what()).find("model_42.safetensors.zst"), std::string::npos);
+  }
 }
 
-TEST(CheckpointerTest, MissingOrEmptyFolderLoadsEmpty) {
+TEST(CheckpointerTest, MissingOrEmptyLoadDirIsNotFoundButEmptySaveDirStartsFresh) {
   TempDir dir;
-  auto a = Args(dir);
-  a.load_dir = dir.file("does-not-exist");
-  DefaultCheckpointer ck(a);
-  EXPECT_TRUE(ck.load().empty());
-  auto b = Args(dir);
-  DefaultCheckpointer empty(b);  // creates an empty save_dir
-  EXPECT_TRUE(empty.load().empty());
-  EXPECT_EQ(empty.last_loaded_path(), "");
+  CapturedLog log;
+  auto expect_not_found = [](DefaultCheckpointer& ck, const std::string& named) {
+    try {
+      ck.load();
+      ADD_FAILURE() << "an explicitly named load_dir without checkpoints must be an error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Error::Code::kNotFound);
+      EXPECT_NE(std::string(e.what()).find(named), std::string::npos) << e.what();
+    }
+  };
+  {
+    // A typo in an explicitly named load_dir must not silently start from scratch.
+    auto a = Args(dir, &log);
+    a.load_dir = dir.file("does-not-exist");
+    DefaultCheckpointer ck(a);
+    expect_not_found(ck, "does-not-exist");
+  }
+  {
+    Env::Default()->CreateDirs(dir.file("empty"));
+    auto a = Args(dir, &log);
+    a.load_dir = dir.file("empty");
+    DefaultCheckpointer ck(a);
+    expect_not_found(ck, dir.file("empty"));
+  }
+  {
+    // Resuming from save_dir by default: a fresh start is normal, and logged.
+    auto b = Args(dir, &log);
+    b.log_level = "INFO";
+    DefaultCheckpointer empty(b);
+    EXPECT_TRUE(empty.load().empty());
+    EXPECT_EQ(empty.last_loaded_path(), "");
+    EXPECT_NE(log.text().find("starting fresh"), std::string::npos) << log.text();
+  }
   auto c = Args(dir);
   c.resume_from_save_dir = false;
   DefaultCheckpointer no_resume(c);
@@ -327,7 +369,7 @@ TEST(CheckpointerTest, ForceReturnsOnlyWhenDurable) {
   gate.Open();
   forced.get();
   // Both, including the earlier non-forced one, are complete on disk.
-  EXPECT_TRUE(SameCheckpoint(DefaultCheckpointer(Args(dir)).load(), MakeCheckpoint(2)));
+  EXPECT_TRUE(SameCheckpoint(DefaultCheckpointer(ReaderArgs(dir)).load(), MakeCheckpoint(2)));
   EXPECT_TRUE(env.FileExists(dir.file("ckpt/model_1.safetensors.zst")));
   EXPECT_GE(env.calls(Op::kSyncDir), 2);
 }
@@ -371,7 +413,7 @@ TEST(CheckpointerTest, BackgroundErrorsSurfaceAtNextCallThenSavesProceed) {
     EXPECT_FALSE(env.FileExists(dir.file("ckpt/model_2.safetensors.zst")));
     EXPECT_FALSE(env.FileExists(
         dir.file("ckpt/model_3.safetensors.zst")));  // the save that raised did nothing
-    EXPECT_TRUE(SameCheckpoint(DefaultCheckpointer(Args(dir)).load(), MakeCheckpoint(4)));
+    EXPECT_TRUE(SameCheckpoint(DefaultCheckpointer(ReaderArgs(dir)).load(), MakeCheckpoint(4)));
     for (const auto& name : ListDir(dir.file("ckpt"))) EXPECT_FALSE(IsTempFileName(name)) << name;
     std::lock_guard<std::mutex> l(mu);
     ASSERT_EQ(stats.size(), 3u);

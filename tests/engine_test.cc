@@ -101,35 +101,37 @@ TEST(SnapshotTest, CopiesContiguousStridedAndEmptyTensorsExactly) {
   flat.push_back({"empty", at::empty({0, 5})});
   flat.push_back({"scalar", at::scalar_tensor(7, at::kLong)});
   flat.push_back({"neg_view", at::_neg_view(PatternTensor({10}, at::kFloat, 4))});
-  std::vector<StagedTensor> staged;
+  const std::vector<format::FlatTensor> originals = flat;
   bool any_device = true;
-  const uint64_t bytes = PlanSnapshot(flat, &staged, &any_device);
+  const uint64_t bytes = PlanSnapshot(&flat, &any_device);
   EXPECT_FALSE(any_device);
   std::vector<uint8_t> buf(bytes + 64);
   uint8_t* base = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
   TaskPool pool(1);
-  CopySnapshot(flat, staged, base, &pool);
+  CopySnapshot(&flat, base, &pool);
   for (size_t i = 0; i < flat.size(); ++i) {
-    EXPECT_EQ(staged[i].offset % 64, 0u);
-    at::Tensor copy = at::from_blob(base + staged[i].offset, staged[i].shape,
-                                    at::TensorOptions().dtype(staged[i].dtype));
-    EXPECT_TRUE(at::equal(copy, flat[i].tensor)) << flat[i].name;
+    EXPECT_EQ(flat[i].staging_offset % 64, 0u);
+    // The snapshot holds no reference to the caller's tensor; its bytes are staged.
+    EXPECT_FALSE(flat[i].tensor.defined()) << flat[i].name;
+    EXPECT_EQ(flat[i].data, flat[i].nbytes ? base + flat[i].staging_offset : nullptr);
+    at::Tensor copy = at::from_blob(base + flat[i].staging_offset, flat[i].shape,
+                                    at::TensorOptions().dtype(flat[i].dtype));
+    EXPECT_TRUE(at::equal(copy, originals[i].tensor)) << flat[i].name;
   }
 }
 
 TEST(SnapshotTest, RejectsUnsupportedTensorsNamingThem) {
   std::vector<format::FlatTensor> flat{{"model/c", at::zeros({2}, at::kComplexFloat)}};
-  std::vector<StagedTensor> staged;
   bool any_device;
   try {
-    PlanSnapshot(flat, &staged, &any_device);
+    PlanSnapshot(&flat, &any_device);
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Error::Code::kUnsupported);
     EXPECT_NE(std::string(e.what()).find("model/c"), std::string::npos);
   }
   flat = {{"sparse", at::eye(3).to_sparse()}};
-  EXPECT_THROW(PlanSnapshot(flat, &staged, &any_device), Error);
+  EXPECT_THROW(PlanSnapshot(&flat, &any_device), Error);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
+#include "io/atomic_file.h"
 #include "ackpt/format.h"
 #include "test_util.h"
 

@@ -1,6 +1,8 @@
 // Retention rules, their persistence across restarts, and crash behaviour.
 #include "ackpt/retention.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -9,6 +11,7 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "format/internal.h"
 #include "test_util.h"
 
 namespace ackpt {
@@ -227,7 +230,9 @@ TEST(RetentionTest, CrashBetweenCommitAndDeletionLeavesExtraFilesNeverMissingOne
   EXPECT_EQ(CheckpointFiles(dir.file("ckpt")),
             (std::vector<std::string>{"model_3.safetensors.zst"}));
   // And a restart after a crash mid-retention sees every kept file intact.
-  DefaultCheckpointer again(Args(dir));
+  auto r = Args(dir);
+  r.checkpoint = false;  // `ck` still owns the directory: read it
+  DefaultCheckpointer again(r);
   EXPECT_EQ(again.load().trainer_state.at("epoch").to_int(), 3);
 }
 
@@ -254,18 +259,27 @@ TEST(RetentionTest, CheckpointBeingReadIsNotDeleted) {
 TEST(RetentionTest, StartupRemovesOnlyOwnStaleTempFiles) {
   TempDir dir;
   Env::Default()->CreateDirs(dir.file("ckpt"));
-  for (const char* n : {".model_3.safetensors.zst.tmp-999-0", ".model_model_1.safetensors.tmp-5-7",
-                        ".other_3.safetensors.tmp-1-1", ".model_3.safetensors.zst.tmp-x-1",
-                        "model_3.safetensors.zst.tmp-1-1", "notes.txt"}) {
-    testing::WriteFileBytes(dir.file("ckpt/") + n, "partial");
-  }
+  // Writers that are gone (no such pid; this process, which now owns the
+  // directory) lose their temp files; a running process keeps its own
+  // (it may be writing with WriteStateDict, which takes no lock).
+  const std::string gone = std::to_string(999999999);
+  const std::string self = std::to_string(::getpid());
+  const std::string alive = std::to_string(::getppid());
+  const std::vector<std::string> names{".model_3.safetensors.zst.tmp-" + gone + "-0",
+                                       ".model_model_1.safetensors.tmp-" + self + "-7",
+                                       ".model_4.safetensors.tmp-" + alive + "-2",
+                                       ".other_3.safetensors.tmp-1-1",
+                                       ".model_3.safetensors.zst.tmp-x-1",
+                                       "model_3.safetensors.zst.tmp-1-1",
+                                       "notes.txt"};
+  for (const auto& n : names) testing::WriteFileBytes(dir.file("ckpt/") + n, "partial");
   auto a = Args(dir);
   DefaultCheckpointer ck(a);
   EXPECT_EQ(ck.counters().temp_files_removed, 2u);
-  EXPECT_EQ(
-      ListDir(dir.file("ckpt")),
-      (std::vector<std::string>{".model_3.safetensors.zst.tmp-x-1", ".other_3.safetensors.tmp-1-1",
-                                "model_3.safetensors.zst.tmp-1-1", "notes.txt"}));
+  EXPECT_EQ(ListDir(dir.file("ckpt")),
+            (std::vector<std::string>{".model_3.safetensors.zst.tmp-x-1", names[2],
+                                      ".other_3.safetensors.tmp-1-1",
+                                      "model_3.safetensors.zst.tmp-1-1", "notes.txt"}));
 }
 
 TEST(RetentionTest, ModelFilesFollowTheirOwnKeepLast) {

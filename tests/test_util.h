@@ -268,9 +268,11 @@ inline std::string SafetensorsBytes(const std::string& header_json, const std::s
   return out + text + data;
 }
 
-// Names in dir, sorted.
+// Names in dir, sorted; the ownership lock file of a writing checkpointer
+// (".ackpt.lock", always there once a writer opened the directory) left out.
 inline std::vector<std::string> ListDir(const std::string& dir) {
   auto names = Env::Default()->GetChildren(dir);
+  names.erase(std::remove(names.begin(), names.end(), ".ackpt.lock"), names.end());
   std::sort(names.begin(), names.end());
   return names;
 }

@@ -15,7 +15,9 @@
 #include <utility>
 #include <vector>
 
+#include "ackpt/engine.h"
 #include "ackpt/env.h"
+#include "ackpt/export.h"
 #include "ackpt/format.h"
 #include "ackpt/retention.h"
 #include "ackpt/state_dict.h"
@@ -41,7 +43,7 @@ struct Checkpoint {
   }
 };
 
-class AbstractCheckpointer {
+class ACKPT_EXPORT AbstractCheckpointer {
  public:
   virtual ~AbstractCheckpointer() = default;
   // Saves `checkpoint` under `index` when the policy says so; force = true
@@ -58,36 +60,6 @@ class AbstractCheckpointer {
   // Returns once every earlier save is durable (asynchronous checkpointers
   // override it). Default: nothing to wait for.
   virtual void wait() {}
-};
-
-// What save() does when the staging budget is full because earlier saves
-// are still being written.
-enum class BackpressurePolicy {
-  kBlock,           // wait for staging memory; the wait counts as stall (default)
-  kSkip,            // drop this (non-forced) save, warn, count it in skipped
-  kReplacePending,  // drop a queued save that has not started writing and take
-                    // its staging; if none is queued, block
-};
-
-// Measurements of one save, delivered to DefaultCheckpointerArguments::on_save
-// after the file is durable (or the save failed).
-struct SaveStats {
-  int64_t index = 0;
-  std::string path;
-  bool forced = false;
-  bool ok = true;  // false: `error` says why; the file was not written
-  std::string error;
-  uint64_t bytes = 0;             // tensor bytes
-  uint64_t file_bytes = 0;        // bytes on disk
-  double stall_seconds = 0;       // time inside save(), backpressure waits included
-  double snapshot_seconds = 0;    // copying tensors into staging
-  double hash_seconds = 0;        // per-tensor XXH3, wall
-  double compress_seconds = 0;    // zstd, summed over threads
-  double write_seconds = 0;       // compress+write+fsync+rename, wall
-  double end_to_end_seconds = 0;  // save() entry to durable
-  size_t queue_depth = 0;         // saves queued or writing when this one was enqueued
-  uint64_t skipped_total = 0;     // saves dropped by kSkip so far
-  uint64_t replaced_total = 0;    // saves dropped by kReplacePending so far
 };
 
 struct DefaultCheckpointerArguments {
@@ -172,21 +144,13 @@ struct DefaultCheckpointerArguments {
   Env* env = nullptr;
 };
 
-// Counters over the checkpointer's lifetime.
-struct CheckpointerCounters {
+// Counters over the checkpointer's lifetime: the engine's, plus its own.
+struct CheckpointerCounters : EngineCounters {
   uint64_t files_deleted = 0;       // by retention
   uint64_t temp_files_removed = 0;  // stale temp files cleaned at startup
-  uint64_t saves_requested = 0;     // save() calls that passed the period check
-  uint64_t saves_completed = 0;     // durable
-  uint64_t saves_failed = 0;
-  uint64_t saves_skipped = 0;           // kSkip
-  uint64_t saves_replaced = 0;          // kReplacePending
-  uint64_t staging_bytes_reserved = 0;  // current staging memory held
-  uint64_t staging_bytes_peak = 0;
-  uint64_t staging_budget_bytes = 0;
 };
 
-class DefaultCheckpointer : public AbstractCheckpointer {
+class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
  public:
   // Validates the arguments (throws kInvalidArgument naming the field),
   // creates save_dir, and applies delete_existing_checkpoints.

@@ -14,9 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "ackpt/export.h"
+
 namespace ackpt {
 
-class WritableFile {
+class ACKPT_EXPORT WritableFile {
  public:
   virtual ~WritableFile() = default;
   // Appends all n bytes (retrying short writes and EINTR).
@@ -28,7 +30,7 @@ class WritableFile {
   virtual const std::string& path() const = 0;
 };
 
-class RandomAccessFile {
+class ACKPT_EXPORT RandomAccessFile {
  public:
   virtual ~RandomAccessFile() = default;
   // Reads exactly n bytes at offset into dst; a short read throws kCorruption
@@ -38,7 +40,14 @@ class RandomAccessFile {
   virtual const std::string& path() const = 0;
 };
 
-class Env {
+// An exclusive advisory lock on a file, held until this object is destroyed.
+class ACKPT_EXPORT FileLock {
+ public:
+  virtual ~FileLock() = default;
+  virtual const std::string& path() const = 0;
+};
+
+class ACKPT_EXPORT Env {
  public:
   virtual ~Env() = default;
 
@@ -61,11 +70,17 @@ class Env {
   virtual double GetFileMTime(const std::string& path) = 0;
   // mkdir -p.
   virtual void CreateDirs(const std::string& dir) = 0;
+  // Takes an exclusive advisory lock on `path` (creating it if missing) and
+  // records `owner` (e.g. "pid 4711 on host a") in it, as leveldb's LockFile.
+  // The lock is held until the returned object is destroyed, or the process
+  // exits. Another holder, in this process or another, makes it throw kBusy
+  // naming the path and the recorded owner. Never blocks.
+  virtual std::unique_ptr<FileLock> LockFile(const std::string& path, const std::string& owner) = 0;
 };
 
 // Forwards every call to another Env; subclass it and override what you want
 // to change (fault injection in tests, accounting, ...).
-class EnvWrapper : public Env {
+class ACKPT_EXPORT EnvWrapper : public Env {
  public:
   explicit EnvWrapper(Env* target) : target_(target) {}
   Env* target() const { return target_; }
@@ -88,17 +103,20 @@ class EnvWrapper : public Env {
   uint64_t GetFileSize(const std::string& p) override { return target_->GetFileSize(p); }
   double GetFileMTime(const std::string& p) override { return target_->GetFileMTime(p); }
   void CreateDirs(const std::string& d) override { target_->CreateDirs(d); }
+  std::unique_ptr<FileLock> LockFile(const std::string& p, const std::string& owner) override {
+    return target_->LockFile(p, owner);
+  }
 
  private:
   Env* target_;
 };
 
 // env->GetChildren(dir), or no names if dir does not exist.
-std::vector<std::string> GetChildrenIfExists(Env* env, const std::string& dir);
+ACKPT_EXPORT std::vector<std::string> GetChildrenIfExists(Env* env, const std::string& dir);
 
 // Path helpers shared by the layers above.
-std::string DirName(const std::string& path);   // "a/b/c" -> "a/b", "c" -> "."
-std::string BaseName(const std::string& path);  // "a/b/c" -> "c"
-std::string JoinPath(const std::string& dir, const std::string& name);
+ACKPT_EXPORT std::string DirName(const std::string& path);   // "a/b/c" -> "a/b", "c" -> "."
+ACKPT_EXPORT std::string BaseName(const std::string& path);  // "a/b/c" -> "c"
+ACKPT_EXPORT std::string JoinPath(const std::string& dir, const std::string& name);
 
 }  // namespace ackpt

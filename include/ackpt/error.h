@@ -4,9 +4,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "ackpt/export.h"
+
 namespace ackpt {
 
-class Error : public std::runtime_error {
+class ACKPT_EXPORT Error : public std::runtime_error {
  public:
   enum class Code {
     kInvalidArgument,  // the caller passed something ackpt cannot accept
@@ -15,6 +17,7 @@ class Error : public std::runtime_error {
     kNotFound,         // a file, tensor or key that was asked for does not exist
     kUnsupported,      // valid but not supported here (dtype, feature)
     kTimedOut,         // a bounded wait ran out
+    kBusy,             // held by someone else (e.g. another writer owns the directory)
   };
 
   Error(Code code, const std::string& message);
@@ -30,6 +33,7 @@ class Error : public std::runtime_error {
   static Error NotFound(const std::string& msg) { return Error(Code::kNotFound, msg); }
   static Error Unsupported(const std::string& msg) { return Error(Code::kUnsupported, msg); }
   static Error TimedOut(const std::string& msg) { return Error(Code::kTimedOut, msg); }
+  static Error Busy(const std::string& msg) { return Error(Code::kBusy, msg); }
   // "<call> '<path>': <strerror(err)>", e.g. "fsync '/ckpt/.x.tmp-1': No space left on device".
   static Error IO(const std::string& call, const std::string& path, int err);
 
@@ -38,6 +42,6 @@ class Error : public std::runtime_error {
   std::string message_;
 };
 
-const char* CodeName(Error::Code code);
+ACKPT_EXPORT const char* CodeName(Error::Code code);
 
 }  // namespace ackpt

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ackpt/env.h"
+#include "ackpt/export.h"
 #include "ackpt/state_dict.h"
 
 namespace ackpt {
@@ -55,15 +56,35 @@ struct WriteResult {
 // the same directory is written, fsynced, closed and renamed over `path`, and
 // the directory is fsynced. On failure the temp file is removed, `path` is
 // untouched, and ackpt::Error names the call, path and errno text.
-WriteResult WriteStateDict(const StateDict& state, const std::string& path,
+ACKPT_EXPORT WriteResult WriteStateDict(const StateDict& state, const std::string& path,
                            const WriteOptions& options = {}, Env* env = Env::Default());
 
+// How a file is read, and the limits that keep a hostile or damaged file from
+// costing more than it should: every size read from a file is checked against
+// the file and these limits before anything is allocated for it. A file over
+// a limit is rejected as corrupt (kCorruption), naming the limit.
 struct ReadOptions {
   // Check every checksum (header, per-tensor XXH3, zstd frames) while reading.
   // Default: true.
   bool verify_checksums = true;
   // Threads for decompression and hashing; 0 = hardware concurrency.
   int threads = 0;
+  // Largest JSON header accepted (the length N in the first 8 bytes). The
+  // header is parsed as a stream, never as a DOM: Open() holds the N bytes
+  // plus the decoded tensor list and metadata, a few times N at most.
+  // Default: 100,000,000 (safetensors' own limit).
+  uint64_t max_header_bytes = 100'000'000;
+  // Most tensors one header may declare (each costs ~150 bytes in FileInfo).
+  // Default: 1,048,576.
+  uint64_t max_tensors = uint64_t{1} << 20;
+  // Most zstd frames one seek table may list; the table is kept as stored,
+  // ~13 bytes per frame. Default: 4,194,304 (16 TiB of stream at the default
+  // 4 MiB chunk size, 256 GiB at the smallest, 64 KiB).
+  uint64_t max_frames = uint64_t{1} << 22;
+  // Deepest nesting accepted in the JSON header (objects and arrays) and in
+  // the state tree (nodes, docs/FORMAT.md section 6). The format caps the
+  // state tree at 256, so larger values only relax the header. Default: 256.
+  int max_nesting_depth = 256;
 };
 
 struct TensorInfo {
@@ -82,6 +103,7 @@ struct FileInfo {
   std::string path;
   bool compressed = false;
   bool written_by_ackpt = false;                // carries ackpt's metadata (tree, checksums)
+  int format_version = 0;                       // ackpt.version; 0 for foreign files
   uint64_t file_bytes = 0;                      // on disk
   uint64_t logical_bytes = 0;                   // the plain safetensors stream
   uint64_t header_bytes = 0;                    // 8-byte length + JSON + padding
@@ -97,7 +119,7 @@ struct FileInfo {
 // length, JSON, dtypes, shapes, offsets, seek table) runs here, before any
 // tensor data is trusted. Throws ackpt::Error (kCorruption, kNotFound,
 // kUnsupported) with the path and what is wrong.
-class CheckpointReader {
+class ACKPT_EXPORT CheckpointReader {
  public:
   static std::unique_ptr<CheckpointReader> Open(const std::string& path,
                                                 const ReadOptions& options = {},
@@ -124,19 +146,10 @@ class CheckpointReader {
 };
 
 // Convenience: CheckpointReader::Open(path)->ReadStateDict().
-StateDict ReadStateDict(const std::string& path, const ReadOptions& options = {},
+ACKPT_EXPORT StateDict ReadStateDict(const std::string& path, const ReadOptions& options = {},
                         Env* env = Env::Default());
 
-// True while a CheckpointReader in this process has `path` open (retention
-// never deletes such a file).
-bool IsOpenForReading(const std::string& path);
-
 // The safetensors dtype name of a scalar type ("F32", ...); throws kUnsupported.
-std::string DtypeName(at::ScalarType type);
-
-// The flattened tensor name of a path of keys and list indices, e.g.
-// {"optimizer", "state", "0"} -> "optimizer/state/0". Keys are escaped so the
-// mapping is one-to-one ('%' -> "%25", '/' -> "%2F").
-std::string FlatTensorName(const std::vector<std::string>& path);
+ACKPT_EXPORT std::string DtypeName(at::ScalarType type);
 
 }  // namespace ackpt

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ackpt/env.h"
+#include "ackpt/export.h"
 
 namespace ackpt {
 
@@ -15,9 +16,24 @@ namespace ackpt {
 // checkpoints are kept, as in pymarlin. The newest committed checkpoint is
 // never deleted, nor one that this process has open for reading. Deletion
 // runs on the writer pool after a newer checkpoint is committed, never
-// before, so a crash can leave extra files but never lose a kept one.
-struct RetentionPolicy {
-  // Keep the N most recent checkpoints (by index). 0 = rule off. Default: 0.
+// before, so a crash can leave extra files but never lose a kept one. Only
+// the process that owns save_dir (the writing checkpointer holding its lock)
+// ever deletes; it decides from its in-memory catalog, without opening files.
+//
+// "Newest" and "most recent" follow lineage, not the index alone. Every
+// checkpoint records its parent: the checkpoint saved (or resumed from) just
+// before it in the same run. The newest checkpoint is the one committed last
+// (highest "generation"); the order is its lineage (it, its parent, that one's
+// parent, ...) followed by every other checkpoint, most recently committed
+// first (files without lineage, from format version 1, by index). So after a
+// rollback (resume from 100 while 180 and 190 exist, then save 110, 120),
+// the new run's checkpoints are the newest and are never deleted by the pass
+// after their own commit; the abandoned branch (180, 190) is older than
+// them and is retired by the rules like any other checkpoint; load()
+// resumes 120.
+struct ACKPT_EXPORT RetentionPolicy {
+  // Keep the N most recent checkpoints (in the lineage order above). 0 = rule
+  // off. Default: 0.
   int64_t keep_last = 0;
   // Keep, for good, checkpoints whose index is a multiple of K. 0 = off. Default: 0.
   int64_t keep_every = 0;
@@ -52,8 +68,11 @@ struct RetentionPolicy {
 struct CheckpointEntry {
   int64_t index = 0;
   std::string path;
+  bool compressed = false;
   uint64_t file_bytes = 0;
   uint64_t logical_bytes = 0;
+  int64_t parent = -1;      // index of the checkpoint before it in its run; -1: none or unknown
+  uint64_t generation = 0;  // commit order in the directory (1, 2, ...); 0: unknown (format v1)
   double save_time = 0;  // seconds since the epoch, from the file (mtime if absent)
   std::map<std::string, double> metrics;
   bool readable = true;  // false: the header failed validation (`error` says why)
@@ -64,17 +83,21 @@ struct CheckpointEntry {
   }
 };
 
-// Lists the checkpoints "{prefix}_{index}.{ext}[.zst]" in dir, newest index
-// first, reading only each file's header. A missing directory yields none.
-std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
+// Lists the checkpoints "{prefix}_{index}.{ext}[.zst]" in dir, newest first
+// (the lineage order above), reading only each file's header. Takes no lock
+// and deletes nothing. A missing directory yields none.
+ACKPT_EXPORT std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
                                                    const std::string& prefix,
                                                    const std::string& ext = "safetensors");
 
-// Fills kept_by for every entry (names of the rules keeping it: "newest",
+// Sorts entries newest first, in the lineage order described above.
+ACKPT_EXPORT void SortNewestFirst(std::vector<CheckpointEntry>* entries);
+
+// Sorts the entries newest first (SortNewestFirst), fills kept_by for every entry (names of the rules keeping it: "newest",
 // "keep_last", "keep_every", "keep_best", "keep_time_interval",
 // "max_total_bytes", "open", "all" when no rule is active, "unreadable") and
 // returns the entries no rule keeps. Unreadable files are never deleted.
-std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
+ACKPT_EXPORT std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
                                                const RetentionPolicy& policy);
 
 }  // namespace ackpt

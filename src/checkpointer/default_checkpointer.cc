@@ -1,19 +1,19 @@
-// DefaultCheckpointer: pymarlin's checkpointing policy on ackpt's engine.
-#include <spdlog/sinks/stdout_color_sinks.h>
+// DefaultCheckpointer: pymarlin's checkpointing policy on ackpt's engine and
+// a CheckpointDir that owns save_dir.
+#include <c10/util/Exception.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cctype>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "ackpt/checkpointer.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
+#include "checkpointer/checkpoint_dir.h"
 #include "checkpointer/metadata_keys.h"
 #include "engine/engine.h"
+#include "util/logger.h"
 
 namespace ackpt {
 
@@ -22,32 +22,6 @@ namespace {
 constexpr const char* kGroupModule = "module_interface_state";
 constexpr const char* kGroupTrainer = "trainer_state";
 constexpr const char* kGroupBackend = "trainer_backend_state";
-
-std::shared_ptr<spdlog::logger> GetLogger(const DefaultCheckpointerArguments& args) {
-  std::string level = args.log_level;
-  std::transform(level.begin(), level.end(), level.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
-  if (level == "warning") level = "warn";
-  if (level == "critical" || level == "fatal") level = "critical";
-  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-  if (std::find(std::begin(kLevels), std::end(kLevels), level) == std::end(kLevels)) {
-    throw Error::InvalidArgument("log_level '" + args.log_level +
-                                 "' is not one of TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL, OFF");
-  }
-  std::shared_ptr<spdlog::logger> logger = args.logger;
-  if (!logger) {
-    logger = spdlog::get("ackpt");
-    if (!logger) {
-      try {
-        logger = spdlog::stderr_color_mt("ackpt");
-      } catch (const spdlog::spdlog_ex&) {
-        logger = spdlog::get("ackpt");  // another thread created it first
-      }
-    }
-  }
-  logger->set_level(spdlog::level::from_str(level));
-  return logger;
-}
 
 void Validate(const DefaultCheckpointerArguments& a) {
   if (a.period <= 0) {
@@ -84,55 +58,36 @@ void Validate(const DefaultCheckpointerArguments& a) {
   }
 }
 
-// True for file names ackpt writes for this prefix/ext: checkpoints and model files.
-bool IsOwnFinalName(const std::string& name, const std::string& prefix, const std::string& ext) {
-  return ParseCheckpointIndex(name, prefix, ext).has_value() ||
-         ParseCheckpointIndex(name, ModelFilePrefix(prefix), ext).has_value();
-}
-
-// Removes ackpt's own files (checkpoints, model files, temp files) from dir.
-void DeleteOwnFiles(Env* env, const std::string& dir, const std::string& prefix,
-                    const std::string& ext, spdlog::logger& log) {
-  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
-  size_t removed = 0;
-  for (const auto& name : names) {
-    auto target = TempFileTarget(name);
-    const bool ours =
-        IsOwnFinalName(name, prefix, ext) || (target && IsOwnFinalName(*target, prefix, ext));
-    if (!ours) continue;
-    env->RemoveFile(JoinPath(dir, name));
-    ++removed;
+// Only ackpt::Error leaves a public call: LibTorch's and JSON's exceptions
+// are wrapped with what was being done.
+template <typename F>
+auto Guard(Error::Code code, const std::string& what, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Error&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw Error(code, what + ": " + e.what_without_backtrace());
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(code, what + ": " + e.what());
+  } catch (const std::bad_alloc&) {
+    throw Error(code, what + ": out of memory");
+  } catch (const std::exception& e) {
+    throw Error(code, what + ": " + e.what());
   }
-  if (removed) log.info("delete_existing_checkpoints removed {} files from {}", removed, dir);
 }
 
-// Startup hygiene: temp files a crash left behind, by exact pattern only.
-size_t RemoveStaleTempFiles(Env* env, const std::string& dir, const std::string& prefix,
-                            const std::string& ext, spdlog::logger& log) {
-  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
-  size_t removed = 0;
-  for (const auto& name : names) {
-    auto target = TempFileTarget(name);
-    if (!target || !IsOwnFinalName(*target, prefix, ext)) continue;
-    try {
-      env->RemoveFile(JoinPath(dir, name));
-      ++removed;
-    } catch (const Error& e) {
-      log.warn("could not remove stale temp file: {}", e.message());
-    }
-  }
-  if (removed) log.info("removed {} stale temp files from {}", removed, dir);
-  return removed;
-}
-
-std::string FormatTime(double t) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6f", t);
-  return buf;
-}
-
-double WallNow() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+std::shared_ptr<CheckpointDir> OpenDir(const std::string& dir, const DefaultCheckpointerArguments& a,
+                                       bool writer, std::shared_ptr<Env> env,
+                                       std::shared_ptr<spdlog::logger> logger) {
+  CheckpointDirOptions o;
+  o.dir = dir;
+  o.prefix = a.file_prefix;
+  o.ext = a.file_ext;
+  o.writer = writer;
+  o.env = std::move(env);
+  o.logger = std::move(logger);
+  return CheckpointDir::Open(std::move(o));
 }
 
 }  // namespace
@@ -141,24 +96,8 @@ class DefaultCheckpointer::Impl {
  public:
   explicit Impl(DefaultCheckpointerArguments a) : args(std::move(a)) {
     Validate(args);
-    env = args.env ? args.env : Env::Default();
-    logger = GetLogger(args);
-    if (args.checkpoint) {
-      env->CreateDirs(args.save_dir);
-      const bool separate_model_dir =
-          !args.model_state_save_dir.empty() && args.model_state_save_dir != args.save_dir;
-      if (args.delete_existing_checkpoints) {
-        DeleteOwnFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
-        if (separate_model_dir)
-          DeleteOwnFiles(env, args.model_state_save_dir, args.file_prefix, args.file_ext, *logger);
-      }
-      temp_files_removed +=
-          RemoveStaleTempFiles(env, args.save_dir, args.file_prefix, args.file_ext, *logger);
-      if (separate_model_dir) {
-        temp_files_removed += RemoveStaleTempFiles(env, args.model_state_save_dir, args.file_prefix,
-                                                   args.file_ext, *logger);
-      }
-    }
+    user_env = args.env ? args.env : Env::Default();
+    logger = ResolveLogger(args.log_level, args.logger, "DefaultCheckpointerArguments.log_level");
     engine::EngineOptions o;
     o.write.compression = args.compression;
     o.write.zstd_level = args.zstd_level;
@@ -172,109 +111,112 @@ class DefaultCheckpointer::Impl {
     o.pin_host_memory = args.pin_host_memory;
     o.backpressure = args.backpressure;
     o.drain_timeout_seconds = args.drain_timeout_seconds;
-    o.env = env;
+    o.env = user_env;
     o.logger = logger;
     o.on_save = args.on_save;
     engine = std::make_unique<engine::Engine>(std::move(o));
-  }
-
-  bool compressed() const { return args.compression == Compression::kZstd; }
-
-  std::map<std::string, std::string> Metadata(const char* kind, int64_t index,
-                                              const std::map<std::string, double>& metrics) const {
-    std::map<std::string, std::string> m{
-        {kMetaKind, kind}, {kMetaIndex, std::to_string(index)}, {kMetaTime, FormatTime(WallNow())}};
-    if (!metrics.empty()) m[kMetaMetrics] = EncodeMetrics(metrics);
-    if (args.retention.any_rule() || args.retention.model_keep_last > 0) {
-      m[kMetaRetention] = EncodeRetention(args.retention);
+    // Background work (retention) goes through the engine's detachable Env.
+    const std::shared_ptr<Env> env = engine->env();
+    if (!args.save_dir.empty()) dir = OpenDir(args.save_dir, args, args.checkpoint, env, logger);
+    if (args.checkpoint && !args.model_state_save_dir.empty()) {
+      model_dir = args.model_state_save_dir == args.save_dir
+                      ? dir
+                      : OpenDir(args.model_state_save_dir, args, /*writer=*/true, env, logger);
     }
-    return m;
-  }
-
-  // Runs on the writer pool after a checkpoint is durable.
-  void ApplyRetention() {
-    if (!args.retention.any_rule()) return;
-    std::vector<CheckpointEntry> entries =
-        ListCheckpointEntries(env, args.save_dir, args.file_prefix, args.file_ext);
-    for (const auto& doomed : EvaluateRetention(&entries, args.retention)) Delete(doomed.path);
-  }
-
-  void ApplyModelRetention() {
-    if (args.retention.model_keep_last <= 0) return;
-    const auto models = DefaultCheckpointer::ListCheckpoints(
-        env, args.model_state_save_dir, ModelFilePrefix(args.file_prefix), args.file_ext);
-    for (size_t i = static_cast<size_t>(args.retention.model_keep_last); i < models.size(); ++i) {
-      Delete(models[i].second);
+    if (args.checkpoint && args.delete_existing_checkpoints) {
+      dir->DeleteOwnFiles();
+      if (model_dir && model_dir != dir) model_dir->DeleteOwnFiles();
     }
   }
 
-  void Delete(const std::string& path) {
-    if (IsOpenForReading(path)) {
-      logger->info("retention: keeping {} while it is being read", path);
-      return;
-    }
-    try {
-      env->RemoveFile(path);
-      ++files_deleted;
-      logger->info("retention: deleted {}", path);
-    } catch (const Error& e) {
-      if (e.code() != Error::Code::kNotFound) logger->error("retention: {}", e.message());
-    }
-  }
+  bool compressed() const { return args.compression != Compression::kNone; }
 
-  Checkpoint LoadFirstValid(const std::vector<std::string>& paths, const std::string& what) {
-    for (const auto& path : paths) {
-      try {
-        Checkpoint c = ReadCheckpoint(path);
-        std::lock_guard<std::mutex> lock(mu);
-        last_loaded_path = path;
-        logger->info("loaded {}", path);
-        return c;
-      } catch (const Error& e) {
-        logger->warn("skipping unreadable checkpoint {}: {}", path, e.what());
-      }
-    }
-    throw Error::NotFound("no readable " + what + " in '" + args.save_dir + "'");
+  // The catalog to read from: a writer's is always current; a reader rescans
+  // because the owning writer may have committed or deleted since.
+  std::shared_ptr<CheckpointDir> Catalog() {
+    if (!dir) throw Error::InvalidArgument("DefaultCheckpointerArguments.save_dir is empty");
+    dir->Refresh();
+    return dir;
   }
 
   Checkpoint ReadCheckpoint(const std::string& path) {
-    ReadOptions ro;
-    ro.verify_checksums = args.verify_on_load;
-    auto reader = CheckpointReader::Open(path, ro, env);
-    auto kind = reader->info().metadata.find(kMetaKind);
-    if (kind != reader->info().metadata.end() && kind->second != "checkpoint") {
-      throw Error::InvalidArgument("'" + path + "' is a " + kind->second +
-                                   " file, not a full checkpoint");
-    }
-    StateDict root = reader->ReadStateDict();
-    Checkpoint c;
-    for (auto& kv : root) {
-      if (kv.first == kGroupModule) {
-        c.module_interface_state = kv.second.dict();
-      } else if (kv.first == kGroupTrainer) {
-        c.trainer_state = kv.second.dict();
-      } else if (kv.first == kGroupBackend) {
-        c.trainer_backend_state = kv.second.dict();
-      } else {
-        throw Error::Corruption("'" + path + "' has an unknown top-level group '" + kv.first + "'");
+    return Guard(Error::Code::kCorruption, "loading '" + path + "'", [&] {
+      ReadOptions ro;
+      ro.verify_checksums = args.verify_on_load;
+      auto reader = CheckpointReader::Open(path, ro, user_env);
+      auto kind = reader->info().metadata.find(kMetaKind);
+      if (kind != reader->info().metadata.end() && kind->second != "checkpoint") {
+        throw Error::InvalidArgument("'" + path + "' is a " + kind->second +
+                                     " file, not a full checkpoint");
       }
+      StateDict root = reader->ReadStateDict();
+      Checkpoint c;
+      for (auto& kv : root) {
+        if (kv.first == kGroupModule) {
+          c.module_interface_state = kv.second.dict();
+        } else if (kv.first == kGroupTrainer) {
+          c.trainer_state = kv.second.dict();
+        } else if (kv.first == kGroupBackend) {
+          c.trainer_backend_state = kv.second.dict();
+        } else {
+          throw Error::Corruption("'" + path + "' has an unknown top-level group '" + kv.first +
+                                  "'");
+        }
+      }
+      return c;
+    });
+  }
+
+  void Loaded(const std::string& path, int64_t index, bool in_save_dir) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last_loaded_path = path;
+    }
+    // The next save continues this checkpoint's lineage.
+    if (in_save_dir && dir && index >= 0) dir->RecordResume(index);
+  }
+
+  // The first entry that loads; unreadable ones are skipped with a warning.
+  // Returns false (and leaves *out alone) if none loads.
+  bool LoadFirstValid(const std::vector<CheckpointEntry>& entries, bool in_save_dir,
+                      Checkpoint* out) {
+    for (const auto& e : entries) {
+      try {
+        *out = ReadCheckpoint(e.path);
+        Loaded(e.path, e.index, in_save_dir);
+        logger->info("loaded {}", e.path);
+        return true;
+      } catch (const Error& err) {
+        logger->warn("skipping unreadable checkpoint {}: {}", e.path, err.what());
+      }
+    }
+    return false;
+  }
+
+  Checkpoint LoadFirstValidOrThrow(const std::vector<CheckpointEntry>& entries,
+                                   const std::string& what) {
+    Checkpoint c;
+    if (!LoadFirstValid(entries, /*in_save_dir=*/true, &c)) {
+      throw Error::NotFound("no readable " + what + " in '" + args.save_dir + "'");
     }
     return c;
   }
 
   DefaultCheckpointerArguments args;
-  Env* env = nullptr;
+  Env* user_env = nullptr;
   std::shared_ptr<spdlog::logger> logger;
+  // Declared before the engine so that the engine (and its drain) goes first.
+  std::shared_ptr<CheckpointDir> dir;        // save_dir; null if save_dir is empty
+  std::shared_ptr<CheckpointDir> model_dir;  // model_state_save_dir (may be `dir`)
   std::unique_ptr<engine::Engine> engine;
   mutable std::mutex mu;
   std::string last_saved_path;
   std::string last_loaded_path;
-  std::atomic<uint64_t> files_deleted{0};
-  uint64_t temp_files_removed = 0;
 };
 
 DefaultCheckpointer::DefaultCheckpointer(DefaultCheckpointerArguments args)
-    : impl_(std::make_unique<Impl>(std::move(args))) {}
+    : impl_(Guard(Error::Code::kInvalidArgument, "creating the checkpointer",
+                  [&] { return std::make_unique<Impl>(std::move(args)); })) {}
 
 DefaultCheckpointer::~DefaultCheckpointer() = default;
 
@@ -284,68 +226,98 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
   if (!force && index % im.args.period != 0) return;
   if (index < 0)
     throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
-  const std::string path =
-      JoinPath(im.args.save_dir,
-               CheckpointFileName(im.args.file_prefix, index, im.compressed(), im.args.file_ext));
-  StateDict root;
-  root.set(kGroupModule, checkpoint.module_interface_state);
-  root.set(kGroupTrainer, checkpoint.trainer_state);
-  root.set(kGroupBackend, checkpoint.trainer_backend_state);
-  Impl* impl = impl_.get();
-  if (im.engine->Save(root, index, path, force,
-                      im.Metadata("checkpoint", index, checkpoint.metrics),
-                      [impl] { impl->ApplyRetention(); })) {
-    std::lock_guard<std::mutex> lock(im.mu);
-    im.last_saved_path = path;
-  }
+  Guard(Error::Code::kInvalidArgument, "save of index " + std::to_string(index), [&] {
+    const std::string path = im.dir->PathFor(FileKind::kCheckpoint, index, im.compressed());
+    StateDict root;
+    root.set(kGroupModule, checkpoint.module_interface_state);
+    root.set(kGroupTrainer, checkpoint.trainer_state);
+    root.set(kGroupBackend, checkpoint.trainer_backend_state);
+    engine::SaveHooks hooks;
+    hooks.metadata =
+        im.dir->Metadata(FileKind::kCheckpoint, index, checkpoint.metrics, im.args.retention);
+    std::shared_ptr<CheckpointDir> dir = im.dir;
+    hooks.stamp = [dir](std::map<std::string, std::string>* m) { dir->StampLineage(m); };
+    const RetentionPolicy policy = im.args.retention;
+    hooks.after_commit = [dir, policy](const engine::CommitInfo& c) {
+      dir->RecordCommit(FileKind::kCheckpoint, c.index, c.path, c.file_bytes, c.logical_bytes,
+                        c.compressed, c.metadata);
+      dir->ApplyRetention(policy);
+    };
+    if (im.engine->Save(root, index, path, force, std::move(hooks))) {
+      std::lock_guard<std::mutex> lock(im.mu);
+      im.last_saved_path = path;
+    }
+  });
 }
 
 void DefaultCheckpointer::save_model(const StateDict& model_state, int64_t index) {
   Impl& im = *impl_;
-  if (!im.args.checkpoint || im.args.model_state_save_dir.empty()) return;
+  if (!im.args.checkpoint || !im.model_dir) return;
   if (index < 0)
     throw Error::InvalidArgument("model index " + std::to_string(index) + " is negative");
-  im.env->CreateDirs(im.args.model_state_save_dir);
-  const std::string path = JoinPath(im.args.model_state_save_dir,
-                                    CheckpointFileName(ModelFilePrefix(im.args.file_prefix), index,
-                                                       im.compressed(), im.args.file_ext));
-  // Synchronous, as in pymarlin: it is the last thing a training run does.
-  Impl* impl = impl_.get();
-  im.engine->Save(model_state, index, path, /*force=*/true, im.Metadata("model", index, {}),
-                  [impl] { impl->ApplyModelRetention(); });
+  Guard(Error::Code::kInvalidArgument, "save_model of index " + std::to_string(index), [&] {
+    std::shared_ptr<CheckpointDir> dir = im.model_dir;
+    const std::string path = dir->PathFor(FileKind::kModel, index, im.compressed());
+    engine::SaveHooks hooks;
+    hooks.metadata = dir->Metadata(FileKind::kModel, index, {}, im.args.retention);
+    const int64_t keep = im.args.retention.model_keep_last;
+    hooks.after_commit = [dir, keep](const engine::CommitInfo& c) {
+      dir->RecordCommit(FileKind::kModel, c.index, c.path, c.file_bytes, c.logical_bytes,
+                        c.compressed, c.metadata);
+      dir->ApplyModelRetention(keep);
+    };
+    // Synchronous, as in pymarlin: it is the last thing a training run does.
+    im.engine->Save(model_state, index, path, /*force=*/true, std::move(hooks));
+  });
 }
 
 Checkpoint DefaultCheckpointer::load() {
   Impl& im = *impl_;
   im.engine->Drain(im.args.drain_timeout_seconds);  // never read a file still being written
-  auto loaded = [&](const std::string& path, Checkpoint c) {
-    std::lock_guard<std::mutex> lock(im.mu);
-    im.last_loaded_path = path;
-    im.logger->info("loaded {}", path);
-    return c;
-  };
   if (!im.args.load_filename.empty()) {
     const std::string dir = im.args.load_dir.empty() ? im.args.save_dir : im.args.load_dir;
     const std::string path = JoinPath(dir, im.args.load_filename);
-    return loaded(path, im.ReadCheckpoint(path));
-  }
-  std::string dir;
-  if (!im.args.load_dir.empty()) {
-    dir = im.args.load_dir;
-  } else if (im.args.resume_from_save_dir && !im.args.save_dir.empty()) {
-    dir = im.args.save_dir;
-  } else {
-    return Checkpoint();
-  }
-  const auto candidates = ListCheckpoints(im.env, dir, im.args.file_prefix, im.args.file_ext);
-  for (const auto& c : candidates) {
-    try {
-      return loaded(c.second, im.ReadCheckpoint(c.second));
-    } catch (const Error& e) {
-      im.logger->warn("skipping unreadable checkpoint {}: {}", c.second, e.what());
+    if (!im.user_env->FileExists(path)) {
+      throw Error::NotFound("load_filename '" + im.args.load_filename + "' does not exist in '" +
+                            dir + "'");
     }
+    Checkpoint c = im.ReadCheckpoint(path);
+    const auto index = ParseCheckpointIndex(im.args.load_filename, im.args.file_prefix,
+                                            im.args.file_ext);
+    im.Loaded(path, index ? *index : -1, dir == im.args.save_dir);
+    im.logger->info("resuming from {} (load_filename)", path);
+    return c;
   }
-  if (!candidates.empty()) im.logger->warn("no valid checkpoint in {}; starting fresh", dir);
+  if (!im.args.load_dir.empty()) {
+    const std::string& d = im.args.load_dir;
+    if (!im.user_env->FileExists(d)) {
+      throw Error::NotFound("load_dir '" + d + "' does not exist");
+    }
+    auto catalog = OpenDir(d, im.args, /*writer=*/false, im.engine->env(), im.logger);
+    const auto entries = catalog->Checkpoints();
+    Checkpoint c;
+    if (!im.LoadFirstValid(entries, d == im.args.save_dir, &c)) {
+      throw Error::NotFound("no readable checkpoint named '" + im.args.file_prefix +
+                            "_{index}." + im.args.file_ext + "[.zst]' in load_dir '" + d + "' (" +
+                            std::to_string(entries.size()) + " candidates)");
+    }
+    im.logger->info("resuming from {} (load_dir)", im.last_loaded_path);
+    return c;
+  }
+  if (!im.args.resume_from_save_dir || !im.dir) return Checkpoint();
+  const auto entries = im.Catalog()->Checkpoints();
+  Checkpoint c;
+  if (im.LoadFirstValid(entries, /*in_save_dir=*/true, &c)) {
+    im.logger->info("resuming from {} (newest valid checkpoint in save_dir)",
+                    last_loaded_path());
+    return c;
+  }
+  if (entries.empty()) {
+    im.logger->info("no checkpoint in {}; starting fresh", im.args.save_dir);
+  } else {
+    im.logger->warn("no valid checkpoint among {} in {}; starting fresh", entries.size(),
+                    im.args.save_dir);
+  }
   return Checkpoint();
 }
 
@@ -362,54 +334,51 @@ std::string DefaultCheckpointer::last_loaded_path() const {
 }
 
 CheckpointerCounters DefaultCheckpointer::counters() const {
-  CheckpointerCounters c = impl_->engine->counters();
-  c.files_deleted = impl_->files_deleted.load();
-  c.temp_files_removed = impl_->temp_files_removed;
+  CheckpointerCounters c;
+  static_cast<EngineCounters&>(c) = impl_->engine->counters();
+  for (const auto& d : {impl_->dir, impl_->model_dir}) {
+    if (!d || (d == impl_->model_dir && impl_->model_dir == impl_->dir)) continue;
+    c.files_deleted += d->files_deleted();
+    c.temp_files_removed += d->temp_files_removed();
+  }
+  if (impl_->dir && impl_->model_dir == impl_->dir) {  // one directory, counted once
+    c.files_deleted += impl_->dir->files_deleted();
+    c.temp_files_removed += impl_->dir->temp_files_removed();
+  }
   return c;
 }
 
 Checkpoint DefaultCheckpointer::load_latest() {
   impl_->engine->Drain(impl_->args.drain_timeout_seconds);
-  std::vector<std::string> paths;
-  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix,
-                                       impl_->args.file_ext)) {
-    paths.push_back(c.second);
-  }
-  return impl_->LoadFirstValid(paths, "checkpoint");
+  return impl_->LoadFirstValidOrThrow(impl_->Catalog()->Checkpoints(), "checkpoint");
 }
 
 Checkpoint DefaultCheckpointer::load_index(int64_t index) {
   impl_->engine->Drain(impl_->args.drain_timeout_seconds);
-  std::vector<std::string> paths;
-  for (const auto& c : ListCheckpoints(impl_->env, impl_->args.save_dir, impl_->args.file_prefix,
-                                       impl_->args.file_ext)) {
-    if (c.first == index) paths.push_back(c.second);
+  std::vector<CheckpointEntry> match;
+  for (const auto& e : impl_->Catalog()->Checkpoints()) {
+    if (e.index == index) match.push_back(e);
   }
-  return impl_->LoadFirstValid(paths, "checkpoint with index " + std::to_string(index));
+  return impl_->LoadFirstValidOrThrow(match, "checkpoint with index " + std::to_string(index));
 }
 
 Checkpoint DefaultCheckpointer::load_best(const std::string& metric, bool mode_max) {
   impl_->engine->Drain(impl_->args.drain_timeout_seconds);
-  std::vector<CheckpointEntry> entries = ListCheckpointEntries(
-      impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
-  std::vector<const CheckpointEntry*> ranked;
-  for (const auto& e : entries) {
+  std::vector<CheckpointEntry> ranked;
+  for (const auto& e : impl_->Catalog()->Checkpoints()) {
     auto m = e.metrics.find(metric);
-    if (e.readable && m != e.metrics.end() && !std::isnan(m->second)) ranked.push_back(&e);
+    if (e.readable && m != e.metrics.end() && !std::isnan(m->second)) ranked.push_back(e);
   }
   std::stable_sort(ranked.begin(), ranked.end(),
-                   [&](const CheckpointEntry* a, const CheckpointEntry* b) {
-                     const double x = a->metrics.at(metric), y = b->metrics.at(metric);
+                   [&](const CheckpointEntry& a, const CheckpointEntry& b) {
+                     const double x = a.metrics.at(metric), y = b.metrics.at(metric);
                      return mode_max ? x > y : x < y;
                    });
-  std::vector<std::string> paths;
-  for (const auto* e : ranked) paths.push_back(e->path);
-  return impl_->LoadFirstValid(paths, "checkpoint with metric '" + metric + "'");
+  return impl_->LoadFirstValidOrThrow(ranked, "checkpoint with metric '" + metric + "'");
 }
 
 std::vector<CheckpointEntry> DefaultCheckpointer::list_checkpoints() const {
-  std::vector<CheckpointEntry> entries = ListCheckpointEntries(
-      impl_->env, impl_->args.save_dir, impl_->args.file_prefix, impl_->args.file_ext);
+  std::vector<CheckpointEntry> entries = impl_->Catalog()->Checkpoints();
   EvaluateRetention(&entries, impl_->args.retention);
   return entries;
 }

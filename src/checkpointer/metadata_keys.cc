@@ -83,4 +83,14 @@ bool ParseRetention(const std::map<std::string, std::string>& metadata, Retentio
   }
 }
 
+int64_t ParseIndexEntry(const std::map<std::string, std::string>& metadata, const char* key,
+                        int64_t fallback) {
+  auto it = metadata.find(key);
+  if (it == metadata.end() || it->second.empty() || it->second.size() > 18) return fallback;
+  for (char c : it->second) {
+    if (c < '0' || c > '9') return fallback;
+  }
+  return static_cast<int64_t>(std::stoll(it->second));
+}
+
 }  // namespace ackpt

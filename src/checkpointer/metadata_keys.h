@@ -1,4 +1,5 @@
-// The checkpointer's own __metadata__ entries (docs/FORMAT.md).
+// The checkpointer's own __metadata__ entries (docs/FORMAT.md): part of the
+// CheckpointDir unit (checkpoint_dir.h), the only code that reads or writes them.
 #pragma once
 
 #include <map>
@@ -14,6 +15,8 @@ inline constexpr const char* kMetaTime = "ackpt.time";    // save() wall time, s
 inline constexpr const char* kMetaMetrics = "ackpt.metrics";  // JSON object name -> number|null
 inline constexpr const char* kMetaRetention =
     "ackpt.retention";  // JSON of the RetentionPolicy in force
+inline constexpr const char* kMetaParent = "ackpt.parent";  // decimal index; absent: none
+inline constexpr const char* kMetaGeneration = "ackpt.generation";  // decimal, >= 1
 
 std::string EncodeMetrics(const std::map<std::string, double>& metrics);
 // Unparseable or non-numeric entries are dropped; null reads as NaN.
@@ -22,5 +25,8 @@ double ParseSaveTime(const std::map<std::string, std::string>& metadata);  // 0 
 std::string EncodeRetention(const RetentionPolicy& policy);
 // Returns false if absent or malformed.
 bool ParseRetention(const std::map<std::string, std::string>& metadata, RetentionPolicy* policy);
+// A non-negative decimal int64 entry, or `fallback` if absent or malformed.
+int64_t ParseIndexEntry(const std::map<std::string, std::string>& metadata, const char* key,
+                        int64_t fallback);
 
 }  // namespace ackpt

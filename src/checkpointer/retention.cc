@@ -9,6 +9,7 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "checkpointer/checkpoint_dir.h"
 #include "checkpointer/metadata_keys.h"
 
 namespace ackpt {
@@ -16,51 +17,56 @@ namespace ackpt {
 std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
                                                    const std::string& prefix,
                                                    const std::string& ext) {
-  std::vector<CheckpointEntry> out;
-  const std::vector<std::string> names = GetChildrenIfExists(env, dir);
-  for (const auto& name : names) {
-    auto index = ParseCheckpointIndex(name, prefix, ext);
-    if (!index) continue;
-    CheckpointEntry e;
-    e.index = *index;
-    e.path = JoinPath(dir, name);
-    try {
-      ReadOptions ro;
-      ro.threads = 1;
-      auto reader = CheckpointReader::Open(e.path, ro, env);
-      const FileInfo& info = reader->info();
-      e.file_bytes = info.file_bytes;
-      e.logical_bytes = info.logical_bytes;
-      e.save_time = ParseSaveTime(info.metadata);
-      e.metrics = ParseMetrics(info.metadata);
-    } catch (const Error& err) {
-      if (err.code() == Error::Code::kNotFound) continue;  // deleted meanwhile
-      e.readable = false;
-      e.error = err.message();
-    }
-    if (e.save_time == 0) {
-      try {
-        e.save_time = env->GetFileMTime(e.path);
-        if (e.file_bytes == 0) e.file_bytes = env->GetFileSize(e.path);
-      } catch (const Error&) {
-      }
-    }
-    out.push_back(std::move(e));
-  }
-  std::sort(out.begin(), out.end(), [](const CheckpointEntry& a, const CheckpointEntry& b) {
+  CheckpointDirOptions o;
+  o.dir = dir;
+  o.prefix = prefix;
+  o.ext = ext;
+  o.writer = false;
+  o.env = std::shared_ptr<Env>(env, [](Env*) {});  // borrowed
+  return CheckpointDir::Open(std::move(o))->Checkpoints();
+}
+
+void SortNewestFirst(std::vector<CheckpointEntry>* entries) {
+  auto& all = *entries;
+  // Most recently committed first; files without lineage (generation 0) by index.
+  std::sort(all.begin(), all.end(), [](const CheckpointEntry& a, const CheckpointEntry& b) {
+    if (a.generation != b.generation) return a.generation > b.generation;
     return a.index != b.index ? a.index > b.index : a.path > b.path;
   });
-  return out;
+  // The head is the first readable entry; its ancestors move up to follow it
+  // (entries ranked before the head, unreadable ones, keep their place).
+  auto head = std::find_if(all.begin(), all.end(), [](const CheckpointEntry& e) { return e.readable; });
+  if (head == all.end()) return;
+  std::map<int64_t, size_t> by_index;
+  for (size_t i = 0; i < all.size(); ++i) by_index.emplace(all[i].index, i);  // most recent wins
+  std::vector<size_t> chain;
+  std::vector<bool> in_chain(all.size(), false);
+  for (size_t cur = static_cast<size_t>(head - all.begin()); !in_chain[cur];) {
+    in_chain[cur] = true;
+    chain.push_back(cur);
+    const CheckpointEntry& e = all[cur];
+    auto p = by_index.find(e.parent);
+    if (e.parent < 0 || p == by_index.end() || !all[p->second].readable) break;
+    // A "parent" committed after its child is another run that reused the index.
+    if (e.generation != 0 && all[p->second].generation > e.generation) break;
+    cur = p->second;
+  }
+  std::vector<CheckpointEntry> ordered;
+  ordered.reserve(all.size());
+  const size_t h = static_cast<size_t>(head - all.begin());
+  for (size_t i = 0; i < h; ++i) ordered.push_back(std::move(all[i]));
+  for (size_t i : chain) ordered.push_back(std::move(all[i]));
+  for (size_t i = h; i < all.size(); ++i) {
+    if (!in_chain[i]) ordered.push_back(std::move(all[i]));
+  }
+  all = std::move(ordered);
 }
 
 std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
                                                const RetentionPolicy& p) {
   auto& all = *entries;
   for (auto& e : all) e.kept_by.clear();
-  // Newest first (ListCheckpointEntries' order); make sure of it.
-  std::stable_sort(all.begin(), all.end(), [](const CheckpointEntry& a, const CheckpointEntry& b) {
-    return a.index > b.index;
-  });
+  SortNewestFirst(entries);
   std::vector<CheckpointEntry*> readable;
   for (auto& e : all) {
     if (!e.readable) {
@@ -102,7 +108,12 @@ std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* ent
   if (p.keep_time_interval_seconds > 0) {
     bool have = false;
     double last = 0;
-    for (auto it = readable.rbegin(); it != readable.rend(); ++it) {  // oldest first
+    std::vector<CheckpointEntry*> by_time(readable.rbegin(), readable.rend());
+    std::stable_sort(by_time.begin(), by_time.end(),
+                     [](const CheckpointEntry* a, const CheckpointEntry* b) {
+                       return a->save_time < b->save_time;
+                     });
+    for (auto it = by_time.begin(); it != by_time.end(); ++it) {  // oldest first
       if (!have || (*it)->save_time >= last + p.keep_time_interval_seconds) {
         (*it)->kept_by.push_back("keep_time_interval");
         last = (*it)->save_time;

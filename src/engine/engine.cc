@@ -22,10 +22,9 @@ constexpr uint64_t kParallelCopyBytes = uint64_t{16} << 20;
 struct Engine::Job {
   uint64_t seq = 0;
   std::string path;
-  std::vector<StagedTensor> tensors;
+  std::vector<format::FlatTensor> tensors;
   std::string tree_json;
-  std::map<std::string, std::string> internal_metadata;
-  std::function<void()> after_commit;
+  SaveHooks hooks;
   std::unique_ptr<StagingLease> staging;
   Clock::time_point start;
   SaveStats stats;
@@ -47,6 +46,7 @@ struct Engine::State {
   // state, so they must finish before any member is destroyed.
   ~State() { writers.pool().join(); }
   const EngineOptions options;
+  std::shared_ptr<DetachableEnv> env;  // options.env points at it
   const std::shared_ptr<spdlog::logger> logger;
   TaskPool writers;
   asio::strand<asio::thread_pool::executor_type> strand;
@@ -61,16 +61,22 @@ struct Engine::State {
   size_t in_flight = 0;                      // queued + writing
   std::map<uint64_t, Error> failures;        // failed, not yet reported
   std::atomic<bool> cancel{false};
-  CheckpointerCounters counters;
+  EngineCounters counters;
+  // Held while a callback (after_commit, on_save) runs; the destructor takes
+  // it to turn callbacks off when it abandons stuck work.
+  std::timed_mutex callback_mu;
+  bool callbacks_enabled = true;  // guarded by callback_mu
 };
 
 Engine::Engine(EngineOptions options) {
-  if (options.env == nullptr) options.env = Env::Default();
+  env_ = DetachableEnv::Create(options.env ? options.env : Env::Default());
+  options.env = env_.get();
   logger_ = options.logger ? options.logger : spdlog::default_logger();
   format::ValidateWriteOptions(options.write);
   auto logger = logger_;
   state_ =
       new State(options, logger_, [logger](const std::string& msg) { logger->warn("{}", msg); });
+  state_->env = env_;
 }
 
 Engine::~Engine() {
@@ -89,7 +95,18 @@ Engine::~Engine() {
     } catch (...) {
     }
     if (!stopped) {
-      // A write is stuck (e.g. in the kernel). Leak the pool rather than hang.
+      // A write is stuck (e.g. in the kernel). Leak the pool rather than hang,
+      // and cut the background off from everything the caller owns.
+      if (state_->callback_mu.try_lock_for(std::chrono::seconds(1))) {
+        state_->callbacks_enabled = false;
+        state_->callback_mu.unlock();
+      }
+      if (!env_->Detach(1.0)) {
+        try {
+          logger_->error("a file-system call was still in progress when the save engine shut down");
+        } catch (...) {
+        }
+      }
       return;
     }
   }
@@ -119,8 +136,7 @@ void Engine::RaiseBackgroundError() {
 }
 
 bool Engine::Save(const StateDict& state, int64_t index, const std::string& path, bool force,
-                  const std::map<std::string, std::string>& internal_metadata,
-                  std::function<void()> after_commit) {
+                  SaveHooks hooks) {
   const auto t0 = Clock::now();
   RaiseBackgroundError();
   State& s = *state_;
@@ -128,16 +144,14 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   auto job = std::make_unique<Job>();
   job->start = t0;
   job->path = path;
-  job->internal_metadata = internal_metadata;
-  job->after_commit = std::move(after_commit);
+  job->hooks = std::move(hooks);
   job->stats.index = index;
   job->stats.path = path;
   job->stats.forced = force;
 
-  std::vector<format::FlatTensor> flat;
-  format::Flatten(state, &flat, &job->tree_json);
+  format::Flatten(state, &job->tensors, &job->tree_json);
   bool any_device = false;
-  const uint64_t bytes = PlanSnapshot(flat, &job->tensors, &any_device);
+  const uint64_t bytes = PlanSnapshot(&job->tensors, &any_device);
   for (const auto& t : job->tensors) job->stats.bytes += t.nbytes;
   const bool cuda_pinned = any_device && opts.pin_host_memory;
 
@@ -178,7 +192,7 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   }
 
   const auto t1 = Clock::now();
-  CopySnapshot(flat, job->tensors, job->staging->data(),
+  CopySnapshot(&job->tensors, job->staging->data(),
                bytes >= kParallelCopyBytes ? s.copiers.get() : nullptr);
   const auto t2 = Clock::now();
   job->stats.snapshot_seconds = Seconds(t2 - t1);
@@ -213,22 +227,28 @@ void Engine::RunNext(State& s) {
     job = std::move(s.pending.front());
     s.pending.pop_front();
   }
-  Process(s, *job);
+  CommitInfo commit;
+  Process(s, *job, &commit);
   job->staging.reset();
-  if (job->stats.ok && job->after_commit) {
-    try {
-      job->after_commit();
-    } catch (const std::exception& e) {
-      s.logger->error("after saving index {}: {}", job->stats.index, e.what());
-    }
-  }
-  if (s.options.on_save) {
-    try {
-      s.options.on_save(job->stats);
-    } catch (const std::exception& e) {
-      s.logger->error("on_save callback threw: {}", e.what());
-    } catch (...) {
-      s.logger->error("on_save callback threw");
+  {
+    std::lock_guard<std::timed_mutex> lock(s.callback_mu);
+    if (s.callbacks_enabled) {
+      if (job->stats.ok && job->hooks.after_commit) {
+        try {
+          job->hooks.after_commit(commit);
+        } catch (const std::exception& e) {
+          s.logger->error("after saving index {}: {}", job->stats.index, e.what());
+        }
+      }
+      if (s.options.on_save) {
+        try {
+          s.options.on_save(job->stats);
+        } catch (const std::exception& e) {
+          s.logger->error("on_save callback threw: {}", e.what());
+        } catch (...) {
+          s.logger->error("on_save callback threw");
+        }
+      }
     }
   }
   // Last touch of `s`: once in_flight drops, the destructor may free it.
@@ -244,39 +264,30 @@ void Engine::RunNext(State& s) {
   s.cv.notify_all();
 }
 
-void Engine::Process(State& s, Job& job) {
+void Engine::Process(State& s, Job& job, CommitInfo* commit) {
   const EngineOptions& opts = s.options;
   spdlog::logger& log = *s.logger;
   try {
     if (s.cancel.load()) throw Error::TimedOut("abandoned at shutdown before it started");
-    const auto h0 = Clock::now();
-    uint8_t* base = job.staging->data();
-    std::vector<format::SerializedTensor> tensors(job.tensors.size());
-    s.writers.ParallelFor(job.tensors.size(), [&](size_t i) {
-      const StagedTensor& t = job.tensors[i];
-      format::SerializedTensor& out = tensors[i];
-      out.name = t.name;
-      out.dtype = t.dtype;
-      out.shape = t.shape;
-      out.data = base + t.offset;
-      out.nbytes = t.nbytes;
-      out.xxh3 = format::Xxh3(out.data, static_cast<size_t>(out.nbytes));
-    });
-    job.stats.hash_seconds = Seconds(Clock::now() - h0);
-    format::SortForAlignment(&tensors);
-    const std::string header =
-        format::EncodeHeader(tensors, job.tree_json, opts.write.metadata, job.internal_metadata);
-    format::LogicalStream stream;
-    stream.Add(header.data(), header.size());
-    for (const auto& t : tensors) stream.Add(t.data, t.nbytes);
+    std::map<std::string, std::string> metadata = job.hooks.metadata;
+    if (job.hooks.stamp) job.hooks.stamp(&metadata);
     TaskPool& pool = s.writers;
-    format::CommitStats commit = format::CommitStream(
-        stream, job.path, opts.write, opts.env,
+    const format::EncodeResult r = format::EncodeAndCommit(
+        &job.tensors, job.tree_json, opts.write, metadata, job.path, opts.env,
         [&pool](size_t n, const std::function<void(size_t)>& fn) { pool.ParallelFor(n, fn); },
         &s.cancel);
-    job.stats.file_bytes = commit.file_bytes;
-    job.stats.compress_seconds = commit.compress_seconds;
-    job.stats.write_seconds = commit.write_seconds;
+    commit->index = job.stats.index;
+    commit->path = job.path;
+    commit->compressed = opts.write.compression != Compression::kNone;
+    commit->tensor_bytes = r.tensor_bytes;
+    commit->logical_bytes = r.logical_bytes;
+    commit->file_bytes = r.file_bytes;
+    commit->header_xxh3 = r.header_xxh3;
+    commit->metadata = std::move(metadata);
+    job.stats.hash_seconds = r.hash_seconds;
+    job.stats.file_bytes = r.file_bytes;
+    job.stats.compress_seconds = r.compress_seconds;
+    job.stats.write_seconds = r.write_seconds;
     job.stats.end_to_end_seconds = Seconds(Clock::now() - job.start);
     {
       std::lock_guard<std::mutex> lock(s.mu);
@@ -287,7 +298,7 @@ void Engine::Process(State& s, Job& job) {
         "saved index {} to {} ({:.1f} MB, ratio {:.3f}; stall {:.1f} ms, write {:.1f} ms, "
         "end-to-end {:.1f} ms)",
         job.stats.index, job.path, job.stats.bytes / 1e6,
-        job.stats.file_bytes ? static_cast<double>(stream.size()) / job.stats.file_bytes : 1.0,
+        job.stats.file_bytes ? static_cast<double>(r.logical_bytes) / job.stats.file_bytes : 1.0,
         job.stats.stall_seconds * 1e3, job.stats.write_seconds * 1e3,
         job.stats.end_to_end_seconds * 1e3);
   } catch (const std::exception& e) {
@@ -323,8 +334,8 @@ void Engine::Wait() {
   RaiseBackgroundError();
 }
 
-CheckpointerCounters Engine::counters() const {
-  CheckpointerCounters c;
+EngineCounters Engine::counters() const {
+  EngineCounters c;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     c = state_->counters;

@@ -13,10 +13,16 @@
 #include <mutex>
 #include <string>
 
-#include "ackpt/checkpointer.h"
+#include "ackpt/engine.h"
+#include "ackpt/format.h"
 #include "engine/snapshot.h"
 #include "engine/staging_pool.h"
 #include "engine/task_pool.h"
+#include "io/detachable_env.h"
+
+namespace spdlog {
+class logger;
+}
 
 namespace ackpt {
 namespace engine {
@@ -29,25 +35,50 @@ struct EngineOptions {
   bool pin_host_memory = true;
   BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
   double drain_timeout_seconds = 600;
-  Env* env = nullptr;
+  Env* env = nullptr;  // wrapped in a DetachableEnv; null = Env::Default()
   std::shared_ptr<spdlog::logger> logger;
   std::function<void(const SaveStats&)> on_save;
+};
+
+// What a durable save wrote, for the layers above (catalog, retention).
+struct CommitInfo {
+  int64_t index = 0;
+  std::string path;
+  bool compressed = false;
+  uint64_t tensor_bytes = 0;
+  uint64_t logical_bytes = 0;
+  uint64_t file_bytes = 0;
+  std::string header_xxh3;
+  std::map<std::string, std::string> metadata;  // the internal "ackpt.*" entries written
+};
+
+struct SaveHooks {
+  // Internal "ackpt.*" metadata entries for the header.
+  std::map<std::string, std::string> metadata;
+  // Runs on the writer, in commit order, right before the header is encoded:
+  // may add entries that depend on the saves before it (lineage).
+  std::function<void(std::map<std::string, std::string>*)> stamp;
+  // Runs on the writer right after the save is durable. It must hold (by
+  // shared_ptr) everything it touches: it may run after the Engine is gone
+  // when a stuck write was abandoned. Its errors are logged, not raised.
+  std::function<void(const CommitInfo&)> after_commit;
 };
 
 class Engine {
  public:
   explicit Engine(EngineOptions options);
-  // Drains within drain_timeout_seconds; never throws.
+  // Drains within drain_timeout_seconds; never throws. If a write is still
+  // stuck then, the file system is detached (nothing the background does
+  // afterwards touches the caller's Env), on_save is no longer called, and
+  // the stuck work is left to finish or fail on its own.
   ~Engine();
 
   // Raises a pending background error (and then does nothing). Otherwise
   // snapshots `state`, queues it for `path` and returns; with force, returns
   // once it and every earlier save are durable. Returns false if kSkip
-  // dropped the save. after_commit (optional) runs on the writer pool right
-  // after this save is durable (retention); its errors are logged, not raised.
+  // dropped the save.
   bool Save(const StateDict& state, int64_t index, const std::string& path, bool force,
-            const std::map<std::string, std::string>& internal_metadata,
-            std::function<void()> after_commit = nullptr);
+            SaveHooks hooks);
   // Waits until every queued save is finished, then raises a pending error.
   void Wait();
   // Waits without raising; returns false on timeout.
@@ -55,18 +86,21 @@ class Engine {
   // Throws the pending background error, if any, and clears it.
   void RaiseBackgroundError();
 
-  CheckpointerCounters counters() const;
-  spdlog::logger& logger() const { return *logger_; }
+  EngineCounters counters() const;
+  // The file system as the background sees it: detached at shutdown if a
+  // write is stuck. Layers above use it for their background work too.
+  std::shared_ptr<Env> env() const { return env_; }
 
  private:
   struct Job;
   struct State;
   static void RunNext(State& s);
-  static void Process(State& s, Job& job);
+  static void Process(State& s, Job& job, CommitInfo* commit);
 
   // Everything the writer threads touch lives here, heap-allocated, so an
   // abandoned drain can leak it instead of joining a thread stuck in the kernel.
   State* state_;
+  std::shared_ptr<DetachableEnv> env_;
   std::shared_ptr<spdlog::logger> logger_;
 };
 

@@ -19,39 +19,26 @@ constexpr uint64_t kAlign = 64;
 // Contiguous bytes are split across the pool in ranges of at least this size.
 constexpr uint64_t kMinRange = uint64_t{8} << 20;
 
-at::Tensor StagingView(uint8_t* base, const StagedTensor& s) {
-  return at::from_blob(base + s.offset, s.shape, at::TensorOptions().dtype(s.dtype));
+at::Tensor StagingView(uint8_t* base, const format::FlatTensor& s) {
+  return at::from_blob(base + s.staging_offset, s.shape, at::TensorOptions().dtype(s.dtype));
 }
 }  // namespace
 
-uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat,
-                      std::vector<StagedTensor>* staged, bool* any_cuda) {
-  staged->clear();
-  staged->reserve(flat.size());
+uint64_t PlanSnapshot(std::vector<format::FlatTensor>* tensors, bool* any_cuda) {
+  format::DescribeTensors(tensors);
   *any_cuda = false;
   uint64_t offset = 0;
-  for (const auto& f : flat) {
-    const at::Tensor& t = f.tensor;
-    if (t.layout() != at::kStrided) {
-      throw Error::Unsupported("tensor '" + f.name + "' is not dense (layout " +
-                               c10::str(t.layout()) + ")");
-    }
-    format::DtypeToName(t.scalar_type(), "tensor '" + f.name + "'");
-    if (!t.device().is_cpu()) *any_cuda = true;
-    StagedTensor s;
-    s.name = f.name;
-    s.dtype = t.scalar_type();
-    s.shape = t.sizes().vec();
-    s.nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-    s.offset = offset;
-    offset = (offset + s.nbytes + kAlign - 1) / kAlign * kAlign;
-    staged->push_back(std::move(s));
+  for (auto& t : *tensors) {
+    if (!t.tensor.device().is_cpu()) *any_cuda = true;
+    t.staging_offset = offset;
+    offset = (offset + t.nbytes + kAlign - 1) / kAlign * kAlign;
   }
   return offset;
 }
 
-void CopySnapshot(const std::vector<format::FlatTensor>& flat,
-                  const std::vector<StagedTensor>& staged, uint8_t* base, TaskPool* pool) {
+void CopySnapshot(std::vector<format::FlatTensor>* tensors, uint8_t* base, TaskPool* pool) {
+  const std::vector<format::FlatTensor>& flat = *tensors;
+  const std::vector<format::FlatTensor>& staged = *tensors;
   struct Piece {
     const uint8_t* src;
     uint8_t* dst;
@@ -63,7 +50,7 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
   std::vector<std::pair<c10::Device, std::vector<size_t>>> device_tensors;
   for (size_t i = 0; i < flat.size(); ++i) {
     const at::Tensor& t = flat[i].tensor;
-    const StagedTensor& s = staged[i];
+    const format::FlatTensor& s = staged[i];
     if (s.nbytes == 0) continue;
     if (!t.device().is_cpu()) {
       auto it = std::find_if(device_tensors.begin(), device_tensors.end(),
@@ -73,9 +60,9 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
       it->second.push_back(i);
     } else if (t.is_contiguous() && !t.is_neg() && !t.is_conj()) {
       contiguous.push_back(
-          {static_cast<const uint8_t*>(t.data_ptr()), base + s.offset, s.nbytes, i});
+          {static_cast<const uint8_t*>(t.data_ptr()), base + s.staging_offset, s.nbytes, i});
     } else {
-      strided.push_back({nullptr, base + s.offset, s.nbytes, i});
+      strided.push_back({nullptr, base + s.staging_offset, s.nbytes, i});
     }
   }
 
@@ -131,6 +118,12 @@ void CopySnapshot(const std::vector<format::FlatTensor>& flat,
     for (size_t k = 0; k < tasks; ++k) run(k);
   } else {
     pool->ParallelFor(tasks, run);
+  }
+  // The snapshot is complete and private: nothing refers to the caller's
+  // tensors any more.
+  for (auto& t : *tensors) {
+    t.data = t.nbytes == 0 ? nullptr : base + t.staging_offset;
+    t.tensor = at::Tensor();
   }
 }
 

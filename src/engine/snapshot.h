@@ -11,19 +11,11 @@
 namespace ackpt {
 namespace engine {
 
-struct StagedTensor {
-  std::string name;
-  at::ScalarType dtype;
-  std::vector<int64_t> shape;
-  uint64_t offset = 0;  // in the staging buffer, 64-byte aligned
-  uint64_t nbytes = 0;
-};
-
-// Validates every tensor (dense, supported dtype) and lays them out in one
-// staging buffer. Returns the bytes needed; sets *any_cuda if a tensor lives
-// on a non-CPU device.
-uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat,
-                      std::vector<StagedTensor>* staged, bool* any_cuda);
+// Validates every tensor (dense, supported dtype), fills its description and
+// lays the tensors out in one staging buffer (staging_offset, 64-byte
+// aligned). Returns the bytes needed; sets *any_cuda if a tensor lives on a
+// non-CPU device.
+uint64_t PlanSnapshot(std::vector<format::FlatTensor>* tensors, bool* any_cuda);
 
 // Copies each tensor into base + offset as contiguous bytes. Non-contiguous
 // tensors are copied straight into place (no intermediate contiguous copy).
@@ -31,8 +23,9 @@ uint64_t PlanSnapshot(const std::vector<format::FlatTensor>& flat,
 // thread of `pool` (may be null) plus the caller. Device tensors are copied
 // with non-blocking device-to-host copies on a side stream, which is
 // synchronized before returning.
-void CopySnapshot(const std::vector<format::FlatTensor>& flat,
-                  const std::vector<StagedTensor>& staged, uint8_t* base, TaskPool* pool);
+// Afterwards each tensor's `data` points into the staging buffer and its
+// reference to the caller's tensor is dropped.
+void CopySnapshot(std::vector<format::FlatTensor>* tensors, uint8_t* base, TaskPool* pool);
 
 }  // namespace engine
 }  // namespace ackpt

@@ -46,21 +46,27 @@ bool ParseHex64(const std::string& s, uint64_t* out) {
   throw Error::Corruption("invalid safetensors header in '" + path + "': " + what);
 }
 
-// Header checksum: XXH3-64 of the header region with its own value zeroed.
-void CheckHeaderChecksum(const std::string& region, const json* stored, const std::string& path) {
+// Header checksum: XXH3-64 of the header region with its own value zeroed,
+// hashed in three pieces so the region is not copied.
+void CheckHeaderChecksum(const std::string& region, const std::string* stored,
+                         const std::string& path) {
   uint64_t stored_hash = 0;
-  if (stored == nullptr || !stored->is_string() ||
-      !ParseHex64(stored->get_ref<const std::string&>(), &stored_hash)) {
+  if (stored == nullptr || !ParseHex64(*stored, &stored_hash)) {
     Bad(path, "missing or malformed header checksum");
   }
-  const std::string field = HeaderChecksumField(stored->get_ref<const std::string&>());
+  const std::string field = HeaderChecksumField(*stored);
   size_t pos = region.find(field);
   if (pos == std::string::npos || region.find(field, pos + 1) != std::string::npos) {
     Bad(path, "header checksum field is not present exactly once");
   }
-  std::string zeroed = region;
-  zeroed.replace(pos, field.size(), HeaderChecksumField(kZeroHash));
-  if (Xxh3(zeroed.data(), zeroed.size()) != stored_hash) {
+  const std::string zero = HeaderChecksumField(kZeroHash);
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, region.data(), pos);
+  XXH3_64bits_update(&state, zero.data(), zero.size());
+  XXH3_64bits_update(&state, region.data() + pos + field.size(),
+                     region.size() - pos - field.size());
+  if (XXH3_64bits_digest(&state) != stored_hash) {
     throw Error::Corruption("header checksum mismatch in '" + path + "'");
   }
 }
@@ -79,14 +85,14 @@ std::string Hex64(uint64_t v) {
   return s;
 }
 
-void SortForAlignment(std::vector<SerializedTensor>* tensors) {
+void SortForAlignment(std::vector<FlatTensor>* tensors) {
   std::stable_sort(tensors->begin(), tensors->end(),
-                   [](const SerializedTensor& a, const SerializedTensor& b) {
+                   [](const FlatTensor& a, const FlatTensor& b) {
                      return DtypeSize(a.dtype) > DtypeSize(b.dtype);
                    });
 }
 
-std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std::string& tree_json,
+std::string EncodeHeader(const std::vector<FlatTensor>& tensors, const std::string& tree_json,
                          const std::map<std::string, std::string>& user_metadata,
                          const std::map<std::string, std::string>& internal_metadata) {
   ordered_json meta = ordered_json::object();
@@ -154,90 +160,339 @@ std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std
   return region;
 }
 
-void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::string& path,
-                  FileInfo* info) {
-  json h;
-  try {
-    h = json::parse(region.begin() + 8, region.end());
-  } catch (const json::exception& e) {
-    Bad(path, std::string("JSON does not parse: ") + e.what());
+void ValidateReadOptions(const ReadOptions& o) {
+  if (o.max_header_bytes == 0 || o.max_tensors == 0 || o.max_frames == 0 ||
+      o.max_nesting_depth < 1) {
+    throw Error::InvalidArgument(
+        "ReadOptions limits (max_header_bytes, max_tensors, max_frames, max_nesting_depth) must "
+        "be positive");
   }
-  if (!h.is_object()) Bad(path, "JSON is not an object");
-  // In a file of this ackpt version, check the header checksum before trusting
-  // any field, so a damaged header reads as corruption (and not, say, as a
-  // dtype this LibTorch cannot hold).
-  const auto meta = h.find("__metadata__");
-  if (meta != h.end() && meta->is_object()) {
-    const auto version = meta->find(kMetaVersion);
-    if (version != meta->end() && version->is_string() &&
-        version->get_ref<const std::string&>() == std::to_string(kFormatVersion)) {
-      const auto stored = meta->find(kMetaHeaderChecksum);
-      CheckHeaderChecksum(region, stored == meta->end() ? nullptr : &*stored, path);
+}
+
+namespace {
+
+// Shapes with more dimensions than this are rejected: no real tensor has them,
+// and each costs memory here and in LibTorch.
+constexpr size_t kMaxDims = 1024;
+
+// Streams the header JSON into TensorInfos and the metadata map, so no DOM is
+// built: memory is the region plus a few times its size in the result.
+// Duplicate keys, which a DOM would silently collapse, are corruption.
+class HeaderSax : public json::json_sax_t {
+ public:
+  HeaderSax(const std::string& path, FileInfo* info, const ReadOptions& options)
+      : path_(path), info_(info), options_(options) {}
+
+  bool null() override { return Scalar("null"); }
+  bool boolean(bool) override { return Scalar("a boolean"); }
+  bool number_integer(number_integer_t) override { return Scalar("a negative integer"); }
+  bool number_unsigned(number_unsigned_t v) override {
+    if (skip_ > 0 || skip_scalar_) return Skipped();
+    if (stack_.empty()) return Scalar("an integer");
+    switch (Top()) {
+      case Ctx::kShape: {
+        auto& t = info_->tensors.back();
+        if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+          Bad(path_, What() + " has a huge dimension");
+        if (t.shape.size() >= kMaxDims)
+          Bad(path_, What() + " has more than " + std::to_string(kMaxDims) + " dimensions");
+        t.shape.push_back(static_cast<int64_t>(v));
+        return true;
+      }
+      case Ctx::kOffsets: {
+        auto& t = info_->tensors.back();
+        if (num_offsets_ >= 2) Bad(path_, What() + " has more than two data_offsets");
+        (num_offsets_++ == 0 ? t.begin : t.end) = v;
+        return true;
+      }
+      default:
+        return Scalar("an integer");
     }
   }
+  bool number_float(number_float_t, const string_t&) override { return Scalar("a non-integer"); }
+  bool binary(binary_t&) override { return Scalar("binary"); }
+  bool string(string_t& v) override {
+    if (skip_ > 0 || skip_scalar_) return Skipped();
+    if (stack_.empty()) return Scalar("a string");
+    if (Top() == Ctx::kMeta) {
+      if (!info_->metadata.emplace(std::move(key_), std::move(v)).second)
+        Bad(path_, "__metadata__ has a duplicate key");
+      return true;
+    }
+    if (Top() == Ctx::kTensor && field_ == Field::kDtype) {
+      info_->tensors.back().dtype = std::move(v);
+      return true;
+    }
+    return Scalar("a string");
+  }
+
+  bool start_object(std::size_t) override {
+    Enter();
+    if (skip_ > 0 || skip_scalar_) return StartSkip();
+    if (stack_.empty()) {
+      stack_.push_back(Ctx::kTop);
+      return true;
+    }
+    switch (Top()) {
+      case Ctx::kTop:
+        if (key_ == "__metadata__") {
+          if (seen_meta_) Bad(path_, "duplicate __metadata__");
+          seen_meta_ = true;
+          stack_.push_back(Ctx::kMeta);
+          return true;
+        }
+        if (info_->tensors.size() >= options_.max_tensors) {
+          Bad(path_, "more than " + std::to_string(options_.max_tensors) +
+                         " tensors (ReadOptions::max_tensors)");
+        }
+        info_->tensors.emplace_back();
+        info_->tensors.back().name = std::move(key_);
+        have_ = 0;
+        stack_.push_back(Ctx::kTensor);
+        return true;
+      default:
+        return Scalar("an object");
+    }
+  }
+  bool key(string_t& k) override {
+    if (skip_ > 0) return true;
+    switch (Top()) {
+      case Ctx::kTop:
+      case Ctx::kMeta:
+        key_ = std::move(k);
+        return true;
+      case Ctx::kTensor: {
+        field_ = k == "dtype" ? Field::kDtype
+                 : k == "shape" ? Field::kShape
+                 : k == "data_offsets" ? Field::kOffsets
+                                       : Field::kOther;
+        if (field_ == Field::kOther) {
+          skip_scalar_ = true;  // an extra member: ignored, whatever it holds
+          return true;
+        }
+        const unsigned bit = 1u << static_cast<unsigned>(field_);
+        if (have_ & bit) Bad(path_, What() + " has a duplicate '" + k + "'");
+        have_ |= bit;
+        return true;
+      }
+      default:
+        Bad(path_, "unexpected key");
+    }
+  }
+  bool end_object() override {
+    --depth_;
+    if (skip_ > 0) return EndSkip();
+    if (Top() == Ctx::kTensor) {
+      const std::string what = What();
+      if (!(have_ & (1u << static_cast<unsigned>(Field::kDtype))))
+        Bad(path_, what + " has no dtype string");
+      if (!(have_ & (1u << static_cast<unsigned>(Field::kShape))))
+        Bad(path_, what + " has no shape array");
+      if (!(have_ & (1u << static_cast<unsigned>(Field::kOffsets))))
+        Bad(path_, what + " has no data_offsets pair of non-negative integers");
+    }
+    stack_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    Enter();
+    if (skip_ > 0 || skip_scalar_) return StartSkip();
+    if (!stack_.empty() && Top() == Ctx::kTensor && field_ == Field::kShape) {
+      stack_.push_back(Ctx::kShape);
+      return true;
+    }
+    if (!stack_.empty() && Top() == Ctx::kTensor && field_ == Field::kOffsets) {
+      stack_.push_back(Ctx::kOffsets);
+      num_offsets_ = 0;
+      return true;
+    }
+    return Scalar("an array");
+  }
+  bool end_array() override {
+    --depth_;
+    if (skip_ > 0) return EndSkip();
+    if (Top() == Ctx::kOffsets && num_offsets_ != 2)
+      Bad(path_, What() + " has no data_offsets pair of non-negative integers");
+    stack_.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception& ex) override {
+    Bad(path_, "JSON does not parse at byte " + std::to_string(position) + ": " + ex.what());
+  }
+
+ private:
+  enum class Ctx { kTop, kMeta, kTensor, kShape, kOffsets };
+  enum class Field { kDtype, kShape, kOffsets, kOther };
+
+  Ctx Top() const { return stack_.back(); }
+  std::string What() const { return "tensor '" + info_->tensors.back().name + "'"; }
+
+  void Enter() {
+    if (++depth_ > options_.max_nesting_depth) {
+      Bad(path_, "JSON nested deeper than " + std::to_string(options_.max_nesting_depth) +
+                     " (ReadOptions::max_nesting_depth)");
+    }
+  }
+  bool StartSkip() {
+    skip_scalar_ = false;
+    ++skip_;
+    return true;
+  }
+  bool EndSkip() {
+    --skip_;
+    return true;
+  }
+  bool Skipped() {
+    skip_scalar_ = false;
+    return true;
+  }
+  // A value of the wrong JSON type where `stack_` expects something else.
+  bool Scalar(const char* kind) {
+    if (skip_ > 0 || skip_scalar_) return Skipped();
+    if (stack_.empty()) Bad(path_, "JSON is not an object");
+    switch (Top()) {
+      case Ctx::kTop:
+        if (key_ == "__metadata__") Bad(path_, "__metadata__ is not an object");
+        Bad(path_, "tensor '" + key_ + "' is not an object");
+      case Ctx::kMeta:
+        Bad(path_, "__metadata__ value '" + key_ + "' is not a string");
+      case Ctx::kTensor:
+        if (field_ == Field::kDtype) Bad(path_, What() + " has no dtype string");
+        if (field_ == Field::kShape) Bad(path_, What() + " has no shape array");
+        Bad(path_, What() + " has no data_offsets pair of non-negative integers");
+      case Ctx::kShape:
+        Bad(path_, What() + " has a shape entry that is not a non-negative integer (" + kind + ")");
+      case Ctx::kOffsets:
+        Bad(path_, What() + " has no data_offsets pair of non-negative integers");
+    }
+    Bad(path_, "unexpected JSON");
+  }
+
+  const std::string& path_;
+  FileInfo* info_;
+  const ReadOptions& options_;
+  std::vector<Ctx> stack_;
+  int depth_ = 0;
+  int skip_ = 0;              // open containers inside an ignored member
+  bool skip_scalar_ = false;  // the next value belongs to an ignored member
+  bool seen_meta_ = false;
+  std::string key_;
+  Field field_ = Field::kOther;
+  unsigned have_ = 0;  // Field bits seen in the current tensor entry
+  int num_offsets_ = 0;
+};
+
+// Parses ackpt.xxh3 ({"name": "hex64", ...}) straight into the tensors.
+class ChecksumSax : public json::json_sax_t {
+ public:
+  ChecksumSax(const std::string& path, std::vector<TensorInfo>* tensors,
+              const std::vector<size_t>& by_name)
+      : path_(path), tensors_(tensors), by_name_(by_name) {}
+  bool null() override { return Fail(); }
+  bool boolean(bool) override { return Fail(); }
+  bool number_integer(number_integer_t) override { return Fail(); }
+  bool number_unsigned(number_unsigned_t) override { return Fail(); }
+  bool number_float(number_float_t, const string_t&) override { return Fail(); }
+  bool binary(binary_t&) override { return Fail(); }
+  bool string(string_t& v) override {
+    if (depth_ != 1) return Fail();
+    auto it = std::lower_bound(by_name_.begin(), by_name_.end(), key_,
+                               [&](size_t i, const std::string& k) { return (*tensors_)[i].name < k; });
+    if (it == by_name_.end() || (*tensors_)[*it].name != key_)
+      Bad(path_, "tensor checksum table names unknown tensor '" + key_ + "'");
+    TensorInfo& t = (*tensors_)[*it];
+    if (t.has_checksum) Bad(path_, "tensor checksum table lists '" + key_ + "' twice");
+    if (!ParseHex64(v, &t.xxh3)) Bad(path_, "tensor '" + key_ + "' has no valid checksum");
+    t.has_checksum = true;
+    return true;
+  }
+  bool start_object(std::size_t) override { return ++depth_ == 1 ? true : Fail(); }
+  bool key(string_t& k) override {
+    key_ = std::move(k);
+    return true;
+  }
+  bool end_object() override {
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override { return Fail(); }
+  bool end_array() override { return Fail(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    Bad(path_, std::string("tensor checksums are malformed: ") + e.what());
+  }
+
+ private:
+  bool Fail() { Bad(path_, "tensor checksum table does not match the tensors"); }
+  const std::string& path_;
+  std::vector<TensorInfo>* tensors_;
+  const std::vector<size_t>& by_name_;
+  int depth_ = 0;
+  std::string key_;
+};
+
+bool IsReadableVersion(const std::string& v) {
+  for (int k = kOldestReadableVersion; k <= kFormatVersion; ++k) {
+    if (v == std::to_string(k)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::string& path,
+                  FileInfo* info, const ReadOptions& options) {
+  ValidateReadOptions(options);
+  if (region.size() < 8) Bad(path, "header region shorter than its 8-byte length");
   info->tensors.clear();
   info->metadata.clear();
-  for (auto it = h.begin(); it != h.end(); ++it) {
-    const std::string& name = it.key();
-    const json& v = it.value();
-    if (name == "__metadata__") {
-      if (!v.is_object()) Bad(path, "__metadata__ is not an object");
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string())
-          Bad(path, "__metadata__ value '" + m.key() + "' is not a string");
-        info->metadata[m.key()] = m.value().get<std::string>();
-      }
-      continue;
-    }
-    const std::string what = "tensor '" + name + "'";
-    if (!v.is_object()) Bad(path, what + " is not an object");
-    if (!v.contains("dtype") || !v["dtype"].is_string()) Bad(path, what + " has no dtype string");
-    if (!v.contains("shape") || !v["shape"].is_array()) Bad(path, what + " has no shape array");
-    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() ||
-        v["data_offsets"].size() != 2 || !v["data_offsets"][0].is_number_unsigned() ||
-        !v["data_offsets"][1].is_number_unsigned()) {
-      Bad(path, what + " has no data_offsets pair of non-negative integers");
-    }
-    TensorInfo t;
-    t.name = name;
-    t.dtype = v["dtype"].get<std::string>();
+  info->written_by_ackpt = false;
+  info->format_version = 0;
+  {
+    HeaderSax sax(path, info, options);
+    json::sax_parse(region.begin() + 8, region.end(), &sax);
+  }
+  // In an ackpt file, check the header checksum before trusting any field, so
+  // a damaged header reads as corruption (and not, say, as a dtype this
+  // LibTorch cannot hold).
+  auto version = info->metadata.find(kMetaVersion);
+  if (version != info->metadata.end() && IsReadableVersion(version->second)) {
+    auto stored = info->metadata.find(kMetaHeaderChecksum);
+    CheckHeaderChecksum(region, stored == info->metadata.end() ? nullptr : &stored->second, path);
+  }
+  for (auto& t : info->tensors) {
+    const std::string what = "tensor '" + t.name + "'";
     if (!DtypeFromName(t.dtype, &t.scalar_type)) {
-      throw Error::Unsupported("tensor '" + name + "' in '" + path + "' has dtype '" + t.dtype +
+      throw Error::Unsupported("tensor '" + t.name + "' in '" + path + "' has dtype '" + t.dtype +
                                "', which this LibTorch cannot hold");
     }
-    t.begin = v["data_offsets"][0].get<uint64_t>();
-    t.end = v["data_offsets"][1].get<uint64_t>();
     if (t.begin > t.end || t.end > data_bytes) {
       Bad(path, what + " has data_offsets [" + std::to_string(t.begin) + ", " +
                     std::to_string(t.end) + "] outside the " + std::to_string(data_bytes) +
                     "-byte data section");
     }
-    // numel * element size must equal the byte range; compute without overflow.
+    // numel x element size must equal the byte range. Every dimension counts,
+    // zeros included: [2^40, 2^40, 0] holds no bytes but no tensor can have
+    // that shape, so it is corruption here rather than an error in LibTorch.
     const uint64_t esize = DtypeSize(t.scalar_type);
+    const uint64_t max_numel = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / esize;
+    uint64_t nonzero = 1;
     bool zero = false;
-    for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned())
-        Bad(path, what + " has a shape entry that is not a non-negative integer");
-      uint64_t dim = d.get<uint64_t>();
-      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-        Bad(path, what + " has a huge dimension");
-      t.shape.push_back(static_cast<int64_t>(dim));
-      if (dim == 0) zero = true;
-    }
-    uint64_t numel = zero ? 0 : 1;
-    if (!zero) {
-      const uint64_t max_numel = data_bytes / esize;
-      for (int64_t dim : t.shape) {
-        if (numel > max_numel / static_cast<uint64_t>(dim))
-          Bad(path, what + " has a shape larger than the data section");
-        numel *= static_cast<uint64_t>(dim);
+    for (int64_t d : t.shape) {
+      if (d == 0) {
+        zero = true;
+        continue;
+      }
+      if (__builtin_mul_overflow(nonzero, static_cast<uint64_t>(d), &nonzero) ||
+          nonzero > max_numel) {
+        Bad(path, what + " has a shape whose element count overflows");
       }
     }
-    if (numel * esize != t.end - t.begin) {
-      Bad(path, what + ": dtype " + t.dtype + " x shape is " + std::to_string(numel * esize) +
+    const uint64_t nbytes = zero ? 0 : nonzero * esize;
+    if (nbytes != t.end - t.begin) {
+      Bad(path, what + ": dtype " + t.dtype + " x shape is " + std::to_string(nbytes) +
                     " bytes but data_offsets span " + std::to_string(t.end - t.begin));
     }
-    info->tensors.push_back(std::move(t));
   }
   std::sort(info->tensors.begin(), info->tensors.end(),
             [](const TensorInfo& a, const TensorInfo& b) {
@@ -256,8 +511,16 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     Bad(path, "tensors cover " + std::to_string(expected) + " bytes but the data section has " +
                   std::to_string(data_bytes));
   }
+  // A DOM would keep the last of two same-named entries; both are corruption.
+  std::vector<size_t> by_name(info->tensors.size());
+  for (size_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
+  std::sort(by_name.begin(), by_name.end(),
+            [&](size_t a, size_t b) { return info->tensors[a].name < info->tensors[b].name; });
+  for (size_t i = 1; i < by_name.size(); ++i) {
+    if (info->tensors[by_name[i]].name == info->tensors[by_name[i - 1]].name)
+      Bad(path, "duplicate tensor name '" + info->tensors[by_name[i]].name + "'");
+  }
 
-  auto version = info->metadata.find(kMetaVersion);
   if (version == info->metadata.end()) {
     // A foreign safetensors file, unless it carries ackpt's reserved keys: then
     // the version key itself was damaged, and reading the file as a flat
@@ -270,26 +533,23 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     return;
   }
   info->written_by_ackpt = true;
-  if (version->second != std::to_string(kFormatVersion)) {
+  if (!IsReadableVersion(version->second)) {
     throw Error::Unsupported("'" + path + "' has ackpt format version '" + version->second +
-                             "'; this build reads version " + std::to_string(kFormatVersion));
+                             "'; this build reads versions " +
+                             std::to_string(kOldestReadableVersion) + " to " +
+                             std::to_string(kFormatVersion));
   }
+  info->format_version = std::stoi(version->second);
   // The header checksum was checked right after parsing (CheckHeaderChecksum).
   if (!info->metadata.count(kMetaTree)) Bad(path, "ackpt metadata has no state tree");
-  json sums;
-  try {
-    sums = json::parse(info->metadata.at(kMetaChecksums));
-  } catch (const std::exception& e) {
-    Bad(path, std::string("tensor checksums are missing or malformed: ") + e.what());
+  auto sums = info->metadata.find(kMetaChecksums);
+  if (sums == info->metadata.end()) Bad(path, "tensor checksums are missing");
+  {
+    ChecksumSax sax(path, &info->tensors, by_name);
+    json::sax_parse(sums->second.begin(), sums->second.end(), &sax);
   }
-  if (!sums.is_object() || sums.size() != info->tensors.size())
-    Bad(path, "tensor checksum table does not match the tensors");
-  for (auto& t : info->tensors) {
-    auto s = sums.find(t.name);
-    if (s == sums.end() || !s->is_string() || !ParseHex64(s->get<std::string>(), &t.xxh3)) {
-      Bad(path, "tensor '" + t.name + "' has no valid checksum");
-    }
-    t.has_checksum = true;
+  for (const auto& t : info->tensors) {
+    if (!t.has_checksum) Bad(path, "tensor '" + t.name + "' has no valid checksum");
   }
 }
 

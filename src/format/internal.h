@@ -13,11 +13,16 @@
 #include "ackpt/env.h"
 #include "ackpt/format.h"
 #include "ackpt/state_dict.h"
+#include "io/atomic_file.h"
 
 namespace ackpt {
 namespace format {
 
-inline constexpr int kFormatVersion = 1;
+// Version 2: in a compressed file the header region is alone in frame 0, so
+// the header reads without decompressing tensor data. The reader accepts
+// every version from kOldestReadableVersion to kFormatVersion.
+inline constexpr int kFormatVersion = 2;
+inline constexpr int kOldestReadableVersion = 1;
 // safetensors' own limit on the JSON header.
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // zstd seekable format limits (contrib/seekable_format/zstd_seekable.h).
@@ -55,42 +60,49 @@ bool DtypeFromName(const std::string& name, at::ScalarType* type);
 size_t DtypeSize(at::ScalarType type);
 
 // ---- state tree ---------------------------------------------------------------
+// One tensor of a checkpoint, from flattening to encoding: Flatten fills name
+// and tensor; the snapshot (engine) or PrepareContiguous (synchronous writer)
+// fills dtype, shape, nbytes and data; the encoder fills xxh3.
 struct FlatTensor {
   std::string name;
-  at::Tensor tensor;
+  at::Tensor tensor;  // the caller's tensor; dropped once its bytes are staged
+  at::ScalarType dtype = at::ScalarType::Undefined;
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;
+  uint64_t staging_offset = 0;  // where the engine's snapshot put the bytes
+  const void* data = nullptr;   // contiguous CPU bytes, valid until encoded
+  uint64_t xxh3 = 0;
 };
 // Splits a StateDict into its tensors (with unique flattened names, in tree
 // order) and a JSON tree (docs/FORMAT.md, "ackpt.tree") holding everything
 // else. Throws kInvalidArgument for empty keys or reserved names.
 void Flatten(const StateDict& state, std::vector<FlatTensor>* tensors, std::string* tree_json);
-// Rebuilds the tree; tensor_for(name) supplies each tensor. Throws kCorruption
-// on a malformed tree or a tensor referenced twice or not at all.
+// Rebuilds the tree; `tensors` supplies each tensor. Throws kCorruption on a
+// malformed tree, a node deeper than min(max_depth, 256), or a tensor
+// referenced twice or not at all. Parses as a stream: no JSON DOM is built.
 StateDict Unflatten(const std::string& tree_json, const std::map<std::string, at::Tensor>& tensors,
-                    const std::string& path_for_errors);
+                    const std::string& path_for_errors, int max_depth = 256);
 std::string EscapeKey(const std::string& key);
 
 // ---- header ---------------------------------------------------------------------
-struct SerializedTensor {
-  std::string name;
-  at::ScalarType dtype;
-  std::vector<int64_t> shape;
-  const void* data = nullptr;  // contiguous CPU bytes, valid until written
-  uint64_t nbytes = 0;
-  uint64_t xxh3 = 0;
-};
 // Orders tensors for the file: by element size, largest first (stable), so
 // every tensor is aligned to its element size when the data start is 8-aligned.
-void SortForAlignment(std::vector<SerializedTensor>* tensors);
+void SortForAlignment(std::vector<FlatTensor>* tensors);
 // The complete header region: 8-byte length, compact JSON, space padding to a
 // multiple of 8, with ackpt's metadata and header checksum filled in.
 // internal_metadata: extra "ackpt.*" entries from ackpt's own layers.
-std::string EncodeHeader(const std::vector<SerializedTensor>& tensors, const std::string& tree_json,
+std::string EncodeHeader(const std::vector<FlatTensor>& tensors, const std::string& tree_json,
                          const std::map<std::string, std::string>& user_metadata,
                          const std::map<std::string, std::string>& internal_metadata = {});
 // Parses and validates the JSON header of a stream whose data section is
 // data_bytes long; `header_region` is the full region (length prefix included).
+// Streams the JSON (SAX) into `info`, so memory stays a small multiple of the
+// header size; options' limits (tensors, nesting) apply. Throws kCorruption
+// (kUnsupported for a dtype or format version this build cannot read).
 void DecodeHeader(const std::string& header_region, uint64_t data_bytes, const std::string& path,
-                  FileInfo* info);
+                  FileInfo* info, const ReadOptions& options = {});
+// Throws kInvalidArgument for limits that are zero or negative.
+void ValidateReadOptions(const ReadOptions& options);
 uint64_t Xxh3(const void* data, size_t n);
 std::string Hex64(uint64_t v);
 
@@ -102,15 +114,37 @@ struct FrameEntry {
   uint32_t decompressed_size = 0;
   uint32_t checksum = 0;
 };
-struct SeekTable {
+// A validated seek table, stored compactly: the raw entries as in the file
+// (8 or 12 bytes per frame) plus the frame offsets of every kOffsetStride-th
+// frame, so millions of tiny frames cost about the table's own size.
+class SeekTable {
+ public:
+  static constexpr size_t kOffsetStride = 16;
+
   bool has_checksums = false;
-  std::vector<FrameEntry> frames;
   uint64_t table_bytes = 0;  // skippable frame, footer included
   uint64_t logical_bytes = 0;
+
+  size_t num_frames() const { return num_frames_; }
+  // Entry i with its offsets (at most kOffsetStride - 1 additions).
+  FrameEntry frame(size_t i) const;
+  // The frame holding logical byte `offset` (num_frames() if past the end).
+  size_t FrameAt(uint64_t offset) const;
+
+ private:
+  friend SeekTable ReadSeekTable(const RandomAccessFile&, uint64_t);
+  uint32_t Field(size_t i, int k) const;
+  size_t num_frames_ = 0;
+  size_t entry_size_ = 12;
+  std::string raw_;  // the entries, as stored
+  std::vector<uint64_t> compressed_offsets_;    // of frames 0, stride, 2*stride, ...
+  std::vector<uint64_t> decompressed_offsets_;  // likewise
 };
 std::string EncodeSeekTable(const std::vector<FrameEntry>& frames);
-// Reads and validates the seek table at the end of `file`.
-SeekTable ReadSeekTable(const RandomAccessFile& file);
+// Reads and validates the seek table at the end of `file`; more than
+// max_frames frames is corruption. Allocates only after the frame count is
+// checked against the file size and max_frames.
+SeekTable ReadSeekTable(const RandomAccessFile& file, uint64_t max_frames = kMaxFrames);
 bool LooksCompressed(const RandomAccessFile& file);
 
 // ---- the logical stream ---------------------------------------------------------
@@ -133,31 +167,47 @@ class LogicalStream {
   uint64_t size_ = 0;
 };
 
-// The commit protocol: body(file) writes a hidden temp file next to `path`;
-// then fsync (if asked), close, rename over `path`, fsync the directory. On
-// failure the temp file is removed and the error rethrown; `path` is untouched.
-void AtomicWrite(Env* env, const std::string& path, bool fsync,
-                 const std::function<void(WritableFile*)>& body);
-
-struct CommitStats {
-  uint64_t file_bytes = 0;
-  double compress_seconds = 0;  // summed over threads
-  double write_seconds = 0;     // write + fsync + rename, wall
+// ---- the one encode path -----------------------------------------------------------
+struct EncodeResult {
+  uint64_t tensor_bytes = 0;
+  uint64_t logical_bytes = 0;  // the plain safetensors stream
+  uint64_t file_bytes = 0;     // on disk
+  std::string header_xxh3;     // hex64 of the header checksum (docs/FORMAT.md 8.2)
+  double hash_seconds = 0;      // per-tensor XXH3, wall
+  double compress_seconds = 0;  // zstd, summed over threads
+  double write_seconds = 0;     // compress + write + fsync + rename, wall
 };
-// Writes `stream` (compressed per options) to a temp file next to `path`,
-// fsyncs, closes, renames and fsyncs the directory. parallel_for runs the
-// compression tasks. On failure the temp file is removed and the error rethrown.
-// A set *cancel aborts between frames with kTimedOut.
-CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
-                         const WriteOptions& options, Env* env, const ParallelForFn& parallel_for,
-                         const std::atomic<bool>* cancel = nullptr);
+// Hashes the tensors (in parallel), orders them for alignment, encodes the
+// header and commits header + tensor bytes at `path` (zstd frames when asked:
+// the header region alone in the first frame, then data frames of
+// chunk_size). Every tensor's `data` must point at its contiguous bytes until
+// this returns. parallel_for runs hashing and compression tasks. On failure
+// the temp file is removed and the error rethrown; `path` is untouched. A set
+// *cancel aborts between frames with kTimedOut.
+EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
+                             const WriteOptions& options,
+                             const std::map<std::string, std::string>& internal_metadata,
+                             const std::string& path, Env* env, const ParallelForFn& parallel_for,
+                             const std::atomic<bool>* cancel = nullptr);
 // Throws kInvalidArgument for out-of-range chunk size or zstd level.
 void ValidateWriteOptions(const WriteOptions& options);
 
-// Copies or converts each tensor to contiguous CPU memory and hashes it.
-// `keep_alive` holds the contiguous tensors the SerializedTensors point into.
-void SerializeTensors(const std::vector<FlatTensor>& flat, int threads,
-                      std::vector<SerializedTensor>* out, std::vector<at::Tensor>* keep_alive);
+// Checks every tensor (dense, supported dtype) and fills dtype, shape and
+// nbytes from it. Throws kUnsupported naming the tensor.
+void DescribeTensors(std::vector<FlatTensor>* tensors);
+// For the synchronous writer: points each tensor's `data` at contiguous CPU
+// bytes, copying (into `keep_alive`) only tensors that are not already so.
+void PrepareContiguous(std::vector<FlatTensor>* tensors, std::vector<at::Tensor>* keep_alive);
 
 }  // namespace format
+
+// The flattened tensor name of a path of keys and list indices, e.g.
+// {"optimizer", "state", "0"} -> "optimizer/state/0". Keys are escaped so the
+// mapping is one-to-one ('%' -> "%25", '/' -> "%2F").
+std::string FlatTensorName(const std::vector<std::string>& path);
+
+// True while a CheckpointReader in this process has `path` open (retention
+// never deletes such a file).
+bool IsOpenForReading(const std::string& path);
+
 }  // namespace ackpt

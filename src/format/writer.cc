@@ -10,7 +10,6 @@
 #include <cstring>
 
 #include "ackpt/error.h"
-#include "ackpt/file_names.h"
 #include "format/internal.h"
 
 namespace ackpt {
@@ -158,41 +157,96 @@ void LogicalStream::Visit(uint64_t offset, uint64_t n,
   }
 }
 
-void AtomicWrite(Env* env, const std::string& path, bool fsync,
-                 const std::function<void(WritableFile*)>& body) {
-  const std::string dir = DirName(path);
-  const std::string tmp = JoinPath(dir, TempFileName(path));
-  std::unique_ptr<WritableFile> file = env->NewWritableFile(tmp);
-  try {
-    body(file.get());
-    if (fsync) file->Sync();
-    file->Close();
-    env->RenameFile(tmp, path);
-  } catch (...) {
-    file.reset();
-    try {
-      env->RemoveFile(tmp);
-    } catch (...) {
-      // The original error is the one worth reporting.
-    }
-    throw;
-  }
-  // After the rename the final name holds the complete file; this makes the
-  // rename itself durable.
-  if (fsync) env->SyncDir(dir);
+namespace {
+
+// The frames of a compressed stream: the header region alone first, so a
+// reader gets the header without decompressing tensor data (format version
+// 2), then chunk_size pieces of the data section.
+std::vector<std::pair<uint64_t, uint64_t>> FrameRanges(uint64_t header_bytes, uint64_t total,
+                                                       uint64_t chunk) {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  ranges.emplace_back(0, header_bytes);
+  for (uint64_t off = header_bytes; off < total; off += chunk)
+    ranges.emplace_back(off, std::min(chunk, total - off));
+  return ranges;
 }
 
-CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
-                         const WriteOptions& options, Env* env, const ParallelForFn& parallel_for,
-                         const std::atomic<bool>* cancel) {
+void WriteFrames(const LogicalStream& stream, uint64_t header_bytes, const WriteOptions& options,
+                 WritableFile* file, const ParallelForFn& parallel_for,
+                 const std::function<void()>& check_cancel, EncodeResult* result) {
+  const auto ranges = FrameRanges(header_bytes, stream.size(), options.chunk_size);
+  if (ranges.size() > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
+  std::atomic<int64_t> compress_ns{0};
+  // Compress a window of frames in parallel, then append them in order.
+  const size_t window = static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.threads)));
+  std::vector<std::string> frames(std::min(window, ranges.size()));
+  std::vector<uint32_t> sums(frames.size());
+  std::vector<FrameEntry> entries;
+  entries.reserve(ranges.size());
+  for (size_t first = 0; first < ranges.size(); first += window) {
+    check_cancel();
+    const size_t count = std::min(window, ranges.size() - first);
+    parallel_for(count, [&](size_t j) {
+      const auto c0 = Clock::now();
+      const auto& r = ranges[first + j];
+      sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second), options.zstd_level,
+                              &frames[j]);
+      compress_ns +=
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
+    });
+    for (size_t j = 0; j < count; ++j) {
+      FrameEntry e;
+      e.compressed_size = static_cast<uint32_t>(frames[j].size());
+      e.decompressed_size = static_cast<uint32_t>(ranges[first + j].second);
+      e.checksum = sums[j];
+      entries.push_back(e);
+      file->Append(frames[j].data(), frames[j].size());
+      result->file_bytes += frames[j].size();
+    }
+  }
+  const std::string table = EncodeSeekTable(entries);
+  file->Append(table.data(), table.size());
+  result->file_bytes += table.size();
+  result->compress_seconds = static_cast<double>(compress_ns.load()) * 1e-9;
+}
+
+std::string HeaderChecksumOf(const std::string& region) {
+  // EncodeHeader stores it as the last member of __metadata__.
+  const std::string key = std::string("\"") + kMetaHeaderChecksum + "\":\"";
+  const size_t pos = region.rfind(key);
+  return pos == std::string::npos ? std::string() : region.substr(pos + key.size(), 16);
+}
+
+}  // namespace
+
+EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
+                             const WriteOptions& options,
+                             const std::map<std::string, std::string>& internal_metadata,
+                             const std::string& path, Env* env, const ParallelForFn& parallel_for,
+                             const std::atomic<bool>* cancel) {
   ValidateWriteOptions(options);
   auto check_cancel = [cancel, &path] {
     if (cancel != nullptr && cancel->load())
       throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
   };
-  CommitStats stats;
+  EncodeResult result;
+  const auto h0 = Clock::now();
+  std::vector<FlatTensor>& ts = *tensors;
+  parallel_for(ts.size(), [&](size_t i) {
+    ts[i].xxh3 = Xxh3(ts[i].data, static_cast<size_t>(ts[i].nbytes));
+  });
+  result.hash_seconds = SecondsSince(h0);
+  SortForAlignment(tensors);
+  const std::string header = EncodeHeader(ts, tree_json, options.metadata, internal_metadata);
+  result.header_xxh3 = HeaderChecksumOf(header);
+  LogicalStream stream;
+  stream.Add(header.data(), header.size());
+  for (const auto& t : ts) {
+    stream.Add(t.data, t.nbytes);
+    result.tensor_bytes += t.nbytes;
+  }
+  result.logical_bytes = stream.size();
   const auto t0 = Clock::now();
-  std::atomic<int64_t> compress_ns{0};
   AtomicWrite(env, path, options.fsync, [&](WritableFile* file) {
     if (options.compression == Compression::kNone) {
       BufferedAppender out(file);
@@ -201,103 +255,60 @@ CommitStats CommitStream(const LogicalStream& stream, const std::string& path,
         out.Append(p, n);
       });
       out.Flush();
-      stats.file_bytes = stream.size();
+      result.file_bytes = stream.size();
       return;
     }
-    const uint64_t chunk = options.chunk_size;
-    const size_t num_chunks = static_cast<size_t>((stream.size() + chunk - 1) / chunk);
-    if (num_chunks > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
-    const size_t window = static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.threads)));
-    std::vector<std::string> frames(std::min(window, num_chunks));
-    std::vector<uint32_t> sums(frames.size());
-    std::vector<FrameEntry> entries;
-    entries.reserve(num_chunks);
-    for (size_t first = 0; first < num_chunks; first += window) {
-      check_cancel();
-      const size_t count = std::min(window, num_chunks - first);
-      parallel_for(count, [&](size_t j) {
-        const auto c0 = Clock::now();
-        const uint64_t off = (first + j) * chunk;
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk, stream.size() - off));
-        sums[j] = CompressChunk(stream, off, n, options.zstd_level, &frames[j]);
-        compress_ns +=
-            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
-      });
-      for (size_t j = 0; j < count; ++j) {
-        const uint64_t off = (first + j) * chunk;
-        FrameEntry e;
-        e.compressed_size = static_cast<uint32_t>(frames[j].size());
-        e.decompressed_size = static_cast<uint32_t>(std::min<uint64_t>(chunk, stream.size() - off));
-        e.checksum = sums[j];
-        entries.push_back(e);
-        file->Append(frames[j].data(), frames[j].size());
-        stats.file_bytes += frames[j].size();
-      }
-    }
-    const std::string table = EncodeSeekTable(entries);
-    file->Append(table.data(), table.size());
-    stats.file_bytes += table.size();
+    WriteFrames(stream, header.size(), options, file, parallel_for, check_cancel, &result);
   });
-  stats.compress_seconds = static_cast<double>(compress_ns.load()) * 1e-9;
-  stats.write_seconds = SecondsSince(t0);
-  return stats;
+  result.write_seconds = SecondsSince(t0);
+  return result;
 }
 
-void SerializeTensors(const std::vector<FlatTensor>& flat, int threads,
-                      std::vector<SerializedTensor>* out, std::vector<at::Tensor>* keep_alive) {
-  out->clear();
-  keep_alive->clear();
-  for (const auto& f : flat) {
+void DescribeTensors(std::vector<FlatTensor>* tensors) {
+  for (auto& f : *tensors) {
     const at::Tensor& t = f.tensor;
     if (t.layout() != at::kStrided) {
       throw Error::Unsupported("tensor '" + f.name + "' is not dense (layout " +
                                c10::str(t.layout()) + ")");
     }
     DtypeToName(t.scalar_type(), "tensor '" + f.name + "'");
-    at::Tensor c = t;
+    f.dtype = t.scalar_type();
+    f.shape = t.sizes().vec();
+    f.nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+  }
+}
+
+void PrepareContiguous(std::vector<FlatTensor>* tensors, std::vector<at::Tensor>* keep_alive) {
+  DescribeTensors(tensors);
+  for (auto& f : *tensors) {
+    at::Tensor c = f.tensor;
     if (!c.device().is_cpu()) c = c.to(at::kCPU);
     c = c.resolve_conj().resolve_neg().contiguous();
-    SerializedTensor s;
-    s.name = f.name;
-    s.dtype = c.scalar_type();
-    s.shape = c.sizes().vec();
-    s.nbytes = c.nbytes();
-    s.data = s.nbytes == 0 ? nullptr : c.data_ptr();
-    out->push_back(std::move(s));
+    f.data = f.nbytes == 0 ? nullptr : c.data_ptr();
     keep_alive->push_back(std::move(c));
   }
-  ParallelFor(out->size(), threads, [&](size_t i) {
-    (*out)[i].xxh3 = Xxh3((*out)[i].data, static_cast<size_t>((*out)[i].nbytes));
-  });
 }
 
 }  // namespace format
 
 WriteResult WriteStateDict(const StateDict& state, const std::string& path,
                            const WriteOptions& options, Env* env) {
-  std::vector<format::FlatTensor> flat;
+  std::vector<format::FlatTensor> tensors;
   std::string tree;
-  format::Flatten(state, &flat, &tree);
-  std::vector<format::SerializedTensor> tensors;
+  format::Flatten(state, &tensors, &tree);
   std::vector<at::Tensor> keep_alive;
-  format::SerializeTensors(flat, options.threads, &tensors, &keep_alive);
-  format::SortForAlignment(&tensors);
-  const std::string header = format::EncodeHeader(tensors, tree, options.metadata);
-  format::LogicalStream stream;
-  stream.Add(header.data(), header.size());
-  WriteResult result;
-  result.path = path;
-  for (const auto& t : tensors) {
-    stream.Add(t.data, t.nbytes);
-    result.tensor_bytes += t.nbytes;
-  }
+  format::PrepareContiguous(&tensors, &keep_alive);
   const int threads = options.threads;
-  format::CommitStats stats = format::CommitStream(
-      stream, path, options, env, [threads](size_t n, const std::function<void(size_t)>& fn) {
+  const format::EncodeResult r = format::EncodeAndCommit(
+      &tensors, tree, options, {}, path, env,
+      [threads](size_t n, const std::function<void(size_t)>& fn) {
         format::ParallelFor(n, threads, fn);
       });
-  result.logical_bytes = stream.size();
-  result.file_bytes = stats.file_bytes;
+  WriteResult result;
+  result.path = path;
+  result.tensor_bytes = r.tensor_bytes;
+  result.logical_bytes = r.logical_bytes;
+  result.file_bytes = r.file_bytes;
   return result;
 }
 

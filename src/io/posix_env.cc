@@ -1,6 +1,8 @@
 // POSIX implementation of ackpt::Env.
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,6 +87,18 @@ class PosixRandomAccessFile final : public RandomAccessFile {
   uint64_t size_;
 };
 
+class PosixFileLock final : public FileLock {
+ public:
+  PosixFileLock(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  // Closing the descriptor releases the flock.
+  ~PosixFileLock() override { ::close(fd_); }
+  const std::string& path() const override { return path_; }
+
+ private:
+  std::string path_;
+  int fd_;
+};
+
 class PosixEnv final : public Env {
  public:
   std::unique_ptr<WritableFile> NewWritableFile(const std::string& path) override {
@@ -94,7 +108,10 @@ class PosixEnv final : public Env {
   }
 
   std::unique_ptr<RandomAccessFile> NewRandomAccessFile(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO for reading blocks until a writer appears
+    // (forever, for a stray FIFO named like a checkpoint). The type is checked
+    // with fstat on the descriptor, so nothing can swap the file in between.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
       if (errno == ENOENT) throw Error::NotFound("no such file '" + path + "'");
       throw Error::IO("open", path, errno);
@@ -108,6 +125,14 @@ class PosixEnv final : public Env {
     if (!S_ISREG(st.st_mode)) {
       ::close(fd);
       throw Error::InvalidArgument("'" + path + "' is not a regular file");
+    }
+    // A regular file: reads never block anyway, but pread gets ordinary
+    // semantics (no EAGAIN from mandatory locks or odd file systems).
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+      const int err = errno;
+      ::close(fd);
+      throw Error::IO("fcntl", path, err);
     }
     return std::make_unique<PosixRandomAccessFile>(path, fd, static_cast<uint64_t>(st.st_size));
   }
@@ -169,6 +194,38 @@ class PosixEnv final : public Env {
     CreateDirs(DirName(dir));
     if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) throw Error::IO("mkdir", dir, errno);
   }
+
+  // flock, not fcntl locks: a flock belongs to the open file description, so
+  // a second lock from the same process conflicts too (fcntl locks would
+  // silently succeed there and be dropped when any descriptor of the file is
+  // closed).
+  std::unique_ptr<FileLock> LockFile(const std::string& path, const std::string& owner) override {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) throw Error::IO("open", path, errno);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      std::string holder;
+      if (err == EWOULDBLOCK) {
+        char buf[256];
+        ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+        if (n > 0) holder.assign(buf, static_cast<size_t>(n));
+        while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\0')) holder.pop_back();
+      }
+      ::close(fd);
+      if (err == EWOULDBLOCK) {
+        throw Error::Busy("'" + path + "' is locked by another writer" +
+                          (holder.empty() ? std::string() : " (" + holder + ")"));
+      }
+      throw Error::IO("flock", path, err);
+    }
+    // Best effort: the owner text only improves the message another writer sees.
+    if (::ftruncate(fd, 0) == 0) {
+      const std::string text = owner + "\n";
+      ssize_t ignored = ::pwrite(fd, text.data(), text.size(), 0);
+      (void)ignored;
+    }
+    return std::make_unique<PosixFileLock>(path, fd);
+  }
 };
 
 }  // namespace
@@ -176,6 +233,12 @@ class PosixEnv final : public Env {
 Env* Env::Default() {
   static PosixEnv* env = new PosixEnv();  // never destroyed: used from detached threads
   return env;
+}
+
+bool ProcessExists(int64_t pid) {
+  if (pid <= 0) return false;
+  // EPERM: it exists but belongs to someone else.
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
 }
 
 std::vector<std::string> GetChildrenIfExists(Env* env, const std::string& dir) {

@@ -18,6 +18,8 @@ const char* CodeName(Error::Code code) {
       return "unsupported";
     case Error::Code::kTimedOut:
       return "timed out";
+    case Error::Code::kBusy:
+      return "busy";
   }
   return "unknown";
 }

@@ -1,8 +1,6 @@
+// The checkpoint file-name scheme (docs/FORMAT.md, "File names").
 #include "ackpt/file_names.h"
 
-#include <unistd.h>
-
-#include <atomic>
 #include <cctype>
 #include <limits>
 
@@ -67,28 +65,6 @@ std::optional<int64_t> ParseCheckpointIndex(const std::string& file_name, const 
   unsigned long long v = std::stoull(digits);
   if (v > static_cast<unsigned long long>(std::numeric_limits<int64_t>::max())) return std::nullopt;
   return static_cast<int64_t>(v);
-}
-
-bool IsTempFileName(const std::string& file_name) {
-  const std::string name = BaseName(file_name);
-  if (name.size() < 2 || name[0] != '.') return false;
-  size_t tmp = name.rfind(".tmp-");
-  if (tmp == std::string::npos || tmp < 2) return false;
-  size_t dash = name.find('-', tmp + 5);
-  if (dash == std::string::npos) return false;
-  return AllDigits(name, tmp + 5, dash) && AllDigits(name, dash + 1, name.size());
-}
-
-std::optional<std::string> TempFileTarget(const std::string& file_name) {
-  if (!IsTempFileName(file_name)) return std::nullopt;
-  const std::string name = BaseName(file_name);
-  return name.substr(1, name.rfind(".tmp-") - 1);
-}
-
-std::string TempFileName(const std::string& final_name) {
-  static std::atomic<uint64_t> counter{0};
-  return "." + BaseName(final_name) + ".tmp-" + std::to_string(::getpid()) + "-" +
-         std::to_string(counter.fetch_add(1));
 }
 
 }  // namespace ackpt
