@@ -3,7 +3,7 @@
 //
 //   ackpt_demo [--steps N] [--checkpoint-every K] [--save-dir DIR]
 //              [--compression none|zstd] [--level L] [--model-size small|medium]
-//              [--resume] [--sync] [--corpus FILE] ...      (--help for all)
+//              [--resume] [--sync] [--corpus FILE] [--no-preemption] ...  (--help for all)
 //
 // The corpus defaults to the license texts every Debian machine has under
 // /usr/share/common-licenses. Every K steps the Trainer hands a checkpoint
@@ -15,13 +15,20 @@
 // newest complete checkpoint; the data order is part of the checkpoint (RNG),
 // so the resumed run trains exactly as an uninterrupted one.
 //
+// Preemption (on unless --no-preemption): SIGTERM or SIGUSR1, as a cluster
+// sends before it kills a job, finishes the current step, saves a checkpoint
+// of that step with force = true within --grace-period seconds and exits
+// with status 75 (ackpt::kPreemptedExitCode); --resume continues from it.
+//
 // The model: byte embeddings plus a byte-pair embedding table (and, for
 // medium, a hashed byte-triple table) feeding pre-norm transformer blocks
 // with causal self-attention. The tables hold most of the parameters: cheap
 // to train on two CPU cores, and checkpointed like every other tensor.
+#include <fmt/format.h>
 #include <signal.h>
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -36,6 +43,7 @@
 #include <vector>
 
 #include "ackpt/ackpt.h"
+#include "ackpt/preemption.h"
 #include "ackpt/trainer.h"
 
 namespace {
@@ -45,23 +53,17 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 std::string Bytes(double b) {
-  char buf[64];
-  if (b >= 1e9) {
-    std::snprintf(buf, sizeof buf, "%.2f GB", b / 1e9);
-  } else if (b >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.1f MB", b / 1e6);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1f kB", b / 1e3);
-  }
-  return buf;
+  if (b >= 1e9) return fmt::format("{:.2f} GB", b / 1e9);
+  if (b >= 1e6) return fmt::format("{:.1f} MB", b / 1e6);
+  return fmt::format("{:.1f} kB", b / 1e3);
 }
 
 std::mutex g_print_mu;  // main thread and writer threads print
 
 template <typename... A>
-void Print(const char* fmt, A... args) {
+void Print(fmt::format_string<A...> format, A&&... args) {
   std::lock_guard<std::mutex> lock(g_print_mu);
-  std::printf(fmt, args...);
+  fmt::print(format, std::forward<A>(args)...);
   std::fflush(stdout);
 }
 
@@ -88,33 +90,16 @@ struct Options {
   int64_t log_every = 0;   // 0: at checkpoints only
   int64_t keep_last = 3;   // retention; 0 keeps every checkpoint
   int64_t seed = 0;
+  bool preemption = true;    // SIGTERM/SIGUSR1: save at once and exit 75
+  double grace_period = 60;  // seconds to make that save durable
 };
-
-const char* kUsage =
-    "usage: ackpt_demo [options]\n"
-    "  --steps N               optimizer steps in total (default 240)\n"
-    "  --checkpoint-every K    checkpoint every K steps (default 20)\n"
-    "  --save-dir DIR          where checkpoints go (default demo_checkpoints)\n"
-    "  --compression none|zstd file format (default zstd)\n"
-    "  --level L               zstd level (default 1)\n"
-    "  --model-size S          small (4.3M parameters, 52 MB checkpoints, default) or\n"
-    "                          medium (24M parameters, 290 MB checkpoints); tiny is for tests\n"
-    "  --resume                continue from the newest complete checkpoint in --save-dir\n"
-    "                          (without it, ackpt's files in --save-dir are removed first)\n"
-    "  --sync                  blocking saves (force = true), for comparison\n"
-    "  --corpus FILE           train on FILE instead of /usr/share/common-licenses/*\n"
-    "  --threads N             LibTorch intra-op threads (default: LibTorch's)\n"
-    "  --writer-threads N      checkpoint writer threads (default 1)\n"
-    "  --log-every N           also print the loss every N steps (default: at checkpoints)\n"
-    "  --keep-last N           keep the N newest checkpoints plus the best by val_loss;\n"
-    "                          0 = keep all (default 3)\n"
-    "  --seed N                model init and data order (default 0)\n";
 
 ModelSize SizeOf(const std::string& name) {
   if (name == "tiny") return {32, 1, 2, 32, 8, 0, 3e-3};
   if (name == "small") return {64, 2, 4, 64, 16, 0, 3e-3};
   if (name == "medium") return {256, 4, 8, 64, 8, int64_t{1} << 14, 1e-3};
-  throw ackpt::Error::InvalidArgument("--model-size must be small or medium, got '" + name + "'");
+  throw ackpt::Error::InvalidArgument("--model-size must be tiny, small or medium, got '" + name +
+                                      "'");
 }
 
 // ---- data ----
@@ -267,30 +252,30 @@ class CharLM : public ackpt::ModuleInterface {
   // Progress: a loss line every --log-every steps; at the end of a window the
   // line waits for the validation loss and the checkpoint's stall.
   void on_end_train_step(int64_t step, double loss) override {
+    if (step_hook_) step_hook_();
     loss_sum_ += loss;
     ++loss_n_;
     const bool window_end = step % opt_.checkpoint_every == 0 || step == opt_.steps;
     if (!window_end && (opt_.log_every == 0 || step % opt_.log_every != 0)) return;
     const double ms = 1e3 * Seconds(Clock::now() - since_) / static_cast<double>(loss_n_);
     last_loss_ = loss_sum_ / static_cast<double>(loss_n_);
-    char line[160];
-    std::snprintf(line, sizeof line, "step %5lld/%lld  loss %.3f  %4.0f ms/step",
-                  static_cast<long long>(step), static_cast<long long>(opt_.steps), last_loss_, ms);
+    std::string line =
+        fmt::format("step {:5}/{}  loss {:.3f}  {:4.0f} ms/step", step, opt_.steps, last_loss_, ms);
     loss_sum_ = 0;
     loss_n_ = 0;
     since_ = Clock::now();
     if (window_end) {
-      pending_ = line;
+      pending_ = std::move(line);
     } else {
-      Print("%s\n", line);
+      Print("{}\n", line);
     }
   }
   void on_end_val_epoch(int64_t, int64_t, double loss) override {
     last_val_ = loss;
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "  val %.3f", loss);
-    pending_ += buf;
+    pending_ += fmt::format("  val {:.3f}", loss);
   }
+  // Runs after every optimizer step, between steps (the preemption check).
+  void set_step_hook(std::function<void()> hook) { step_hook_ = std::move(hook); }
   // The pending progress line (and clears it).
   std::string take_pending() { return std::exchange(pending_, std::string()); }
   void reset_clock() { since_ = Clock::now(); }
@@ -317,6 +302,7 @@ class CharLM : public ackpt::ModuleInterface {
   double last_loss_ = NAN, last_val_ = NAN;
   std::string pending_;
   Clock::time_point since_ = Clock::now();
+  std::function<void()> step_hook_;
 };
 
 // ---- a checkpointer wrapper: names files by step, measures the stall, --sync ----
@@ -343,8 +329,8 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
       inner_.wait();
       const double stall = Seconds(Clock::now() - t0);
       records_.push_back({step, true, false, stall});
-      Print("final save (force = true): waited %.1f ms until %s was durable\n", stall * 1e3,
-            ackpt::BaseName(inner_.last_saved_path()).c_str());
+      Print("final save (force = true): waited {:.1f} ms until {} was durable\n", stall * 1e3,
+            ackpt::BaseName(inner_.last_saved_path()));
       return;
     }
     inner_.save(c, step, force || sync_);
@@ -352,10 +338,10 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
     records_.push_back({step, force, true, stall});
     const std::string name = ackpt::BaseName(inner_.last_saved_path());
     if (!force) {
-      Print("%s  | %s %s, stall %.1f ms\n", module_->take_pending().c_str(),
-            sync_ ? "wrote" : "queued", name.c_str(), stall * 1e3);
+      Print("{}  | {} {}, stall {:.1f} ms\n", module_->take_pending(), sync_ ? "wrote" : "queued",
+            name, stall * 1e3);
     } else {
-      Print("final save (force = true) of %s: %.1f ms\n", name.c_str(), stall * 1e3);
+      Print("final save (force = true) of {}: {:.1f} ms\n", name, stall * 1e3);
     }
   }
   void save_model(const ackpt::StateDict& s, int64_t) override {
@@ -422,24 +408,31 @@ int Run(const Options& o) {
       stats.push_back(s);
     }
     if (!s.ok) {
-      Print("%53s| FAILED %s: %s\n", "", ackpt::BaseName(s.path).c_str(), s.error.c_str());
+      Print("{:53}| FAILED {}: {}\n", "", ackpt::BaseName(s.path), s.error);
     } else if (!o.sync) {
-      Print("%53s| durable %s: %s -> %s, %.0f ms%s\n", "", ackpt::BaseName(s.path).c_str(),
-            Bytes(static_cast<double>(s.bytes)).c_str(),
-            Bytes(static_cast<double>(s.file_bytes)).c_str(), s.write_seconds * 1e3,
-            s.forced ? "" : " in the background");
+      Print("{:53}| durable {}: {} -> {}, {:.0f} ms{}\n", "", ackpt::BaseName(s.path),
+            Bytes(static_cast<double>(s.bytes)), Bytes(static_cast<double>(s.file_bytes)),
+            s.write_seconds * 1e3, s.forced ? "" : " in the background");
     }
   };
-  const std::string format = o.compression == "zstd" ? "zstd level " + std::to_string(o.level)
-                                                     : std::string("uncompressed");
-  std::printf("ackpt demo: character-level transformer (%s, %.2fM parameters) on %s, %s\n",
-              o.model_size.c_str(), static_cast<double>(params) / 1e6, corpus_name.c_str(),
-              Bytes(static_cast<double>(text.size())).c_str());
-  std::printf("%lld steps, checkpoint every %lld into %s (%s, %s saves)%s\n",
-              static_cast<long long>(o.steps), static_cast<long long>(o.checkpoint_every),
-              o.save_dir.c_str(), format.c_str(), o.sync ? "blocking --sync" : "asynchronous",
-              o.resume ? "" : "; ackpt files already there are removed (use --resume to continue)");
+  const std::string format =
+      o.compression == "zstd" ? fmt::format("zstd level {}", o.level) : std::string("uncompressed");
+  fmt::print("ackpt demo: character-level transformer ({}, {:.2f}M parameters) on {}, {}\n",
+             o.model_size, static_cast<double>(params) / 1e6, corpus_name,
+             Bytes(static_cast<double>(text.size())));
+  fmt::print("{} steps, checkpoint every {} into {} ({}, {} saves){}\n", o.steps,
+             o.checkpoint_every, o.save_dir, format, o.sync ? "blocking --sync" : "asynchronous",
+             o.resume ? "" : "; ackpt files already there are removed (use --resume to continue)");
   std::fflush(stdout);
+
+  // Installed before the Trainer loads anything, so a SIGTERM at any point
+  // from here on is a preemption (it takes effect after the next step).
+  std::unique_ptr<ackpt::PreemptionGuard> guard;
+  if (o.preemption) {
+    ackpt::PreemptionOptions po;
+    po.grace_period_seconds = o.grace_period;
+    guard = std::make_unique<ackpt::PreemptionGuard>(po);
+  }
 
   auto checkpointer = std::make_shared<DemoCheckpointer>(ca, o.sync, module.get());
   ackpt::TrainerArguments ta;
@@ -449,32 +442,43 @@ int Run(const Options& o) {
   ta.max_grad_norm = 1.0;
   ackpt::Trainer trainer(module, ta, nullptr, checkpointer);
 
+  // What was resumed, from the checkpoint itself (the Trainer may restore
+  // its state lazily, when train() starts).
   const std::string loaded = checkpointer->inner().last_loaded_path();
-  const int64_t start_step = trainer.global_steps_finished();
-  if (!loaded.empty()) {
-    const int64_t e = trainer.last_epoch();
-    if (start_step <= e * o.checkpoint_every || start_step > (e + 1) * o.checkpoint_every) {
-      throw ackpt::Error::InvalidArgument(
-          "the checkpoint " + loaded + " (step " + std::to_string(start_step) + ", window " +
-          std::to_string(e) +
-          ") was written with another --checkpoint-every; resume with that one");
+  const ackpt::Checkpoint& resumed = trainer.checkpointed_states();
+  int64_t start_step = 0;
+  if (!loaded.empty() && !resumed.empty()) {
+    start_step = resumed.trainer_backend_state.at("global_step_completed").to_int();
+    const int64_t e = resumed.trainer_state.at("last_epoch").to_int();
+    // Window e ends at step (e + 1) * K. A periodic checkpoint is at most
+    // that; a preemption checkpoint lies inside window e + 1.
+    if (start_step <= e * o.checkpoint_every || start_step > (e + 2) * o.checkpoint_every) {
+      throw ackpt::Error::InvalidArgument(fmt::format(
+          "the checkpoint {} (step {}, window {}) was written with another --checkpoint-every; "
+          "resume with that one",
+          loaded, start_step, e));
     }
     const auto index =
         ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
-    std::printf("resuming from checkpoint index %lld (step %lld, %s)\n",
-                static_cast<long long>(index ? *index : -1), static_cast<long long>(start_step),
-                loaded.c_str());
+    fmt::print("resuming from checkpoint index {} (step {}, {})\n", index ? *index : -1, start_step,
+               loaded);
   } else if (o.resume) {
-    std::printf("no checkpoint in %s: starting from step 0\n", o.save_dir.c_str());
+    fmt::print("no checkpoint in {}: starting from step 0\n", o.save_dir);
   }
   std::fflush(stdout);
 
+  if (guard) {
+    // Between steps: a preemption request stops training after this step.
+    module->set_step_hook([&] {
+      if (guard->requested()) trainer.request_stop();
+    });
+  }
   g_trainer.store(&trainer);
   struct sigaction sa {};
   sa.sa_handler = OnSigint;
   sa.sa_flags = SA_RESETHAND | SA_RESTART;  // a second Ctrl-C kills
   sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  if (!guard) sigaction(SIGTERM, &sa, nullptr);  // without preemption: stop like Ctrl-C
 
   module->reset_clock();
   const auto t0 = Clock::now();
@@ -482,9 +486,34 @@ int Run(const Options& o) {
   const double train_seconds = Seconds(Clock::now() - t0);
   g_trainer.store(nullptr);
   signal(SIGINT, SIG_DFL);
-  signal(SIGTERM, SIG_DFL);
-  if (trainer.interrupted()) {
+  if (!guard) signal(SIGTERM, SIG_DFL);
+
+  // Preempted: save the step reached (force = true: durable when it
+  // returns, within the grace period), then exit with kPreemptedExitCode.
+  bool preempted = false;
+  if (guard && trainer.interrupted() && guard->requested()) {
+    const int64_t step = trainer.global_steps_finished();
+    preempted = guard->SaveIfRequested(
+        *checkpointer,
+        [&] {
+          ackpt::Checkpoint c;  // what Trainer::save_checkpoint() saves
+          c.module_interface_state = module->get_state();
+          c.trainer_state = trainer.get_state();
+          c.trainer_backend_state = trainer.trainer_backend().get_state();
+          c.metrics = trainer.metrics();
+          return c;
+        },
+        step);
+    Print("preempted by {} at step {}: {} is durable ({:.1f} ms); exiting with status {}\n",
+          guard->signal_number() == SIGTERM   ? "SIGTERM"
+          : guard->signal_number() == SIGUSR1 ? "SIGUSR1"
+                                              : fmt::format("signal {}", guard->signal_number()),
+          step, ackpt::BaseName(checkpointer->inner().last_saved_path()),
+          guard->save_seconds() * 1e3, ackpt::kPreemptedExitCode);
+  } else if (trainer.interrupted()) {
     Print("interrupted: waiting for pending saves\n");
+  } else if (guard && guard->requested()) {
+    Print("preemption requested after the last step: training is complete\n");
   }
   checkpointer->inner().wait();  // every save durable before the summary
 
@@ -527,55 +556,97 @@ int Run(const Options& o) {
   const double final_total = final_stall + checkpointer->model_stall();
   const double total_stall = periodic_sum + final_total;
   auto share = [&](double x) { return train_seconds > 0 ? 100.0 * x / train_seconds : 0.0; };
-  std::printf("\n== summary: %s saves, %s ==\n", o.sync ? "blocking (--sync)" : "asynchronous",
-              format.c_str());
-  if (trainer.interrupted()) {
-    std::printf(
-        "interrupted:         at step %lld; newest checkpoint: step %lld; continue with --resume\n",
-        static_cast<long long>(trainer.global_steps_finished()),
-        static_cast<long long>(newest >= 0 ? newest : start_step));
+  fmt::print("\n== summary: {} saves, {} ==\n", o.sync ? "blocking (--sync)" : "asynchronous",
+             format);
+  if (preempted) {
+    fmt::print(
+        "preempted:           at step {}; checkpoint of that step saved; exit status {}; "
+        "continue with --resume\n",
+        trainer.global_steps_finished(), ackpt::kPreemptedExitCode);
+  } else if (trainer.interrupted()) {
+    fmt::print(
+        "interrupted:         at step {}; newest checkpoint: step {}; continue with --resume\n",
+        trainer.global_steps_finished(), newest >= 0 ? newest : start_step);
   }
-  std::printf(
-      "training:            %lld steps in %.1f s (%.0f ms/step); loss %.3f, val_loss %.3f\n",
-      static_cast<long long>(steps_done), train_seconds,
+  fmt::print(
+      "training:            {} steps in {:.1f} s ({:.0f} ms/step); loss {:.3f}, val_loss {:.3f}\n",
+      steps_done, train_seconds,
       steps_done ? 1e3 * train_seconds / static_cast<double>(steps_done) : 0.0, module->last_loss(),
       module->last_val());
-  std::printf("checkpoints written: %d + %d model file%s%s\n", written, model_files,
-              model_files == 1 ? "" : "s",
-              failed ? (", " + std::to_string(failed) + " FAILED").c_str() : "");
+  fmt::print("checkpoints written: {} + {} model file{}{}\n", written, model_files,
+             model_files == 1 ? "" : "s", failed ? fmt::format(", {} FAILED", failed) : "");
   if (periodic > 0) {
-    std::printf("stall per save:      mean %.1f ms, max %.1f ms (time inside save())\n",
-                1e3 * periodic_sum / periodic, 1e3 * periodic_max);
+    fmt::print("stall per save:      mean {:.1f} ms, max {:.1f} ms (time inside save())\n",
+               1e3 * periodic_sum / periodic, 1e3 * periodic_max);
   }
   if (forced > 0) {
-    std::printf(
-        "final save:          %.1f ms (force = true: returns once durable) + %.1f ms model file\n",
+    fmt::print(
+        "final save:          {:.1f} ms (force = true: returns once durable) + {:.1f} ms model "
+        "file\n",
         1e3 * final_stall, 1e3 * checkpointer->model_stall());
   }
   if (written + model_files > 0) {
-    std::printf(
-        "background write:    mean %.1f ms per file (hash, compress, write, fsync, rename)\n",
+    fmt::print(
+        "background write:    mean {:.1f} ms per file (hash, compress, write, fsync, rename)\n",
         1e3 * write_sum / (written + model_files));
   }
-  std::printf("bytes written:       %s on disk for %s of tensors, compression ratio %.2f\n",
-              Bytes(static_cast<double>(file_bytes)).c_str(),
-              Bytes(static_cast<double>(bytes)).c_str(),
-              file_bytes ? static_cast<double>(bytes) / static_cast<double>(file_bytes) : 1.0);
-  std::printf(
-      "checkpoint stall:    %.2f s of %.1f s training = %.1f %% (periodic saves %.1f %%, final "
-      "save %.1f %%)\n",
+  fmt::print("bytes written:       {} on disk for {} of tensors, compression ratio {:.2f}\n",
+             Bytes(static_cast<double>(file_bytes)), Bytes(static_cast<double>(bytes)),
+             file_bytes ? static_cast<double>(bytes) / static_cast<double>(file_bytes) : 1.0);
+  fmt::print(
+      "checkpoint stall:    {:.2f} s of {:.1f} s training = {:.1f} % (periodic saves {:.1f} "
+      "%, final save {:.1f} %)\n",
       total_stall, train_seconds, share(total_stall), share(periodic_sum), share(final_total));
-  std::printf("kept (retention):    ");
+  fmt::print("kept (retention):    ");
   for (const auto& e : checkpointer->inner().list_checkpoints()) {
-    std::string why;
-    for (const auto& k : e.kept_by) why += (why.empty() ? "" : "+") + k;
     auto v = e.metrics.find("val_loss");
-    char val[48] = "";
-    if (v != e.metrics.end()) std::snprintf(val, sizeof val, ", val_loss %.3f", v->second);
-    std::printf("%s (%s%s)  ", ackpt::BaseName(e.path).c_str(), why.c_str(), val);
+    fmt::print("{} ({}{})  ", ackpt::BaseName(e.path), fmt::join(e.kept_by, "+"),
+               v != e.metrics.end() ? fmt::format(", val_loss {:.3f}", v->second) : "");
   }
-  std::printf("\nfiles:               ackpt ls %s\n", o.save_dir.c_str());
+  fmt::print("\nfiles:               ackpt ls {}\n", o.save_dir);
+  if (preempted) return ackpt::kPreemptedExitCode;
   return trainer.interrupted() ? 130 : 0;
+}
+
+// Usage errors exit with 2, like the ackpt CLI.
+constexpr int kExitUsage = 2;
+
+// "--steps: needs an integer >= 1, got '-3'" (CLI11's own range check
+// prints the range as doubles).
+CLI::Validator IntAtLeast(int64_t min) {
+  return CLI::Validator(
+      [min](std::string& v) -> std::string {
+        size_t used = 0;
+        long long n = 0;
+        try {
+          n = std::stoll(v, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (v.empty() || used != v.size() || n < min) {
+          return fmt::format("needs an integer >= {}, got '{}'", min, v);
+        }
+        return std::string();
+      },
+      fmt::format("INT>={}", min));
+}
+
+CLI::Validator PositiveSeconds() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        size_t used = 0;
+        double x = 0;
+        try {
+          x = std::stod(v, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (v.empty() || used != v.size() || !(x > 0) || !std::isfinite(x)) {
+          return fmt::format("needs a number of seconds > 0, got '{}'", v);
+        }
+        return std::string();
+      },
+      "SECONDS>0");
 }
 
 }  // namespace
@@ -583,76 +654,60 @@ int Run(const Options& o) {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Options o;
+  CLI::App app{
+      "ackpt_demo: trains a character-level transformer and checkpoints it asynchronously "
+      "through ackpt::Trainer",
+      "ackpt_demo"};
+  app.option_defaults()->always_capture_default();
+  app.add_option("--steps", o.steps, "optimizer steps in total")->check(IntAtLeast(1));
+  app.add_option("--checkpoint-every", o.checkpoint_every, "checkpoint every K steps")
+      ->check(IntAtLeast(1));
+  app.add_option("--save-dir", o.save_dir, "where checkpoints go");
+  app.add_option("--compression", o.compression, "file format")
+      ->check(CLI::IsMember({"none", "zstd"}));
+  app.add_option("--level", o.level, "zstd level")->check(CLI::Range(-7, 22));
+  app.add_option("--model-size", o.model_size,
+                 "small (4.3M parameters, 52 MB checkpoints) or medium (24M parameters, 290 MB "
+                 "checkpoints); tiny is for tests")
+      ->check(CLI::IsMember({"tiny", "small", "medium"}));
+  app.add_flag("--resume", o.resume,
+               "continue from the newest complete checkpoint in --save-dir (without it, ackpt's "
+               "files in --save-dir are removed first)");
+  app.add_flag("--sync", o.sync, "blocking saves (force = true), for comparison");
+  app.add_option("--corpus", o.corpus, "train on FILE instead of /usr/share/common-licenses/*");
+  app.add_option("--threads", o.threads, "LibTorch intra-op threads (0: LibTorch's default)")
+      ->check(IntAtLeast(0));
+  app.add_option("--writer-threads", o.writer_threads, "checkpoint writer threads")
+      ->check(IntAtLeast(1));
+  app.add_option("--log-every", o.log_every,
+                 "also print the loss every N steps (0: at checkpoints only)")
+      ->check(IntAtLeast(0));
+  app.add_option("--keep-last", o.keep_last,
+                 "keep the N newest checkpoints plus the best by val_loss; 0 = keep all")
+      ->check(IntAtLeast(0));
+  app.add_option("--seed", o.seed, "model init and data order")->check(IntAtLeast(0));
+  bool no_preemption = false;
+  app.add_flag("--no-preemption", no_preemption,
+               "do not treat SIGTERM/SIGUSR1 as preemption (default: on: finish the step, save "
+               "it with force = true within --grace-period, exit with status 75; without it "
+               "SIGTERM stops like Ctrl-C: drain pending saves, exit 130)");
+  app.add_option("--grace-period", o.grace_period,
+                 "seconds after SIGTERM/SIGUSR1 within which the preemption checkpoint must be "
+                 "durable (else exit 76 at once)")
+      ->check(PositiveSeconds());
+  app.footer(
+      "exit status: 0 done, 1 error, 2 usage error, 75 preempted (checkpoint saved; continue "
+      "with --resume), 76 preempted but the grace period ran out, 130 stopped by Ctrl-C");
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto next = [&]() -> std::string {
-        if (i + 1 >= argc) throw ackpt::Error::InvalidArgument(a + " needs a value");
-        return argv[++i];
-      };
-      auto number = [&](int64_t min) {
-        const std::string v = next();
-        size_t used = 0;
-        int64_t n = 0;
-        try {
-          n = std::stoll(v, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (used != v.size() || v.empty() || n < min) {
-          throw ackpt::Error::InvalidArgument(a + " needs an integer >= " + std::to_string(min) +
-                                              ", got '" + v + "'");
-        }
-        return n;
-      };
-      if (a == "--help" || a == "-h") {
-        std::printf("%s", kUsage);
-        return 0;
-      } else if (a == "--steps") {
-        o.steps = number(1);
-      } else if (a == "--checkpoint-every") {
-        o.checkpoint_every = number(1);
-      } else if (a == "--save-dir") {
-        o.save_dir = next();
-      } else if (a == "--compression") {
-        o.compression = next();
-        if (o.compression != "none" && o.compression != "zstd") {
-          throw ackpt::Error::InvalidArgument("--compression must be none or zstd, got '" +
-                                              o.compression + "'");
-        }
-      } else if (a == "--level") {
-        o.level = static_cast<int>(number(-7));
-      } else if (a == "--model-size") {
-        o.model_size = next();
-        SizeOf(o.model_size);
-      } else if (a == "--resume") {
-        o.resume = true;
-      } else if (a == "--sync") {
-        o.sync = true;
-      } else if (a == "--corpus") {
-        o.corpus = next();
-      } else if (a == "--threads") {
-        o.threads = static_cast<int>(number(1));
-      } else if (a == "--writer-threads") {
-        o.writer_threads = static_cast<int>(number(1));
-      } else if (a == "--log-every") {
-        o.log_every = number(1);
-      } else if (a == "--keep-last") {
-        o.keep_last = number(0);
-      } else if (a == "--seed") {
-        o.seed = number(0);
-      } else {
-        throw ackpt::Error::InvalidArgument("unknown option '" + a + "'");
-      }
-    }
-  } catch (const ackpt::Error& e) {
-    std::fprintf(stderr, "ackpt_demo: %s\n%s", e.message().c_str(), kUsage);
-    return 2;
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitUsage;
   }
+  o.preemption = !no_preemption;
   try {
     return Run(o);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ackpt_demo: %s\n", e.what());
+    fmt::print(stderr, "ackpt_demo: {}\n", e.what());
     return 1;
   }
 }

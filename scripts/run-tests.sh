@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Builds ackpt and runs its whole test suite on a fresh Debian 12 machine:
 # dependencies, the unit/integration tests (ctest), the find_package(ackpt)
-# install check and the ThreadSanitizer run of the concurrency tests.
+# install check, the ThreadSanitizer run of the concurrency tests, the
+# AddressSanitizer/UBSan run of the lifetime and hostile-input tests, a short
+# fuzzing run of every libFuzzer target and a short kill -9 crash loop.
+# Longer runs: scripts/run-fuzz.sh 3600, scripts/crash-loop.sh 100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-deps.sh
 BUILD_DIR=${ACKPT_BUILD_DIR:-build}
 JOBS=$(nproc)
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
+LAUNCHER=()
+if command -v ccache >/dev/null; then LAUNCHER=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${LAUNCHER[@]}"
 cmake --build "$BUILD_DIR" -j"$JOBS"
 scripts/check-install.sh "$BUILD_DIR"
-if [ -x scripts/run-tsan.sh ]; then scripts/run-tsan.sh; fi
+scripts/run-tsan.sh
+scripts/run-asan.sh
+scripts/run-fuzz.sh "${ACKPT_FUZZ_SECONDS:-15}"
+scripts/crash-loop.sh "${ACKPT_CRASH_LOOPS:-3}"
 cd "$BUILD_DIR"
 ctest -j"$JOBS" --output-on-failure

@@ -533,16 +533,126 @@ TEST(StagingTest, BudgetNeverExceededAndBuffersReused) {
   EXPECT_EQ(c.saves_completed, 30u);
   EXPECT_LE(c.staging_bytes_peak, 8u << 20);
   EXPECT_GT(c.staging_bytes_peak, 0u);
-  // Too big for the budget: a clear error, not a hang.
+  // Larger than the whole budget: it streams through the ring (issue 16).
   Checkpoint huge;
   huge.module_interface_state.set("w", PatternTensor({3 << 20}, at::kFloat));  // 12 MiB
+  ck.save(huge, 100);
+  ck.wait();
+  EXPECT_LE(ck.counters().staging_bytes_peak, 8u << 20);
+  EXPECT_EQ(ck.counters().saves_streamed, 1u);
+  DefaultCheckpointer reader(ReaderArgs(dir));
+  std::string why;
+  EXPECT_TRUE(SameCheckpoint(reader.load_index(100), huge, &why)) << why;
+}
+
+TEST(StagingTest, ABudgetBelowTwoMinimalChunksIsRejectedNamingTheField) {
+  TempDir dir;
+  auto a = Args(dir);
+  a.staging_budget_bytes = 100 << 10;
   try {
-    ck.save(huge, 100);
+    DefaultCheckpointer ck(a);
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Error::Code::kInvalidArgument);
-    EXPECT_NE(std::string(e.what()).find("staging_budget_bytes"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("staging_budget_bytes"), std::string::npos) << e.what();
   }
+}
+
+// Issue 16: a state larger than the staging budget streams through the ring.
+Checkpoint RingState(int seed) {
+  Checkpoint c;
+  c.module_interface_state.set("embed", PatternTensor({1000, 1024}, at::kFloat, seed));  // 4 MB
+  c.module_interface_state.set("proj", PatternTensor({512, 1000}, at::kDouble, seed + 1).t());
+  c.module_interface_state.set("ids", PatternTensor({300000}, at::kShort, seed + 2));
+  c.trainer_state.set("step", int64_t{seed});
+  return c;  // ~8.7 MB of tensors
+}
+
+TEST(StagingRingTest, StateTenTimesTheBudgetSavesAndLoadsBitExact) {
+  for (Compression compression : {Compression::kZstd, Compression::kNone}) {
+    for (size_t frame : {size_t{64} << 10, size_t{4} << 20}) {  // frames inside chunks, and across
+      SCOPED_TRACE(std::string(compression == Compression::kZstd ? "zstd" : "none") + " frame " +
+                   std::to_string(frame));
+      TempDir dir;
+      CapturedLog log;
+      auto a = Args(dir, &log);
+      a.log_level = "INFO";
+      a.compression = compression;
+      a.chunk_size = frame;
+      a.staging_budget_bytes = 864 << 10;  // 8 chunks of 108 KiB... rounded to 64 KiB multiples
+      std::vector<SaveStats> stats;
+      std::mutex mu;
+      a.on_save = [&](const SaveStats& s) {
+        std::lock_guard<std::mutex> l(mu);
+        stats.push_back(s);
+      };
+      DefaultCheckpointer ck(a);
+      Checkpoint c = RingState(1);
+      uint64_t bytes = 0;
+      for (const auto& kv : c.module_interface_state) bytes += kv.second.tensor().nbytes();
+      ASSERT_GE(bytes, 10 * a.staging_budget_bytes);
+      for (int64_t index = 1; index <= 3; ++index) {
+        ck.save(c, index);
+        // save() returned: the snapshot is complete and private.
+        c.module_interface_state.at("embed").tensor().add_(1);
+        c.module_interface_state.at("proj").tensor().mul_(2);
+      }
+      ck.wait();
+      const CheckpointerCounters counters = ck.counters();
+      // The pool's own counters: never above the budget.
+      EXPECT_LE(counters.staging_bytes_peak, a.staging_budget_bytes);
+      EXPECT_LE(counters.staging_chunks_peak * counters.staging_chunk_bytes,
+                a.staging_budget_bytes);
+      EXPECT_EQ(counters.saves_streamed, 3u);
+      EXPECT_GT(counters.staging_chunk_waits, 0u);
+      EXPECT_GT(counters.streamed_bytes, 0u);
+      EXPECT_EQ(counters.staging_chunks_in_use, 0u);
+      DefaultCheckpointer reader(ReaderArgs(dir));
+      Checkpoint expected = RingState(1);
+      for (int64_t index = 1; index <= 3; ++index) {
+        std::string why;
+        EXPECT_TRUE(SameCheckpoint(reader.load_index(index), expected, &why)) << index << ": " << why;
+        expected.module_interface_state.at("embed").tensor().add_(1);
+        expected.module_interface_state.at("proj").tensor().mul_(2);
+      }
+      std::lock_guard<std::mutex> l(mu);
+      ASSERT_EQ(stats.size(), 3u);
+      for (const auto& s : stats) {
+        EXPECT_TRUE(s.ok) << s.error;
+        EXPECT_GT(s.streamed_bytes, 0u);
+        EXPECT_GT(s.chunk_waits, 0u);
+        EXPECT_GT(s.staging_chunks, 10u);
+      }
+      // One info line per streaming save, with the reason.
+      const std::string text = log.text();
+      size_t lines = 0;
+      for (size_t pos = 0; (pos = text.find("streams through the staging ring", pos)) != std::string::npos; ++pos)
+        ++lines;
+      EXPECT_EQ(lines, 3u) << text;
+      EXPECT_NE(text.find("is larger than the staging budget"), std::string::npos) << text;
+    }
+  }
+}
+
+TEST(StagingRingTest, OverlappedStreamingSaveWaitsAtTheFence) {
+  TempDir dir;
+  auto a = Args(dir);
+  a.staging_budget_bytes = 512 << 10;
+  a.overlap_snapshot = true;
+  DefaultCheckpointer ck(a);
+  Checkpoint c = RingState(2);
+  ck.save(c, 1);
+  ck.wait_snapshot();  // the fence takes the streaming wait
+  c.module_interface_state.at("embed").tensor().add_(1);
+  ck.save(c, 2, /*force=*/true);
+  EXPECT_LE(ck.counters().staging_bytes_peak, a.staging_budget_bytes);
+  EXPECT_EQ(ck.counters().saves_torn, 0u);
+  DefaultCheckpointer reader(ReaderArgs(dir));
+  std::string why;
+  EXPECT_TRUE(SameCheckpoint(reader.load_index(1), RingState(2), &why)) << why;
+  Checkpoint second = RingState(2);
+  second.module_interface_state.at("embed").tensor().add_(1);
+  EXPECT_TRUE(SameCheckpoint(reader.load_index(2), second, &why)) << why;
 }
 
 TEST(DrainTest, DestructorWritesPendingSaves) {
@@ -636,8 +746,45 @@ TEST(AbstractCheckpointerTest, UserSubclassFollowsTheLifecycle) {
   for (int epoch = 0; epoch < 5; ++epoch) ck.save(MakeCheckpoint(epoch), epoch);
   ck.save(MakeCheckpoint(5), 5, /*force=*/true);
   ck.save_model(StateDict{}, 5);      // default: does nothing
+  ck.wait_snapshot();                 // default: nothing to wait for
   EXPECT_EQ(mine.saved_.size(), 4u);  // 0, 2, 4 and the forced 5
   EXPECT_TRUE(SameCheckpoint(ck.load(), MakeCheckpoint(5)));
+}
+
+// Issue 13: the overlapped snapshot through the public API. Engine-level
+// tests (tests/engine_test.cc) hold the copy inside the overlap window.
+TEST(CheckpointerOverlapTest, FencedOverlappedSavesHoldTheStateAtSave) {
+  TempDir dir;
+  DefaultCheckpointerArguments a = Args(dir);
+  a.overlap_snapshot = true;
+  a.writer_priority = WriterPriority::kLow;
+  int64_t overlapped = 0;
+  std::mutex mu;
+  a.on_save = [&](const SaveStats& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    overlapped += s.overlapped;
+  };
+  DefaultCheckpointer ck(a);
+  AbstractCheckpointer& trainer_view = ck;  // the Trainer calls the fence through the base
+  Checkpoint c = MakeCheckpoint(1);
+  at::Tensor w = c.module_interface_state.at("encoder.weight").tensor();
+  for (int64_t step = 1; step <= 3; ++step) {
+    ck.save(c, step);
+    trainer_view.wait_snapshot();
+    w.add_(1);  // the optimizer step, after the fence
+  }
+  ck.save(c, 4, /*force=*/true);  // copied inside save(), durable on return
+  ck.wait();
+  DefaultCheckpointer reader(ReaderArgs(dir));
+  for (int64_t step = 1; step <= 4; ++step) {
+    Checkpoint expected = MakeCheckpoint(1);
+    expected.module_interface_state.at("encoder.weight").tensor().add_(step - 1);
+    std::string why;
+    EXPECT_TRUE(SameCheckpoint(reader.load_index(step), expected, &why)) << step << ": " << why;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(overlapped, 3);
+  EXPECT_EQ(ck.counters().saves_torn, 0u);
 }
 
 }  // namespace

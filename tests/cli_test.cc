@@ -133,7 +133,7 @@ TEST_F(CliTest, InspectJsonParsesAndMatchesTheFile) {
     EXPECT_EQ(by_name.at("odd/scalar")["shape"], nlohmann::json::array());
     EXPECT_EQ(j["metadata"]["epoch"], "7");
     EXPECT_EQ(j["metadata"]["format"], "pt");
-    EXPECT_EQ(j["metadata"]["ackpt.version"], "1");
+    EXPECT_EQ(j["metadata"]["ackpt.version"], std::to_string(info.format_version));
     EXPECT_TRUE(j["metadata"].contains("ackpt.tree"));
   }
 }
@@ -196,9 +196,9 @@ TEST_F(CliTest, VerifyDirectoryChecksEveryCheckpointInIt) {
 TEST_F(CliTest, UsageErrorsExitTwo) {
   std::string out;
   EXPECT_EQ(Cli("", &out), 2) << out;
-  EXPECT_TRUE(Contains(out, "usage")) << out;
+  EXPECT_TRUE(Contains(out, "Usage: ackpt")) << out;
   EXPECT_EQ(Cli("frobnicate " + Quote(plain_), &out), 2) << out;
-  EXPECT_TRUE(Contains(out, "frobnicate")) << out;
+  EXPECT_TRUE(Contains(out, "unknown command 'frobnicate'")) << out;
   EXPECT_EQ(Cli("inspect --bogus " + Quote(plain_), &out), 2) << out;
   EXPECT_EQ(Cli("verify --bogus " + Quote(plain_), &out), 2) << out;
   EXPECT_EQ(Cli("export " + Quote(zst_), &out), 2) << out;  // no -o
@@ -208,9 +208,62 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
             2)
       << out;
   EXPECT_FALSE(Env::Default()->FileExists(dir_.file("x.safetensors")));
+  EXPECT_EQ(Cli("ls " + Quote(dir_.file("no-such-dir")), &out), 2) << out;
+  EXPECT_TRUE(Contains(out, "no-such-dir")) << out;
+  EXPECT_EQ(Cli("convert " + Quote(plain_) + " -o x.safetensors --level 99", &out), 2) << out;
+  EXPECT_TRUE(Contains(out, "--level")) << out;
+  EXPECT_EQ(Cli("convert " + Quote(plain_) + " -o x.safetensors --none maybe", &out), 2) << out;
+  EXPECT_TRUE(Contains(out, "--none")) << out;
   EXPECT_EQ(Cli("--help", &out), 0) << out;
-  EXPECT_TRUE(Contains(out, "inspect") && Contains(out, "verify") && Contains(out, "export"))
+  for (const char* cmd : {"inspect", "verify", "export", "ls", "convert"})
+    EXPECT_TRUE(Contains(out, cmd)) << cmd << "\n" << out;
+  EXPECT_EQ(Cli("convert --help", &out), 0) << out;
+  EXPECT_TRUE(Contains(out, "--output") && Contains(out, "--level") && Contains(out, "--quiet"))
       << out;
+}
+
+// Runs `ackpt ARGS` on a pseudo-terminal (util-linux `script`), so stderr is
+// a TTY; returns the exit status and the raw terminal output.
+int CliOnTty(const std::string& args, std::string* out) {
+  return RunCommand("script -qfec " + Quote(std::string(ACKPT_CLI) + " " + args) + " /dev/null",
+                    out);
+}
+
+bool HaveScript() { return RunCommand("command -v script >/dev/null") == 0; }
+
+TEST_F(CliTest, ProgressBarOnATerminalOnly) {
+  if (!HaveScript()) GTEST_SKIP() << "util-linux 'script' is not installed";
+  const std::string exported = dir_.file("tty.safetensors");
+  for (const std::string& args :
+       {"verify " + Quote(zst_), "export " + Quote(zst_) + " -o " + Quote(exported)}) {
+    SCOPED_TRACE(args);
+    std::string out;
+    // On a terminal: a bar with a percentage and bytes per second on stderr,
+    // cleared before the result line.
+    ASSERT_EQ(CliOnTty(args, &out), 0) << out;
+    EXPECT_TRUE(Contains(out, "100%")) << out;
+    EXPECT_TRUE(Contains(out, "/s")) << out;
+    EXPECT_TRUE(Contains(out, "\r\033[K")) << out;
+    // --quiet on a terminal, or no terminal: no bar at all.
+    ASSERT_EQ(CliOnTty(args + " --quiet", &out), 0) << out;
+    EXPECT_FALSE(Contains(out, "%")) << out;
+    EXPECT_FALSE(Contains(out, "\033[K")) << out;
+    ASSERT_EQ(Cli(args, &out), 0) << out;
+    EXPECT_FALSE(Contains(out, "%") || Contains(out, "\r")) << out;
+  }
+  EXPECT_TRUE(ReadFileBytes(exported) == ReadFileBytes(plain_));
+}
+
+TEST_F(CliTest, ProgressDoesNotChangeVerifyResults) {
+  if (!HaveScript()) GTEST_SKIP() << "util-linux 'script' is not installed";
+  const std::string bad = dir_.file("bad_5.safetensors.zst");
+  CorruptCopy(zst_, bad, 200);
+  std::string tty, pipe;
+  EXPECT_EQ(CliOnTty("verify " + Quote(zst_) + " " + Quote(bad), &tty), 1) << tty;
+  EXPECT_EQ(Cli("verify " + Quote(zst_) + " " + Quote(bad), &pipe), 1) << pipe;
+  EXPECT_TRUE(Contains(tty, "CORRUPT  " + bad)) << tty;
+  EXPECT_TRUE(Contains(tty, "2 checked, 1 corrupt")) << tty;
+  EXPECT_TRUE(Contains(pipe, "2 checked, 1 corrupt")) << pipe;
 }
 
 TEST_F(CliTest, InspectOfUnreadableFileExitsOne) {

@@ -19,6 +19,7 @@
 #include "ackpt/format.h"
 #include "format/internal.h"
 #include "test_util.h"
+#include "zstd_layout.h"
 
 namespace ackpt {
 namespace {
@@ -29,6 +30,11 @@ using testing::SafetensorsBytes;
 using testing::SampleState;
 using testing::TempDir;
 using testing::WriteFileBytes;
+
+// The version member as this build writes it, e.g. "ackpt.version":"2".
+std::string VersionField() {
+  return "\"ackpt.version\":\"" + std::to_string(format::kFormatVersion) + "\"";
+}
 
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
@@ -208,7 +214,7 @@ TEST(MalformedHeaderTest, HeaderOver100MBIsRejectedBeforeReadingIt) {
     FAIL() << "a 100 MB + 1 header must be rejected";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Error::Code::kCorruption);
-    EXPECT_TRUE(Contains(e.what(), "100 MB")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "max_header_bytes")) << e.what();
   }
   for (const auto& r : env.reads()) EXPECT_LE(r.length, 64u) << "read the oversized header";
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
@@ -404,7 +410,9 @@ TEST_F(AckptMetadataTest, InconsistentMetadataIsCorruption) {
     auto meta = [](nlohmann::ordered_json& h) -> nlohmann::ordered_json& {
       return h["__metadata__"];
     };
-    ExpectRejected(Edited([&](nlohmann::ordered_json& h) { meta(h)["ackpt.version"] = "2"; }),
+    ExpectRejected(Edited([&](nlohmann::ordered_json& h) {
+                     meta(h)["ackpt.version"] = std::to_string(format::kFormatVersion + 1);
+                   }),
                    Error::Code::kUnsupported, "future version");
     // Without its version key an ackpt file must not pass for a foreign one
     // (that would skip every checksum and flatten the tree).
@@ -519,7 +527,7 @@ class SeekTableTest : public ::testing::Test {
     WriteStateDict(state_, path, o);
     bytes_ = ReadFileBytes(path);
     table_ = format::ReadSeekTable(*Env::Default()->NewRandomAccessFile(path));
-    ASSERT_GE(table_.frames.size(), 3u);
+    ASSERT_GE(table_.num_frames(), 3u);
     table_start_ = bytes_.size() - table_.table_bytes;
     ASSERT_EQ(Classify(bytes_, &state_), Outcome::kEqual);
   }
@@ -535,14 +543,14 @@ class SeekTableTest : public ::testing::Test {
 TEST_F(SeekTableTest, MalformedTablesAreRejected) {
   {
     SCOPED_TRACE("more frames than fit");
-    for (uint32_t n : {uint32_t(table_.frames.size() + 1), uint32_t{1000000}, uint32_t{0x8000000},
+    for (uint32_t n : {uint32_t(table_.num_frames() + 1), uint32_t{1000000}, uint32_t{0x8000000},
                        uint32_t{0x8000001}, uint32_t{0xffffffff}}) {
       std::string b = bytes_;
       PutLe32(&b, Footer(), n);
       ExpectRejected(b, Error::Code::kCorruption, "frame count " + std::to_string(n));
     }
     std::string b = bytes_;
-    PutLe32(&b, Footer(), uint32_t(table_.frames.size() - 1));
+    PutLe32(&b, Footer(), uint32_t(table_.num_frames() - 1));
     ExpectRejected(b, Error::Code::kCorruption, "one frame fewer");
     b = bytes_;
     PutLe32(&b, Footer(), 0);
@@ -555,30 +563,30 @@ TEST_F(SeekTableTest, MalformedTablesAreRejected) {
     std::string msg = ExpectRejected(b, Error::Code::kCorruption, "4 GiB frame");
     EXPECT_TRUE(Contains(msg, "impossible")) << msg;
     b = bytes_;
-    PutLe32(&b, Entry(1) + 4, table_.frames[1].compressed_size * 65536u + 1);
+    PutLe32(&b, Entry(1) + 4, table_.frame(1).compressed_size * 65536u + 1);
     msg = ExpectRejected(b, Error::Code::kCorruption, "expansion beyond zstd's limit");
     b = bytes_;
-    PutLe32(&b, Entry(1) + 4, table_.frames[1].decompressed_size + 1);
+    PutLe32(&b, Entry(1) + 4, table_.frame(1).decompressed_size + 1);
     ExpectRejected(b, Error::Code::kCorruption, "one byte more than the frame holds");
     b = bytes_;
-    PutLe32(&b, Entry(1) + 4, table_.frames[1].decompressed_size - 1);
+    PutLe32(&b, Entry(1) + 4, table_.frame(1).decompressed_size - 1);
     ExpectRejected(b, Error::Code::kCorruption, "one byte less than the frame holds");
     b = bytes_;
     PutLe32(&b, Entry(0), 0);
     ExpectRejected(b, Error::Code::kCorruption, "compressed size 0");
     // Compressed sizes that do not add up to the frames' bytes.
     b = bytes_;
-    PutLe32(&b, Entry(0), table_.frames[0].compressed_size + 1);
+    PutLe32(&b, Entry(0), table_.frame(0).compressed_size + 1);
     ExpectRejected(b, Error::Code::kCorruption, "compressed sizes do not add up");
     // Moving a byte from one frame to the next keeps the sum but splits frames wrongly.
     b = bytes_;
-    PutLe32(&b, Entry(0), table_.frames[0].compressed_size - 1);
-    PutLe32(&b, Entry(1), table_.frames[1].compressed_size + 1);
+    PutLe32(&b, Entry(0), table_.frame(0).compressed_size - 1);
+    PutLe32(&b, Entry(1), table_.frame(1).compressed_size + 1);
     ExpectRejected(b, Error::Code::kCorruption, "frame boundaries shifted");
     // Swapping two entries' decompressed sizes keeps the logical size.
     b = bytes_;
-    PutLe32(&b, Entry(0) + 4, table_.frames.back().decompressed_size);
-    PutLe32(&b, Entry(table_.frames.size() - 1) + 4, table_.frames[0].decompressed_size);
+    PutLe32(&b, Entry(0) + 4, table_.frame(table_.num_frames() - 1).decompressed_size);
+    PutLe32(&b, Entry(table_.num_frames() - 1) + 4, table_.frame(0).decompressed_size);
     ExpectRejected(b, Error::Code::kCorruption, "decompressed sizes swapped");
   }
   {
@@ -608,7 +616,7 @@ TEST_F(SeekTableTest, MalformedTablesAreRejected) {
 }
 
 TEST_F(SeekTableTest, WrongFrameChecksumIsCaught) {
-  for (size_t i = 0; i < table_.frames.size(); ++i) {
+  for (size_t i = 0; i < table_.num_frames(); ++i) {
     std::string b = bytes_;
     b[Entry(i) + 8] ^= 0x01;
     std::string detail;
@@ -627,12 +635,13 @@ TEST_F(SeekTableTest, TablesFromOtherWritersAreAccepted) {
     for (int i = 0; i < 4; ++i) table.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
   };
   put(format::kSeekableSkippableMagic);
-  put(static_cast<uint32_t>(table_.frames.size() * 8 + 9));
-  for (const auto& f : table_.frames) {
+  put(static_cast<uint32_t>(table_.num_frames() * 8 + 9));
+  for (size_t i = 0; i < table_.num_frames(); ++i) {
+    const auto f = table_.frame(i);
     put(f.compressed_size);
     put(f.decompressed_size);
   }
-  put(static_cast<uint32_t>(table_.frames.size()));
+  put(static_cast<uint32_t>(table_.num_frames()));
   table.push_back('\0');
   put(format::kSeekableFooterMagic);
   EXPECT_EQ(Classify(b + table, &state_, nullptr, nullptr, true), Outcome::kEqual);
@@ -649,8 +658,13 @@ TEST_F(SeekTableTest, TablesFromOtherWritersAreAccepted) {
   std::string file;
   std::vector<format::FrameEntry> entries;
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  for (size_t off = 0; off < logical.size(); off += 50000) {
-    const size_t n = std::min<size_t>(50000, logical.size() - off);
+  // Version 2: the header region alone in the first frame, then the data.
+  std::vector<size_t> starts{0};
+  for (size_t off = testing::HeaderRegionSize(logical); off < logical.size(); off += 50000)
+    starts.push_back(off);
+  for (size_t k = 0; k < starts.size(); ++k) {
+    const size_t off = starts[k];
+    const size_t n = (k + 1 < starts.size() ? starts[k + 1] : logical.size()) - off;
     std::string out(ZSTD_compressBound(n), '\0');
     ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 0);
@@ -800,7 +814,7 @@ TEST(FlipTest, PlainFileRegions) {
       {"format value", Find(bytes, "\"format\":\"pt\"") + 10},
       {"version key", Find(bytes, "\"ackpt.version\"") + 1},
       {"version key dot", Find(bytes, "\"ackpt.version\"") + 6},
-      {"version value", Find(bytes, "\"ackpt.version\":\"1\"") + 17},
+      {"version value", Find(bytes, VersionField()) + 17},
       {"tensor name in entry", tensor_entry + 3},
       {"tensor name end in entry", tensor_entry + 19},
       {"dtype value", Find(bytes, "\"dtype\":\"F32\"", tensor_entry) + 10},
@@ -837,11 +851,11 @@ TEST(FlipTest, CompressedFileRegions) {
   WriteStateDict(state, path, o);
   const std::string bytes = ReadFileBytes(path);
   const format::SeekTable table = format::ReadSeekTable(*Env::Default()->NewRandomAccessFile(path));
-  ASSERT_GE(table.frames.size(), 3u);
+  ASSERT_GE(table.num_frames(), 3u);
   const size_t ts = bytes.size() - table.table_bytes;
   std::vector<std::pair<std::string, size_t>> positions;
-  for (size_t i = 0; i < table.frames.size(); ++i) {
-    const auto& f = table.frames[i];
+  for (size_t i = 0; i < table.num_frames(); ++i) {
+    const auto f = table.frame(i);
     const std::string fr = "frame " + std::to_string(i);
     for (size_t off : {size_t{0}, size_t{3}, size_t{4}, size_t{5}, size_t{f.compressed_size / 3},
                        size_t{f.compressed_size / 2}, size_t{f.compressed_size - 5},
@@ -911,7 +925,7 @@ TEST(FlipTest, EveryByteOfASmallPlainFile) {
   for (int bit = 0; bit < 8; ++bit) {
     std::vector<size_t> where;
     FlipEveryByte(bytes, state, static_cast<uint8_t>(1 << bit), &where,
-                  bytes.find("\"ackpt.version\":\"1\"") + 17);
+                  bytes.find(VersionField()) + 17);
     EXPECT_TRUE(where.empty()) << "bit " << bit << ": first undetected flip at " << where[0];
   }
 }
@@ -922,7 +936,7 @@ TEST(FlipTest, EveryByteOfASmallCompressedFile) {
   state.set("w", PatternTensor({12, 10}, at::kFloat, 1));
   state.set("opt", StateDict{{"step", 3},
                              {"m", List{StateDict{{"v", PatternTensor({6}, at::kHalf, 2)}}}}});
-  // Large but compressible, so the file has two frames and stays small.
+  // Large but compressible, so the file has two data frames and stays small.
   state.set("big", at::zeros({70000}, at::TensorOptions().dtype(at::kByte)));
   WriteOptions o;
   o.chunk_size = 64 * 1024;
@@ -930,7 +944,8 @@ TEST(FlipTest, EveryByteOfASmallCompressedFile) {
   WriteStateDict(state, dir.file("e.safetensors.zst"), o);
   const std::string bytes = ReadFileBytes(dir.file("e.safetensors.zst"));
   ASSERT_LT(bytes.size(), 8192u);
-  ASSERT_EQ(CheckpointReader::Open(dir.file("e.safetensors.zst"))->info().num_frames, 2u);
+  // The header frame (format version 2) and two data frames.
+  ASSERT_EQ(CheckpointReader::Open(dir.file("e.safetensors.zst"))->info().num_frames, 3u);
   // A few flips are harmless: the seek table's unused descriptor bits, and
   // don't-care bits inside zstd's entropy-coded blocks (the frame decodes to
   // the same bytes, so its checksums still match). They must be rare.

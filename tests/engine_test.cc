@@ -1,12 +1,24 @@
 // White-box tests of the engine's building blocks: staging pool, task pool, snapshot copy.
 #include <ATen/ATen.h>
+#include <sched.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <fstream>
+#include <map>
 #include <future>
+#include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "ackpt/error.h"
+#include "ackpt/format.h"
+#include "engine/engine.h"
 #include "engine/snapshot.h"
 #include "engine/staging_pool.h"
 #include "engine/task_pool.h"
@@ -17,56 +29,101 @@ namespace engine {
 namespace {
 
 using testing::PatternTensor;
+using testing::TempDir;
 
-TEST(StagingPoolTest, SteadyStateReusesBuffersWithoutAllocating) {
-  StagingPool pool(/*budget=*/64 << 20, /*pin=*/true, nullptr);
+StagingOptions PoolOptions(uint64_t budget, uint64_t chunk, bool pin = false) {
+  StagingOptions o;
+  o.budget = budget;
+  o.chunk_bytes = chunk;
+  o.pin = pin;
+  return o;
+}
+
+TEST(StagingPoolTest, SteadyStateReusesChunksWithoutAllocating) {
+  StagingPool pool(PoolOptions(/*budget=*/64 << 20, /*chunk=*/1 << 20, /*pin=*/true));
   for (int i = 0; i < 100; ++i) {
-    auto lease = pool.Acquire(5 << 20, false, true);
-    ASSERT_NE(lease, nullptr);
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(lease->data()) % 4096, 0u);  // page-aligned
-    std::memset(lease->data(), i, 5 << 20);
+    std::vector<StagingChunk*> chunks;
+    ASSERT_TRUE(pool.TryAcquire(5, false, &chunks));
+    for (StagingChunk* c : chunks) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(c->data) % 4096, 0u);  // page-aligned
+      std::memset(c->data, i, 1 << 20);
+      pool.Release(c);
+    }
   }
-  EXPECT_EQ(pool.allocations(), 1u);
-  // Two in flight at once: a second buffer, then both are reused.
-  for (int i = 0; i < 50; ++i) {
-    auto a = pool.Acquire(5 << 20, false, true);
-    auto b = pool.Acquire(5 << 20, false, true);
-    EXPECT_NE(a->data(), b->data());
-  }
-  EXPECT_EQ(pool.allocations(), 2u);
+  EXPECT_EQ(pool.allocations(), 5u);
+  EXPECT_EQ(pool.chunks_in_use(), 0u);
+  EXPECT_EQ(pool.chunks_in_use_peak(), 5u);
+  EXPECT_EQ(pool.reserved(), 5u << 20);
   EXPECT_LE(pool.peak(), 64u << 20);
 }
 
-TEST(StagingPoolTest, BudgetBoundsMemoryAndBlocksOrRefuses) {
-  StagingPool pool(/*budget=*/8 << 20, false, nullptr);
-  auto a = pool.Acquire(3 << 20, false, true);  // rounds to 4 MiB
-  auto b = pool.Acquire(3 << 20, false, true);
-  EXPECT_EQ(pool.reserved(), 8u << 20);
-  EXPECT_EQ(pool.Acquire(1, false, /*wait=*/false), nullptr);
-  auto waiter =
-      std::async(std::launch::async, [&] { return pool.Acquire(3 << 20, false, true) != nullptr; });
+TEST(StagingPoolTest, BudgetBoundsChunksAllOrNothingAndAcquireWaits) {
+  StagingPool pool(PoolOptions(/*budget=*/8 << 20, /*chunk=*/1 << 20));
+  EXPECT_EQ(pool.budget_chunks(), 8u);
+  std::vector<StagingChunk*> six;
+  ASSERT_TRUE(pool.TryAcquire(6, false, &six));
+  std::vector<StagingChunk*> three;
+  EXPECT_FALSE(pool.TryAcquire(3, false, &three));  // all or nothing
+  EXPECT_TRUE(three.empty());
+  EXPECT_EQ(pool.chunks_in_use(), 6u);
+  StagingChunk* a = pool.Acquire(false, /*wait=*/false);
+  StagingChunk* b = pool.Acquire(false, /*wait=*/false);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(pool.Acquire(false, /*wait=*/false), nullptr);
+  bool waited = false;
+  auto waiter = std::async(std::launch::async, [&] { return pool.Acquire(false, true, &waited); });
   EXPECT_EQ(waiter.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
-  a.reset();
-  EXPECT_TRUE(waiter.get());
-  EXPECT_LE(pool.peak(), 8u << 20);
-  EXPECT_THROW(pool.Acquire(9 << 20, false, true), Error);
+  pool.Release(a);
+  EXPECT_EQ(waiter.get(), a);
+  EXPECT_TRUE(waited);
+  EXPECT_EQ(pool.chunk_waits(), 1u);
+  EXPECT_EQ(pool.peak(), 8u << 20);
+  pool.Release(a);
+  pool.Release(b);
+  for (StagingChunk* c : six) pool.Release(c);
 }
 
-TEST(StagingPoolTest, IdleBuffersOfTheWrongSizeAreFreedToMakeRoom) {
-  StagingPool pool(/*budget=*/8 << 20, false, nullptr);
-  { auto small = pool.Acquire(1 << 20, false, true); }  // 2 MiB idle
-  { auto mid = pool.Acquire(5 << 20, false, true); }    // 6 MiB: fits next to it
-  auto big = pool.Acquire(7 << 20, false, true);        // 8 MiB: both idle ones go
-  EXPECT_EQ(pool.reserved(), 8u << 20);
-  EXPECT_LE(pool.peak(), 8u << 20);
+TEST(StagingPoolTest, AutomaticBudgetIsTwiceTheStateCappedAtAQuarterOfMemory) {
+  StagingOptions o = PoolOptions(/*budget=*/0, /*chunk=*/1 << 20);
+  o.memory_bytes = uint64_t{64} << 20;
+  StagingPool pool(o);
+  EXPECT_EQ(pool.budget(), StagingPool::kMinAutoChunks << 20);
+  pool.NoteStateBytes(uint64_t{5} << 20);
+  EXPECT_EQ(pool.budget(), 10u << 20);
+  pool.NoteStateBytes((uint64_t{5} << 20) + 1);  // rounds up to whole chunks
+  EXPECT_EQ(pool.budget(), 12u << 20);
+  pool.NoteStateBytes(uint64_t{40} << 20);  // a quarter of the 64 MiB of memory
+  EXPECT_EQ(pool.budget(), 16u << 20);
+  pool.NoteStateBytes(1);  // never shrinks
+  EXPECT_EQ(pool.budget(), 16u << 20);
 }
 
-TEST(StagingPoolTest, AutoBudgetIsTwiceTheLargestRequest) {
-  StagingPool pool(/*budget=*/0, false, nullptr);
-  auto a = pool.Acquire(3 << 20, false, true);
-  EXPECT_EQ(pool.budget(), 8u << 20);
-  auto b = pool.Acquire(3 << 20, false, true);
-  EXPECT_EQ(pool.Acquire(3 << 20, false, false), nullptr);
+TEST(StagingPoolTest, PageLockingStopsAtTheMemlockLimitWithOneWarning) {
+  std::vector<std::string> warnings;
+  StagingOptions o = PoolOptions(/*budget=*/8 << 20, /*chunk=*/1 << 20, /*pin=*/true);
+  o.memlock_limit = uint64_t{2} << 20;
+  o.warn = [&](const std::string& w) { warnings.push_back(w); };
+  StagingPool pool(o);
+  std::vector<StagingChunk*> chunks;
+  ASSERT_TRUE(pool.TryAcquire(5, false, &chunks));
+  EXPECT_EQ(pool.locked_bytes(), 2u << 20);
+  int locked = 0;
+  for (StagingChunk* c : chunks) locked += c->locked;
+  EXPECT_EQ(locked, 2);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("RLIMIT_MEMLOCK"), std::string::npos) << warnings[0];
+  for (StagingChunk* c : chunks) pool.Release(c);
+}
+
+TEST(StagingPoolTest, ChunkSizeIsAFrameOrAnEighthOfASmallBudget) {
+  EXPECT_EQ(StagingChunkBytes(4 << 20, 0), 4u << 20);
+  EXPECT_EQ(StagingChunkBytes(4 << 20, uint64_t{1} << 30), 4u << 20);
+  EXPECT_EQ(StagingChunkBytes(4 << 20, 4 << 20), 512u << 10);  // 8 chunks in the budget
+  EXPECT_EQ(StagingChunkBytes(1 << 30, 0), 64u << 20);         // capped
+  EXPECT_EQ(StagingChunkBytes(100000, 0), 64u << 10);          // not a multiple of 64
+  EXPECT_EQ(StagingChunkBytes(64 << 10, 200 << 10), 64u << 10);
+  EXPECT_THROW(StagingChunkBytes(64 << 10, 100 << 10), Error);
 }
 
 TEST(TaskPoolTest, ParallelForRunsEachIndexOnceAndNestsWithoutDeadlock) {
@@ -92,32 +149,124 @@ TEST(TaskPoolTest, FirstExceptionIsRethrownAfterAllWorkStops) {
   EXPECT_LE(ran.load(), 100);
 }
 
-TEST(SnapshotTest, CopiesContiguousStridedAndEmptyTensorsExactly) {
+// The bytes of tensor `t` of a published stream.
+std::string StagedBytes(SnapshotStream& stream, const format::FlatTensor& t) {
+  std::string out;
+  stream.Visit(t.staging_offset, t.nbytes,
+               [&](const void* p, size_t n) { out.append(static_cast<const char*>(p), n); });
+  return out;
+}
+
+std::string ContiguousBytes(const at::Tensor& t) {
+  at::Tensor c = t.resolve_neg().resolve_conj().contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+std::vector<format::FlatTensor> MixedTensors() {
   std::vector<format::FlatTensor> flat;
-  at::Tensor big = PatternTensor({3000, 1000}, at::kFloat, 1);  // several copy pieces
-  flat.push_back({"big", big});
-  flat.push_back({"t", PatternTensor({64, 48}, at::kDouble, 2).t()});
-  flat.push_back({"step", PatternTensor({100, 10}, at::kBFloat16, 3).slice(0, 0, 100, 3)});
+  flat.push_back({"big", PatternTensor({3000, 1000}, at::kFloat, 1)});  // many chunks
+  flat.push_back({"t", PatternTensor({640, 48}, at::kDouble, 2).t()});  // strided, spans chunks
+  flat.push_back({"step", PatternTensor({1000, 100}, at::kBFloat16, 3).slice(0, 0, 1000, 3)});
   flat.push_back({"empty", at::empty({0, 5})});
   flat.push_back({"scalar", at::scalar_tensor(7, at::kLong)});
   flat.push_back({"neg_view", at::_neg_view(PatternTensor({10}, at::kFloat, 4))});
-  const std::vector<format::FlatTensor> originals = flat;
+  flat.push_back({"odd", PatternTensor({33333}, at::kByte, 5)});  // ends mid-chunk
+  return flat;
+}
+
+TEST(SnapshotTest, CopiesContiguousStridedAndEmptyTensorsExactlyAcrossChunks) {
+  std::vector<format::FlatTensor> flat = MixedTensors();
+  std::map<std::string, std::string> expected;
+  for (const auto& f : flat) expected[f.name] = ContiguousBytes(f.tensor);
   bool any_device = true;
   const uint64_t bytes = PlanSnapshot(&flat, &any_device);
   EXPECT_FALSE(any_device);
-  std::vector<uint8_t> buf(bytes + 64);
-  uint8_t* base = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
-  TaskPool pool(1);
-  CopySnapshot(&flat, base, &pool);
-  for (size_t i = 0; i < flat.size(); ++i) {
-    EXPECT_EQ(flat[i].staging_offset % 64, 0u);
-    // The snapshot holds no reference to the caller's tensor; its bytes are staged.
-    EXPECT_FALSE(flat[i].tensor.defined()) << flat[i].name;
-    EXPECT_EQ(flat[i].data, flat[i].nbytes ? base + flat[i].staging_offset : nullptr);
-    at::Tensor copy = at::from_blob(base + flat[i].staging_offset, flat[i].shape,
-                                    at::TensorOptions().dtype(flat[i].dtype));
-    EXPECT_TRUE(at::equal(copy, originals[i].tensor)) << flat[i].name;
+  // File order: largest elements first, packed.
+  EXPECT_EQ(flat.front().dtype, at::kDouble);
+  uint64_t offset = 0;
+  for (const auto& f : flat) {
+    EXPECT_EQ(f.staging_offset, offset) << f.name;
+    offset += f.nbytes;
   }
+  EXPECT_EQ(bytes, offset);
+  // 64 KiB chunks: every tensor but the smallest spans several.
+  StagingPool pool(PoolOptions(/*budget=*/uint64_t{64} << 20, /*chunk=*/64 << 10));
+  SnapshotStream stream(&pool, bytes, false);
+  ASSERT_TRUE(stream.TryTakeAll());
+  const SnapshotPoint point = RecordSnapshotPoint(flat);
+  TaskPool threads(1);
+  CopySnapshot(&flat, &stream, &threads, &point, 0);
+  EXPECT_EQ(stream.WaitFor(bytes), bytes);
+  for (const auto& f : flat) {
+    // The snapshot holds no reference to the caller's tensor; its bytes are staged.
+    EXPECT_FALSE(f.tensor.defined()) << f.name;
+    EXPECT_EQ(StagedBytes(stream, f), expected[f.name]) << f.name;
+  }
+  // Hashing from staging (the writer) and from the sources (a streaming save) agree.
+  std::vector<format::FlatTensor> sources = MixedTensors();
+  PlanSnapshot(&sources, &any_device);
+  std::vector<uint8_t> bounce(64 << 10);
+  HashSources(&sources, bounce.data(), bounce.size(), &threads);
+  format::HashTensors(&flat, &stream, [](size_t n, const std::function<void(size_t)>& fn) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+  });
+  for (size_t i = 0; i < flat.size(); ++i) {
+    EXPECT_EQ(flat[i].xxh3, sources[i].xxh3) << flat[i].name;
+    EXPECT_EQ(flat[i].xxh3, format::Xxh3(expected[flat[i].name].data(), flat[i].nbytes));
+  }
+}
+
+TEST(SnapshotTest, RingOfFourChunksCarriesAStateTenTimesItsSize) {
+  // A writer thread drains the stream while the copy fills it.
+  std::vector<format::FlatTensor> flat;
+  flat.push_back({"a", PatternTensor({256 * 1024}, at::kFloat, 1)});      // 1 MiB
+  flat.push_back({"b", PatternTensor({700, 300}, at::kDouble, 2).t()});  // strided
+  flat.push_back({"c", PatternTensor({50000}, at::kShort, 3)});
+  std::map<std::string, std::string> expected;
+  for (const auto& f : flat) expected[f.name] = ContiguousBytes(f.tensor);
+  bool any_device;
+  const uint64_t bytes = PlanSnapshot(&flat, &any_device);
+  StagingPool pool(PoolOptions(/*budget=*/4 * (64 << 10), /*chunk=*/64 << 10));
+  ASSERT_GE(bytes, 10u * pool.budget());
+  SnapshotStream stream(&pool, bytes, false);
+  EXPECT_FALSE(stream.TryTakeAll());
+  std::string drained;
+  auto writer = std::async(std::launch::async, [&] {
+    uint64_t at = 0;
+    while (at < bytes) {
+      const uint64_t avail = stream.WaitFor(at + 1);
+      stream.Visit(at, avail - at,
+                   [&](const void* p, size_t n) { drained.append(static_cast<const char*>(p), n); });
+      at = avail;
+      stream.Release(at);
+    }
+  });
+  TaskPool threads(1);
+  CopySnapshot(&flat, &stream, &threads, nullptr, 2);
+  writer.get();
+  ASSERT_EQ(drained.size(), bytes);
+  for (const auto& f : flat)
+    EXPECT_EQ(drained.substr(f.staging_offset, f.nbytes), expected[f.name]) << f.name;
+  EXPECT_LE(pool.chunks_in_use_peak(), 4u);
+  EXPECT_LE(pool.peak(), pool.budget());
+  EXPECT_GT(stream.chunk_waits(), 0u);
+  EXPECT_GT(stream.streamed_bytes(), 0u);
+  EXPECT_EQ(pool.chunks_in_use(), 0u);  // released as written
+}
+
+TEST(SnapshotTest, AWriterThatGivesUpStopsTheCopy) {
+  std::vector<format::FlatTensor> flat{{"a", PatternTensor({1 << 20}, at::kFloat, 1)}};
+  bool any_device;
+  const uint64_t bytes = PlanSnapshot(&flat, &any_device);
+  StagingPool pool(PoolOptions(/*budget=*/4 * (64 << 10), /*chunk=*/64 << 10));
+  SnapshotStream stream(&pool, bytes, false);
+  auto writer = std::async(std::launch::async, [&] {
+    stream.WaitFor(1);
+    stream.Abort(std::make_exception_ptr(Error::InvalidArgument("disk full")));
+  });
+  EXPECT_THROW(CopySnapshot(&flat, &stream, nullptr, nullptr, 1), Error);
+  writer.get();
+  EXPECT_FALSE(flat[0].tensor.defined());
 }
 
 TEST(SnapshotTest, RejectsUnsupportedTensorsNamingThem) {
@@ -132,6 +281,241 @@ TEST(SnapshotTest, RejectsUnsupportedTensorsNamingThem) {
   }
   flat = {{"sparse", at::eye(3).to_sparse()}};
   EXPECT_THROW(PlanSnapshot(&flat, &any_device), Error);
+}
+
+
+// ---- The engine: overlapped snapshot, fence, torn snapshots, thread priority.
+
+std::shared_ptr<spdlog::logger> QuietLogger() {
+  return std::make_shared<spdlog::logger>("engine-test",
+                                          std::make_shared<spdlog::sinks::null_sink_mt>());
+}
+
+EngineOptions Options(bool overlap, Compression compression = Compression::kZstd) {
+  EngineOptions o;
+  o.write.compression = compression;
+  o.write.chunk_size = 64 << 10;
+  o.writer_threads = 2;
+  o.snapshot_threads = 2;
+  o.overlap_snapshot = overlap;
+  o.logger = QuietLogger();
+  return o;
+}
+
+// A state of a few MiB: a large matrix (parallel copy), small and strided tensors.
+StateDict ModelState(int seed) {
+  StateDict model;
+  model.set("w", PatternTensor({1024, 1024}, at::kFloat, seed));
+  model.set("b", PatternTensor({1024}, at::kFloat, seed + 1));
+  model.set("t", PatternTensor({300, 200}, at::kDouble, seed + 2).t());
+  return StateDict{{"model", model}, {"step", int64_t{seed}}};
+}
+
+at::Tensor Weight(const StateDict& s) { return s.at("model").dict().at("w").tensor(); }
+
+// Lets a test hold the copying thread inside the overlap window.
+class CopyGate {
+ public:
+  void Enter() {
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
+  void WaitEntered() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return entered_; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool open_ = false;
+};
+
+void ExpectFileHolds(const std::string& path, const StateDict& expected) {
+  std::string why;
+  EXPECT_TRUE(ExactlyEqual(ReadStateDict(path), expected, &why)) << path << ": " << why;
+}
+
+TEST(EngineOverlapTest, SaveReturnsBeforeTheCopyAndTheFenceWaitsForIt) {
+  TempDir dir;
+  CopyGate gate;
+  std::atomic<int> overlapped{0};
+  EngineOptions o = Options(/*overlap=*/true);
+  o.before_copy = [&](int64_t) { gate.Enter(); };
+  o.on_save = [&](const SaveStats& s) { overlapped += s.overlapped && s.ok; };
+  Engine e(o);
+  StateDict st = ModelState(1);
+  ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
+  gate.WaitEntered();  // save() has returned; the copy has not started
+  auto fence = std::async(std::launch::async, [&] { e.WaitSnapshot(); });
+  EXPECT_EQ(fence.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  gate.Open();
+  fence.get();
+  // Past the fence the caller owns its tensors again; the file keeps the values at save().
+  Weight(st).add_(1);
+  e.Wait();
+  ExpectFileHolds(dir.file("1.st"), ModelState(1));
+  EXPECT_EQ(overlapped.load(), 1);
+}
+
+TEST(EngineOverlapTest, ModifyingATensorBeforeTheFenceFailsThatSaveNamingTheTensor) {
+  TempDir dir;
+  CopyGate gate;
+  EngineOptions o = Options(/*overlap=*/true);
+  o.before_copy = [&](int64_t index) {
+    if (index == 1) gate.Enter();
+  };
+  Engine e(o);
+  StateDict st = ModelState(1);
+  ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
+  gate.WaitEntered();
+  Weight(st).mul_(2);  // an optimizer step without the fence
+  gate.Open();
+  try {
+    e.Wait();
+    FAIL() << "a torn snapshot was written";
+  } catch (const Error& err) {
+    EXPECT_EQ(err.code(), Error::Code::kInvalidArgument);
+    const std::string what = err.what();
+    EXPECT_NE(what.find("'model/w'"), std::string::npos) << what;
+    EXPECT_NE(what.find("index 1"), std::string::npos) << what;
+    EXPECT_NE(what.find("wait_snapshot()"), std::string::npos) << what;
+  }
+  EXPECT_FALSE(Env::Default()->FileExists(dir.file("1.st")));
+  EXPECT_EQ(e.counters().saves_torn, 1u);
+  EXPECT_EQ(e.counters().saves_failed, 1u);
+  // Reported once; the next save goes through.
+  ASSERT_TRUE(e.Save(st, 2, dir.file("2.st"), false, {}));
+  e.WaitSnapshot();
+  e.Wait();
+  StateDict expected = ModelState(1);
+  Weight(expected).mul_(2);
+  ExpectFileHolds(dir.file("2.st"), expected);
+}
+
+TEST(EngineOverlapTest, FencedTrainingLoopWritesTheStateOfEverySave) {
+  for (Compression c : {Compression::kZstd, Compression::kNone}) {
+    TempDir dir;
+    Engine e(Options(/*overlap=*/true, c));
+    StateDict st = ModelState(0);
+    std::vector<StateDict> expected;
+    for (int step = 0; step < 5; ++step) {
+      ASSERT_TRUE(e.Save(st, step, dir.file(std::to_string(step)), false, {}));
+      expected.push_back(ModelState(0));
+      Weight(expected.back()).add_(step);
+      // "forward/backward" reads the parameters while the copy runs.
+      volatile float sum = Weight(st).sum().item<float>();
+      (void)sum;
+      e.WaitSnapshot();
+      Weight(st).add_(1);  // the optimizer step, after the fence
+    }
+    e.Wait();
+    for (int step = 0; step < 5; ++step) ExpectFileHolds(dir.file(std::to_string(step)), expected[step]);
+    EXPECT_EQ(e.counters().saves_torn, 0u);
+  }
+}
+
+TEST(EngineOverlapTest, ASaveWaitsForThePreviousCopyAndForcedSavesAreDurableOnReturn) {
+  TempDir dir;
+  CopyGate gate;
+  EngineOptions o = Options(/*overlap=*/true);
+  o.before_copy = [&](int64_t index) {
+    if (index == 1) gate.Enter();
+  };
+  Engine e(o);
+  StateDict st = ModelState(3);
+  ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
+  gate.WaitEntered();
+  // One snapshot copy at a time: the next save waits for this one.
+  auto second = std::async(std::launch::async, [&] { return e.Save(st, 2, dir.file("2.st"), true, {}); });
+  EXPECT_EQ(second.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  gate.Open();
+  EXPECT_TRUE(second.get());
+  // Forced: copied inside save() and durable when it returns.
+  EXPECT_TRUE(Env::Default()->FileExists(dir.file("2.st")));
+  e.Wait();
+  ExpectFileHolds(dir.file("1.st"), ModelState(3));
+  ExpectFileHolds(dir.file("2.st"), ModelState(3));
+}
+
+TEST(EngineOverlapTest, WithoutOverlapTheFenceReturnsAtOnce) {
+  TempDir dir;
+  std::atomic<int> overlapped{0};
+  EngineOptions o = Options(/*overlap=*/false);
+  o.on_save = [&](const SaveStats& s) { overlapped += s.overlapped; };
+  Engine e(o);
+  StateDict st = ModelState(4);
+  ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
+  e.WaitSnapshot();
+  Weight(st).add_(1);  // save() returned: the snapshot is complete and private
+  e.Wait();
+  ExpectFileHolds(dir.file("1.st"), ModelState(4));
+  EXPECT_EQ(overlapped.load(), 0);
+}
+
+// Fields of /proc/self/task/TID/stat after the "(comm)" field: index 0 is
+// field 3 (state), so field N is at N - 3.
+std::vector<std::string> TaskStat(int tid) {
+  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string line;
+  std::getline(in, line);
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::vector<std::string> fields;
+  for (std::string f; rest >> f;) fields.push_back(f);
+  return fields;
+}
+
+std::string TaskComm(int tid) {
+  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/comm");
+  std::string name;
+  std::getline(in, name);
+  return name;
+}
+
+TEST(EnginePriorityTest, PriorityIsAppliedToEveryWriterAndCopyThread) {
+  struct Case {
+    WriterPriority priority;
+    int nice;
+    int policy;
+  };
+  for (const Case& c : {Case{WriterPriority::kNormal, 0, SCHED_OTHER},
+                        Case{WriterPriority::kLow, 19, SCHED_OTHER},
+                        Case{WriterPriority::kIdle, 0, SCHED_IDLE}}) {
+    EngineOptions o = Options(/*overlap=*/true);
+    o.priority = c.priority;
+    Engine e(o);
+    const std::vector<int> writers = e.writer_thread_ids();
+    const std::vector<int> copiers = e.copy_thread_ids();
+    EXPECT_EQ(writers.size(), 2u);
+    EXPECT_EQ(copiers.size(), 2u);  // overlapped: the pool copies alone
+    std::vector<std::pair<int, std::string>> threads;
+    for (int t : writers) threads.emplace_back(t, "ackpt-writer");
+    for (int t : copiers) threads.emplace_back(t, "ackpt-copy");
+    for (const auto& [tid, name] : threads) {
+      SCOPED_TRACE("thread " + std::to_string(tid) + " priority " +
+                   std::to_string(static_cast<int>(c.priority)));
+      EXPECT_NE(tid, static_cast<int>(::getpid()));
+      EXPECT_EQ(TaskComm(tid), name);
+      errno = 0;
+      EXPECT_EQ(::getpriority(PRIO_PROCESS, static_cast<id_t>(tid)), c.nice);
+      EXPECT_EQ(::sched_getscheduler(tid), c.policy);
+      const auto stat = TaskStat(tid);
+      ASSERT_GE(stat.size(), 39u);
+      EXPECT_EQ(std::stoi(stat[19 - 3]), c.nice);    // field 19: nice
+      EXPECT_EQ(std::stoi(stat[41 - 3]), c.policy);  // field 41: policy
+    }
+    // The caller's own thread is never changed.
+    EXPECT_EQ(::sched_getscheduler(0), SCHED_OTHER);
+    EXPECT_EQ(::getpriority(PRIO_PROCESS, 0), 0);
+  }
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // the test can compare an uninterrupted run with one that is torn down and
 // resumed from the file in a fresh process.
 //
-//   ackpt_resume_worker --mode straight|part|resume --optimizer Adam|AdamW|SGD|RMSprop|Adagrad
+//   ackpt_resume_worker --mode straight|part|resume
+//                       --optimizer Adam|AdamW|SGD|RMSprop|Adagrad|LBFGS
 //                       --driver trainer|loop --steps N [--dir DIR] [--compression none|zstd]
 //                       [--out FILE] [--no-rng]
 //
@@ -14,6 +15,8 @@
 //
 // The final state holds the parameters and buffers, the optimizer state
 // (CaptureOptimizer), the scheduler state, the RNG state and the step count.
+// LBFGS needs the loop driver: it evaluates the loss several times per step
+// through a closure, which the Trainer's SingleProcess backend does not pass.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -43,10 +46,10 @@ struct NetImpl : torch::nn::Module {
 TORCH_MODULE(Net);
 
 // A batch drawn from LibTorch's generator, so the RNG state matters.
-torch::Tensor Loss(Net& net) {
-  torch::Tensor x = torch::randn({16, 8});
-  torch::Tensor y = torch::sin(x.sum(1, true));
-  return torch::mse_loss(net->forward(x), y);
+torch::Tensor Batch() { return torch::randn({16, 8}); }
+
+torch::Tensor Loss(Net& net, const torch::Tensor& x) {
+  return torch::mse_loss(net->forward(x), torch::sin(x.sum(1, true)));
 }
 
 std::shared_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& type, Net& net) {
@@ -77,6 +80,10 @@ std::shared_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& type, 
   if (type == "Adagrad") {
     return std::make_shared<torch::optim::Adagrad>(
         net->parameters(), torch::optim::AdagradOptions(0.05).lr_decay(1e-3));
+  }
+  if (type == "LBFGS") {  // a history short enough to fill and roll over
+    return std::make_shared<torch::optim::LBFGS>(
+        net->parameters(), torch::optim::LBFGSOptions(0.05).max_iter(3).history_size(4));
   }
   throw std::runtime_error("unknown optimizer '" + type + "'");
 }
@@ -117,7 +124,7 @@ class Module : public ackpt::ModuleInterface {
   Module(Net net, std::string optimizer)
       : ModuleInterface(net), net_(net), optimizer_(std::move(optimizer)) {}
   int64_t num_train_batches(int64_t) override { return kStepsPerEpoch; }
-  torch::Tensor train_step(int64_t, int64_t, int64_t) override { return Loss(net_); }
+  torch::Tensor train_step(int64_t, int64_t, int64_t) override { return Loss(net_, Batch()); }
   ackpt::OptimizersSchedulers get_optimizers_schedulers(int64_t, int64_t) override {
     auto opt = MakeOptimizer(optimizer_, net_);
     return {{opt}, {ackpt::MakeScheduler<torch::optim::StepLR>(*opt, 5, 0.7)}};
@@ -136,6 +143,7 @@ int RunTrainer(const Options& o) {
   if (o.mode == "straight") args.checkpointer_args.checkpoint = false;
   if (o.mode != "resume") args.checkpointer_args.resume_from_save_dir = false;
   ackpt::Trainer trainer(module, args);
+  trainer.restore();  // train() would, but the resumed step is printed first
   if (o.mode == "resume") {
     std::printf("resumed at step %lld\n", static_cast<long long>(trainer.global_steps_finished()));
   }
@@ -177,9 +185,14 @@ int RunLoop(const Options& o) {
   }
   net->train();
   while (step < o.steps) {
-    torch::Tensor loss = Loss(net);
-    loss.backward();
-    opt->step();
+    const torch::Tensor x = Batch();
+    // Through a closure, which LBFGS calls several times and the others once.
+    opt->step([&] {
+      net->zero_grad(/*set_to_none=*/true);
+      torch::Tensor loss = Loss(net, x);
+      loss.backward();
+      return loss;
+    });
     net->zero_grad(/*set_to_none=*/true);
     sched->step();
     ++step;

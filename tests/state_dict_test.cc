@@ -1,6 +1,7 @@
 #include "ackpt/state_dict.h"
 
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "ackpt/error.h"
@@ -47,6 +48,88 @@ TEST(StateDictTest, WrongKindAndMissingKeyThrowClearErrors) {
     EXPECT_NE(std::string(e.what()).find("'nope'"), std::string::npos);
   }
   EXPECT_THROW(Value(at::Tensor()), Error);
+}
+
+// Every integral type is stored as int64 (`state.set("n", v.size())` used
+// to be ambiguous); what does not fit is a clear error, never a wrap-around.
+TEST(StateDictTest, AcceptsEveryIntegralTypeRangeChecked) {
+  const std::vector<int> v(7);
+  StateDict d;
+  d.set("size", v.size());
+  d.set("long_long", -5LL);
+  d.set("unsigned", 4000000000u);
+  d.set("uint64_max_fitting", static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+  d.set("int8", static_cast<int8_t>(-128));
+  d.set("uint16", static_cast<uint16_t>(65535));
+  d.set("long", std::numeric_limits<long>::min());
+  StateDict listed{{"n", v.size()}, {"m", 3ULL}};
+  for (const auto& kv : d) EXPECT_TRUE(kv.second.is_int()) << kv.first;
+  EXPECT_EQ(d.at("size").to_int(), 7);
+  EXPECT_EQ(d.at("long_long").to_int(), -5);
+  EXPECT_EQ(d.at("unsigned").to_int(), 4000000000);
+  EXPECT_EQ(d.at("uint64_max_fitting").to_int(), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(d.at("int8").to_int(), -128);
+  EXPECT_EQ(d.at("uint16").to_int(), 65535);
+  EXPECT_EQ(d.at("long").to_int(), std::numeric_limits<int64_t>::min());
+  EXPECT_EQ(listed.at("m").to_int(), 3);
+  EXPECT_TRUE(d.at("size").is_int());
+  EXPECT_TRUE(Value(true).is_bool());  // bool keeps its own kind
+
+  for (uint64_t too_big : {uint64_t{1} << 63, std::numeric_limits<uint64_t>::max()}) {
+    try {
+      d.set("big", too_big);
+      ADD_FAILURE() << too_big;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Error::Code::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("integer " + std::to_string(too_big) +
+                                           " does not fit in a StateDict int"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_FALSE(d.contains("big"));
+
+  // They survive the file format like any int.
+  std::vector<format::FlatTensor> flat;
+  std::string tree;
+  format::Flatten(d, &flat, &tree);
+  std::string why;
+  EXPECT_TRUE(ExactlyEqual(d, format::Unflatten(tree, {}, "test"), &why)) << why;
+}
+
+TEST(StateDictTest, TypedGettersNameThePath) {
+  StateDict d{{"n", 3}, {"x", 1.5}, {"s", "str"}, {"l", List{1, 2}}, {"t", true}};
+  d.set("sub", StateDict{{"k", 1}});
+  EXPECT_EQ(d.get_int("n", "state"), 3);
+  EXPECT_EQ(d.get_double("n", "state"), 3.0);  // an int is a number
+  EXPECT_EQ(d.get_double("x", "state"), 1.5);
+  EXPECT_EQ(d.get_string("s", "state"), "str");
+  EXPECT_EQ(d.get_list("l", "state").size(), 2u);
+  EXPECT_TRUE(d.get_bool("t", "state"));
+  EXPECT_EQ(d.get_dict("sub", "state").get_int("k", "state.sub"), 1);
+  auto message = [&](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Error::Code::kInvalidArgument) << e.what();
+      return std::string(e.what());
+    }
+    ADD_FAILURE();
+    return std::string();
+  };
+  EXPECT_NE(message([&] {
+              d.get_int("x", "trainer_state");
+            }).find("trainer_state.x is a double, not an int"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              d.get_dict("l", "trainer_state");
+            }).find("trainer_state.l is a list, not a dict"),
+            std::string::npos);
+  EXPECT_NE(
+      message([&] { d.get_tensor("nope", "trainer_state"); }).find("trainer_state has no 'nope'"),
+      std::string::npos);
+  EXPECT_NE(message([&] { d.at("s").to_bool("a.s"); }).find("a.s is a string, not a bool"),
+            std::string::npos);
 }
 
 TEST(StateDictTest, CopyIsDeepForTreeSharedForTensors) {

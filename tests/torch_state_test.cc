@@ -29,16 +29,20 @@ Net MakeNet(int seed) {
   return Net();
 }
 
+// Steps through a closure, which LBFGS needs (it evaluates the loss several
+// times per step) and the others call once.
 void TrainSteps(Net& net, torch::optim::Optimizer& opt, int steps, int seed,
                 torch::optim::LRScheduler* sched = nullptr) {
   torch::manual_seed(1000 + seed);
   for (int i = 0; i < steps; ++i) {
     torch::Tensor x = torch::randn({5, 6});
     torch::Tensor y = torch::randn({5, 3});
-    opt.zero_grad();
-    torch::Tensor loss = torch::mse_loss(net->forward(x), y);
-    loss.backward();
-    opt.step();
+    opt.step([&] {
+      opt.zero_grad();
+      torch::Tensor loss = torch::mse_loss(net->forward(x), y);
+      loss.backward();
+      return loss;
+    });
     if (sched) sched->step();
   }
 }
@@ -149,6 +153,11 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const std::string& type, 
     return std::make_unique<torch::optim::Adagrad>(
         params, torch::optim::AdagradOptions(0.1).lr_decay(1e-3));
   }
+  if (type == "LBFGS") {
+    // A short history, so that a few steps fill it and drop its oldest entries.
+    return std::make_unique<torch::optim::LBFGS>(
+        params, torch::optim::LBFGSOptions(0.1).max_iter(4).history_size(3));
+  }
   throw std::runtime_error("unknown optimizer " + type);
 }
 
@@ -213,7 +222,7 @@ TEST_P(OptimizerStateTest, SurvivesACheckpointFile) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, OptimizerStateTest,
-                         ::testing::Values("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"),
+                         ::testing::Values("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "LBFGS"),
                          [](const auto& info) { return info.param; });
 
 TEST(OptimizerCaptureTest, LayoutNamesGroupsAndState) {
@@ -331,16 +340,53 @@ TEST(OptimizerCaptureTest, ClearErrors) {
   EXPECT_TRUE(Contains(msg, "is not among the module's named parameters")) << msg;
 }
 
-TEST(OptimizerCaptureTest, UnsupportedOptimizer) {
+TEST(OptimizerCaptureTest, LbfgsHistoryUnderTheFirstParameter) {
   Net net = MakeNet(1);
-  torch::optim::LBFGS lbfgs(net->parameters());
-  try {
-    CaptureOptimizer(lbfgs, *net);
-    ADD_FAILURE();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Error::Code::kUnsupported);
-    EXPECT_TRUE(Contains(e.what(), "LBFGS")) << e.what();
-  }
+  auto opt = MakeOptimizer("LBFGS", net);
+  TrainSteps(net, *opt, 3, 0);
+  const StateDict s = CaptureOptimizer(*opt, *net);
+  EXPECT_EQ(s.at("type").str(), "LBFGS");
+  const StateDict& g = s.at("param_groups").list()[0].dict();
+  EXPECT_EQ(g.at("history_size").to_int(), 3);
+  EXPECT_EQ(g.at("max_eval").to_int(), 5);     // LibTorch's default: max_iter * 5 / 4
+  EXPECT_FALSE(g.contains("line_search_fn"));  // unset optional
+  // One state for all parameters, kept under the first one.
+  ASSERT_EQ(s.at("state").dict().size(), 1u);
+  const StateDict& st = s.at("state").dict().at("fc1.weight").dict();
+  EXPECT_EQ(st.at("n_iter").to_int(), 12);  // 3 steps of max_iter 4
+  const int64_t numel = 6 * 8 + 8 + 8 + 8 + 8 * 3 + 3;
+  EXPECT_EQ(st.at("d").tensor().numel(), numel);
+  EXPECT_EQ(st.at("prev_flat_grad").tensor().numel(), numel);
+  // The history is full: its oldest entries were dropped.
+  ASSERT_EQ(st.at("old_dirs").list().size(), 3u);
+  EXPECT_EQ(st.at("old_stps").list().size(), 3u);
+  EXPECT_EQ(st.at("ro").list().size(), 3u);
+  EXPECT_EQ(st.at("old_dirs").list()[0].tensor().numel(), numel);
+  EXPECT_FALSE(st.contains("al"));  // scratch space, rewritten before it is read
+
+  // A flat buffer of another length is caught on restore.
+  StateDict bad = s;
+  bad.at("state").dict().at("fc1.weight").dict().at("old_dirs").list()[1] = Value(int64_t{3});
+  Net b = MakeNet(2);
+  auto fresh = MakeOptimizer("LBFGS", b);
+  EXPECT_TRUE(Contains(ErrorOf([&] { RestoreOptimizer(*fresh, *b, bad); }),
+                       "optimizer state.state['fc1.weight'].old_dirs[1] is an int, not a tensor"));
+}
+
+TEST(OptimizerCaptureTest, UnknownFieldsAreRejected) {
+  Net a = MakeNet(1);
+  auto opt = MakeOptimizer("SGD", a);
+  TrainSteps(a, *opt, 1, 0);
+  StateDict s = CaptureOptimizer(*opt, *a);
+  StateDict extra_option = s;
+  extra_option.at("param_groups").list()[0].dict().set("betas", List{0.9, 0.99});
+  auto fresh = MakeOptimizer("SGD", a);
+  EXPECT_TRUE(Contains(ErrorOf([&] { RestoreOptimizer(*fresh, *a, extra_option); }),
+                       "param_groups[0] has an unknown entry 'betas'"));
+  StateDict extra_state = s;
+  extra_state.at("state").dict().at("fc1.bias").dict().set("exp_avg", torch::zeros({8}));
+  EXPECT_TRUE(Contains(ErrorOf([&] { RestoreOptimizer(*fresh, *a, extra_state); }),
+                       "state['fc1.bias'] has an unknown entry 'exp_avg'"));
 }
 
 TEST(SchedulerStateTest, TorchSchedulerAdapterAndTypeCheck) {

@@ -49,6 +49,16 @@ class RecordingScheduler : public Scheduler {
   Log* log_;
 };
 
+// Subclasses ackpt has no registration for (the registry matches exact types).
+class MyAdam : public torch::optim::Adam {
+ public:
+  using Adam::Adam;
+};
+class MyStepLR : public torch::optim::StepLR {
+ public:
+  using StepLR::StepLR;
+};
+
 // Regression on random data drawn from LibTorch's generator.
 class Regression : public ModuleInterface {
  public:
@@ -75,14 +85,21 @@ class Regression : public ModuleInterface {
       log_->push_back("get_optimizers_schedulers(" + std::to_string(steps_per_epoch) + ", " +
                       std::to_string(epochs) + ")");
     OptimizersSchedulers os;
-    auto opt =
-        std::make_shared<torch::optim::Adam>(mlp_->parameters(), torch::optim::AdamOptions(1e-2));
+    std::shared_ptr<torch::optim::Optimizer> opt;
+    if (unregistered_optimizer_) {
+      opt = std::make_shared<MyAdam>(mlp_->parameters(), torch::optim::AdamOptions(1e-2));
+    } else {
+      opt =
+          std::make_shared<torch::optim::Adam>(mlp_->parameters(), torch::optim::AdamOptions(1e-2));
+    }
     os.optimizers.push_back(opt);
     for (int i = 1; i < num_optimizers_; ++i) {
       os.optimizers.push_back(
           std::make_shared<torch::optim::SGD>(mlp_->parameters(), torch::optim::SGDOptions(0.1)));
     }
-    std::shared_ptr<Scheduler> s = MakeScheduler<torch::optim::StepLR>(*opt, 3, 0.5);
+    std::shared_ptr<Scheduler> s = unregistered_scheduler_
+                                       ? MakeScheduler<MyStepLR>(*opt, 3, 0.5)
+                                       : MakeScheduler<torch::optim::StepLR>(*opt, 3, 0.5);
     if (log_) s = std::make_shared<RecordingScheduler>(s, log_);
     os.schedulers.push_back(s);
     return os;
@@ -102,6 +119,8 @@ class Regression : public ModuleInterface {
   Log* log_;
   int64_t batches_;
   int num_optimizers_ = 1;
+  bool unregistered_optimizer_ = false;
+  bool unregistered_scheduler_ = false;
   std::optional<std::pair<int64_t, int64_t>> stop_at_;
   Trainer* trainer_ = nullptr;
   torch::Tensor val_x_, val_y_;
@@ -182,6 +201,10 @@ TEST(TrainerTest, LifecycleInPymarlinOrder) {
   auto m = std::make_shared<Regression>(&log);
   auto ck = std::make_shared<RecordingCheckpointer>(&log, saved);
   Trainer t(m, Args(dir, 4), std::make_shared<RecordingBackend>(&log), ck);
+  EXPECT_EQ(log, (Log{"load", "module.update_state", "get_optimizers_schedulers(4, 4)"}));
+  EXPECT_FALSE(t.restored());
+  EXPECT_EQ(t.last_epoch(), -1);
+  t.restore();  // what train() does first
   EXPECT_EQ(log, (Log{"load", "module.update_state", "get_optimizers_schedulers(4, 4)",
                       "scheduler.update_state", "backend.init", "backend.update_state"}));
   EXPECT_EQ(t.last_epoch(), 1);
@@ -212,6 +235,7 @@ TEST(TrainerTest, FreshStartRestoresNothing) {
   auto m = std::make_shared<Regression>(&log);
   auto ck = std::make_shared<RecordingCheckpointer>(&log);
   Trainer t(m, Args(dir, 1), std::make_shared<RecordingBackend>(&log), ck);
+  t.restore();
   EXPECT_EQ(log, (Log{"load", "get_optimizers_schedulers(4, 1)", "backend.init",
                       "backend.update_state(empty)"}));
   EXPECT_EQ(t.last_epoch(), -1);
@@ -231,6 +255,7 @@ TEST(TrainerTest, ResumeContinuesExactlyWhereItStopped) {
   torch::manual_seed(0);
   auto m = std::make_shared<Regression>(&log);
   Trainer t(m, Args(dir, 4));
+  t.restore();
   EXPECT_EQ(t.last_epoch(), 1);
   EXPECT_EQ(t.global_steps_finished(), 8);
   t.train();
@@ -241,8 +266,11 @@ TEST(TrainerTest, ResumeContinuesExactlyWhereItStopped) {
   std::string why;
   EXPECT_TRUE(ExactlyEqual(Params(*straight), Params(*m), &why)) << why;
 
-  // Validation metrics are stored with every checkpoint.
-  DefaultCheckpointer ck(Args(dir, 4).checkpointer_args);
+  // Validation metrics are stored with every checkpoint. (A reader: the
+  // Trainer's checkpointer still owns the directory.)
+  DefaultCheckpointerArguments reader = Args(dir, 4).checkpointer_args;
+  reader.checkpoint = false;
+  DefaultCheckpointer ck(reader);
   auto entries = ck.list_checkpoints();
   ASSERT_EQ(entries.size(), 4u);
   for (const auto& e : entries) {
@@ -260,14 +288,17 @@ TEST(TrainerTest, ResetOptimizersSchedulersStartsThemAfresh) {
   auto m = std::make_shared<Regression>(&log);
   TrainerArguments a = Args(dir, 5);
   a.reset_optimizers_schedulers = true;
-  Trainer t(m, a);
-  EXPECT_EQ(log, (Log{"module.update_state", "get_optimizers_schedulers(4, 5)",
-                      "get_optimizers_schedulers(4, 3)"}));
-  EXPECT_EQ(t.last_epoch(), 1);
-  EXPECT_TRUE(t.optimizers()[0]->state().empty());
-  EXPECT_EQ(t.schedulers()[0]->get_state().at("step_count").to_int(), 0);
-  t.train();
-  EXPECT_EQ(t.global_steps_finished(), 20);
+  {
+    Trainer t(m, a);
+    t.restore();
+    EXPECT_EQ(log, (Log{"module.update_state", "get_optimizers_schedulers(4, 5)",
+                        "get_optimizers_schedulers(4, 3)"}));
+    EXPECT_EQ(t.last_epoch(), 1);
+    EXPECT_TRUE(t.optimizers()[0]->state().empty());
+    EXPECT_EQ(t.schedulers()[0]->get_state().at("step_count").to_int(), 0);
+    t.train();
+    EXPECT_EQ(t.global_steps_finished(), 20);
+  }  // releases the directory for the next writer
 
   // Without the reset, the optimizer state saved by that run is restored:
   // 12 Adam steps since the reset.
@@ -275,6 +306,7 @@ TEST(TrainerTest, ResetOptimizersSchedulersStartsThemAfresh) {
   torch::manual_seed(0);
   auto m2 = std::make_shared<Regression>(&log2);
   Trainer t2(m2, Args(dir, 5));
+  t2.restore();
   StateDict opt = CaptureOptimizer(*t2.optimizers()[0], m2->module());
   EXPECT_EQ(opt.at("state").dict().at("fc1.weight").dict().at("step").to_int(), 12);
 }
@@ -284,15 +316,19 @@ TEST(TrainerTest, MismatchedOptimizerCountIsAClearError) {
   TrainRun(dir, 1);
   auto m = std::make_shared<Regression>();
   m->num_optimizers_ = 2;
-  try {
-    Trainer t(m, Args(dir, 2));
-    ADD_FAILURE();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(
-                  "the checkpoint holds 1 optimizer states but the module built 2"),
-              std::string::npos)
-        << e.what();
+  Trainer t(m, Args(dir, 2));
+  for (int attempt = 0; attempt < 2; ++attempt) {  // a second train() does not train half-restored
+    try {
+      t.train();
+      ADD_FAILURE();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(
+                    "the checkpoint holds 1 optimizer states but the module built 2"),
+                std::string::npos)
+          << e.what();
+    }
   }
+  EXPECT_FALSE(t.restored());
 }
 
 TEST(TrainerTest, StrictAndLenientModuleState) {
@@ -355,6 +391,7 @@ TEST(TrainerTest, RequestStopDrainsAndKeepsTheLastFullEpoch) {
   }
   auto m2 = std::make_shared<Regression>();
   Trainer t2(m2, Args(dir, 4));
+  t2.restore();
   EXPECT_EQ(t2.last_epoch(), 0);
   EXPECT_EQ(t2.global_steps_finished(), 4);
   t2.train();
@@ -362,21 +399,21 @@ TEST(TrainerTest, RequestStopDrainsAndKeepsTheLastFullEpoch) {
   EXPECT_EQ(t2.global_steps_finished(), 16);
 }
 
-// A Trainer subclass adding its own state, as pymarlin users override get_state/update_state.
+// A Trainer subclass adding its own state, as pymarlin users override
+// get_state/update_state: nothing but the overrides (no call to restore()).
 class BestTrainer : public Trainer {
  public:
   BestTrainer(std::shared_ptr<ModuleInterface> m, TrainerArguments a)
-      : Trainer(std::move(m), std::move(a)) {
-    restore_trainer_state();  // apply the loaded trainer_state through our override
-  }
+      : Trainer(std::move(m), std::move(a)) {}
   StateDict get_state() override {
     StateDict s = Trainer::get_state();
     s.set("best_val_loss", best);
     return s;
   }
   void update_state(const StateDict& s) override {
+    ++update_state_calls;
     Trainer::update_state(s);
-    if (const Value* v = s.find("best_val_loss")) best = v->to_double();
+    if (const Value* v = s.find("best_val_loss")) loaded_best = best = v->to_double();
   }
   double validate(int64_t epoch) override {
     const double l = Trainer::validate(epoch);
@@ -384,22 +421,65 @@ class BestTrainer : public Trainer {
     return l;
   }
   double best = 1e9;
+  std::optional<double> loaded_best;
+  int update_state_calls = 0;
 };
 
-TEST(TrainerTest, OverriddenGetStateAndUpdateState) {
+TEST(TrainerTest, OverriddenUpdateStateTakesEffectOnResume) {
   TempDir dir;
   double best = 0;
   {
     torch::manual_seed(0);
     BestTrainer t(std::make_shared<Regression>(), Args(dir, 2));
-    EXPECT_EQ(t.best, 1e9);
     t.train();
     best = t.best;
     EXPECT_LT(best, 1e9);
+    EXPECT_FALSE(t.loaded_best);  // fresh start: nothing to load
   }
+  {
+    // train() alone applies the override before the first epoch.
+    BestTrainer t(std::make_shared<Regression>(), Args(dir, 3));
+    EXPECT_FALSE(t.loaded_best);  // not in the constructor: C++ would call the base version
+    t.train();
+    ASSERT_TRUE(t.loaded_best);
+    EXPECT_EQ(*t.loaded_best, best);
+    EXPECT_LE(t.best, best);
+    EXPECT_EQ(t.update_state_calls, 1);
+    best = t.best;
+  }
+  // restore() applies it earlier, once.
   BestTrainer t(std::make_shared<Regression>(), Args(dir, 3));
-  EXPECT_EQ(t.best, best);
-  EXPECT_EQ(t.last_epoch(), 1);
+  t.restore();
+  t.restore();
+  EXPECT_EQ(t.update_state_calls, 1);
+  ASSERT_TRUE(t.loaded_best);
+  EXPECT_EQ(*t.loaded_best, best);
+  EXPECT_EQ(t.last_epoch(), 2);
+}
+
+// Types ackpt cannot capture fail when the Trainer is built, before an epoch
+// of training is spent on a run that could not be checkpointed.
+TEST(TrainerTest, UnregisteredTypesFailAtConstruction) {
+  TempDir dir;
+  auto construction_error = [&](bool optimizer, bool scheduler) {
+    auto m = std::make_shared<Regression>();
+    m->unregistered_optimizer_ = optimizer;
+    m->unregistered_scheduler_ = scheduler;
+    try {
+      Trainer t(m, Args(dir, 1));
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Error::Code::kUnsupported);
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "no error";
+    return std::string();
+  };
+  const std::string opt = construction_error(true, false);
+  EXPECT_NE(opt.find("MyAdam is not registered"), std::string::npos) << opt;
+  EXPECT_NE(opt.find("ackpt::RegisterOptimizer<"), std::string::npos) << opt;
+  const std::string sched = construction_error(false, true);
+  EXPECT_NE(sched.find("MyStepLR is not registered"), std::string::npos) << sched;
+  EXPECT_NE(sched.find("ackpt::RegisterScheduler<"), std::string::npos) << sched;
 }
 
 TEST(TrainerTest, InvalidArgumentsNameTheField) {

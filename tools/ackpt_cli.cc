@@ -1,14 +1,20 @@
 // ackpt: look at, check and convert checkpoint files.
 //
 //   ackpt inspect FILE [--json]
-//   ackpt verify PATH...            exit 0 all good, 1 something corrupt, 2 usage
-//   ackpt export FILE -o OUT.safetensors
-#include <dirent.h>
+//   ackpt verify PATH... [--quiet]          exit 0 all good, 1 something corrupt, 2 usage
+//   ackpt export FILE -o OUT.safetensors [--quiet]
+//   ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]
+//   ackpt convert IN.pt -o OUT.safetensors[.zst] [--level L] [--none skip|error] [--quiet]
+//
+// Arguments are parsed by CLI11 (`ackpt --help`, `ackpt SUBCOMMAND --help`);
+// every usage error exits with status 2. verify, export and convert draw a
+// progress bar on stderr when it is a terminal (progress.h), unless --quiet.
+#include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -20,49 +26,51 @@
 #include "ackpt/format.h"
 #include "ackpt/retention.h"
 #include "checkpointer/metadata_keys.h"
+#include "convert.h"
+#include "progress.h"
+#include "torch_file.h"
 
 namespace {
+
+using ackpt_cli::HumanBytes;
+using ackpt_cli::ProgressBar;
+using ackpt_cli::ShowProgress;
 
 constexpr int kExitOk = 0;
 constexpr int kExitCorrupt = 1;
 constexpr int kExitUsage = 2;
 
-void Usage(std::ostream& os) {
-  os << "usage:\n"
-        "  ackpt inspect FILE [--json]           tensors, metadata, compression ratio\n"
-        "  ackpt verify PATH...                  check every checksum (a directory: its "
-        "checkpoints)\n"
-        "  ackpt export FILE -o OUT.safetensors  write the plain safetensors stream\n"
-        "  ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]\n"
-        "                                        checkpoints with index, time, size, ratio, "
-        "metrics,\n"
-        "                                        and the retention rule keeping each\n"
-        "exit status: 0 ok, 1 corrupt or unreadable, 2 usage error\n";
-}
-
 std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
+  return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
-int Inspect(const std::vector<std::string>& args) {
-  std::string file;
-  bool as_json = false;
-  for (const auto& a : args) {
-    if (a == "--json") {
-      as_json = true;
-    } else if (file.empty() && a.rfind("--", 0) != 0) {
-      file = a;
-    } else {
-      std::cerr << "ackpt inspect: unexpected argument '" << a << "'\n";
-      return kExitUsage;
-    }
-  }
-  if (file.empty()) {
-    std::cerr << "ackpt inspect: missing FILE\n";
-    return kExitUsage;
-  }
+std::string BaseName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// ackpt's hidden temp files (docs/FORMAT.md section 2): ".{name}.tmp-{pid}-{n}".
+// A crash can leave one behind; it is never a checkpoint.
+bool IsTempFileName(const std::string& name) {
+  const size_t tmp = name.rfind(".tmp-");
+  if (name.empty() || name[0] != '.' || tmp == std::string::npos || tmp < 2) return false;
+  const std::string rest = name.substr(tmp + 5);
+  const size_t dash = rest.find('-');
+  auto digits = [](const std::string& s) {
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return dash != std::string::npos && digits(rest.substr(0, dash)) && digits(rest.substr(dash + 1));
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// ---- inspect ----
+
+int Inspect(const std::string& file, bool as_json) {
   auto reader = ackpt::CheckpointReader::Open(file);
   const ackpt::FileInfo& info = reader->info();
   if (as_json) {
@@ -86,97 +94,89 @@ int Inspect(const std::vector<std::string>& args) {
   }
   uint64_t tensor_bytes = 0;
   for (const auto& t : info.tensors) tensor_bytes += t.nbytes();
-  std::printf("file:        %s\n", info.path.c_str());
-  std::printf("format:      %s%s\n",
-              info.compressed ? "safetensors in zstd seekable frames" : "safetensors",
-              info.written_by_ackpt ? " (ackpt)" : "");
-  std::printf("size:        %llu bytes on disk, %llu bytes uncompressed (ratio %.3f)\n",
-              static_cast<unsigned long long>(info.file_bytes),
-              static_cast<unsigned long long>(info.logical_bytes), info.compression_ratio());
-  if (info.compressed) std::printf("frames:      %zu\n", info.num_frames);
-  std::printf("tensors:     %zu, %llu bytes\n", info.tensors.size(),
-              static_cast<unsigned long long>(tensor_bytes));
+  fmt::print("file:        {}\n", info.path);
+  fmt::print("format:      {}{}\n",
+             info.compressed ? "safetensors in zstd seekable frames" : "safetensors",
+             info.written_by_ackpt ? " (ackpt)" : "");
+  fmt::print("size:        {} bytes on disk, {} bytes uncompressed (ratio {:.3f})\n",
+             info.file_bytes, info.logical_bytes, info.compression_ratio());
+  if (info.compressed) fmt::print("frames:      {}\n", info.num_frames);
+  fmt::print("tensors:     {}, {} bytes\n", info.tensors.size(), tensor_bytes);
   for (const auto& t : info.tensors) {
-    std::printf("  %-48s %-5s %-20s %llu\n", t.name.c_str(), t.dtype.c_str(),
-                ShapeString(t.shape).c_str(), static_cast<unsigned long long>(t.nbytes()));
+    fmt::print("  {:<48} {:<5} {:<20} {}\n", t.name, t.dtype, ShapeString(t.shape), t.nbytes());
   }
-  std::printf("metadata:\n");
+  fmt::print("metadata:\n");
   for (const auto& kv : info.metadata) {
-    std::string v = kv.second.size() > 200 ? kv.second.substr(0, 200) + "..." : kv.second;
-    std::printf("  %s: %s\n", kv.first.c_str(), v.c_str());
+    const std::string v = kv.second.size() > 200 ? kv.second.substr(0, 200) + "..." : kv.second;
+    fmt::print("  {}: {}\n", kv.first, v);
   }
   return kExitOk;
 }
 
-bool IsDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
+// ---- verify ----
 
-int Verify(const std::vector<std::string>& args) {
-  if (args.empty()) {
-    std::cerr << "ackpt verify: missing PATH\n";
-    return kExitUsage;
-  }
+int Verify(const std::vector<std::string>& paths, bool quiet) {
   std::vector<std::string> files;
-  for (const auto& a : args) {
-    if (a.rfind("--", 0) == 0) {
-      std::cerr << "ackpt verify: unknown option '" << a << "'\n";
-      return kExitUsage;
-    }
+  for (const auto& a : paths) {
     if (IsDirectory(a)) {
       std::vector<std::string> names = ackpt::Env::Default()->GetChildren(a);
       std::sort(names.begin(), names.end());
       for (const auto& n : names) {
         const bool plain = n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0;
         const bool zst = n.size() > 16 && n.compare(n.size() - 16, 16, ".safetensors.zst") == 0;
-        if ((plain || zst) && !ackpt::IsTempFileName(n)) files.push_back(ackpt::JoinPath(a, n));
+        if ((plain || zst) && !IsTempFileName(n)) files.push_back(ackpt::JoinPath(a, n));
       }
     } else {
       files.push_back(a);
     }
   }
+  const bool progress = ShowProgress(quiet);
   int bad = 0;
   for (const auto& f : files) {
+    std::string error;
     try {
       auto reader = ackpt::CheckpointReader::Open(f);
+      // Verify() reads every byte after the header once.
+      ProgressBar bar(
+          progress, "verify " + BaseName(f),
+          reader->info().file_bytes -
+              std::min(reader->info().file_bytes,
+                       reader->info().compressed ? uint64_t{0} : reader->info().header_bytes));
+      bar.TrackProcessIo();
       reader->Verify();
-      std::printf("OK       %s\n", f.c_str());
     } catch (const ackpt::Error& e) {
-      ++bad;
-      std::printf("CORRUPT  %s: %s\n", f.c_str(), e.what());
+      error = e.what();
     }
+    if (error.empty()) {
+      fmt::print("OK       {}\n", f);
+    } else {
+      ++bad;
+      fmt::print("CORRUPT  {}: {}\n", f, error);
+    }
+    std::fflush(stdout);
   }
-  std::printf("%zu checked, %d corrupt\n", files.size(), bad);
+  fmt::print("{} checked, {} corrupt\n", files.size(), bad);
   return bad ? kExitCorrupt : kExitOk;
 }
 
-int Export(const std::vector<std::string>& args) {
-  std::string in, out;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "-o" || args[i] == "--output") {
-      if (i + 1 >= args.size()) {
-        std::cerr << "ackpt export: -o needs a file name\n";
-        return kExitUsage;
-      }
-      out = args[++i];
-    } else if (in.empty() && args[i].rfind("-", 0) != 0) {
-      in = args[i];
-    } else {
-      std::cerr << "ackpt export: unexpected argument '" << args[i] << "'\n";
-      return kExitUsage;
-    }
-  }
-  if (in.empty() || out.empty()) {
-    std::cerr << "ackpt export: need FILE and -o OUT\n";
-    return kExitUsage;
-  }
+// ---- export ----
+
+int Export(const std::string& in, const std::string& out, bool quiet) {
   auto reader = ackpt::CheckpointReader::Open(in);
-  reader->ExportSafetensors(out);
-  std::printf("wrote %s (%llu bytes)\n", out.c_str(),
-              static_cast<unsigned long long>(reader->info().logical_bytes));
+  const ackpt::FileInfo& info = reader->info();
+  {
+    // ExportSafetensors verifies (reads the file once) and then writes the
+    // plain stream (reads it again, writes logical_bytes).
+    ProgressBar bar(ShowProgress(quiet), "export " + BaseName(in),
+                    2 * info.file_bytes + info.logical_bytes);
+    bar.TrackProcessIo();
+    reader->ExportSafetensors(out);
+  }
+  fmt::print("wrote {} ({} bytes)\n", out, info.logical_bytes);
   return kExitOk;
 }
+
+// ---- ls ----
 
 std::string UtcTime(double t) {
   if (t <= 0) return "-";
@@ -188,32 +188,8 @@ std::string UtcTime(double t) {
   return buf;
 }
 
-int List(const std::vector<std::string>& args) {
-  std::string dir, prefix = "model", ext = "safetensors";
-  bool as_json = false, verify = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--json") {
-      as_json = true;
-    } else if (a == "--verify") {
-      verify = true;
-    } else if ((a == "--prefix" || a == "--ext") && i + 1 < args.size()) {
-      (a == "--prefix" ? prefix : ext) = args[++i];
-    } else if (dir.empty() && a.rfind("--", 0) != 0) {
-      dir = a;
-    } else {
-      std::cerr << "ackpt ls: unexpected argument '" << a << "'\n";
-      return kExitUsage;
-    }
-  }
-  if (dir.empty()) {
-    std::cerr << "ackpt ls: missing DIR\n";
-    return kExitUsage;
-  }
-  if (!IsDirectory(dir)) {
-    std::cerr << "ackpt ls: '" << dir << "' is not a directory\n";
-    return kExitUsage;
-  }
+int List(const std::string& dir, const std::string& prefix, const std::string& ext, bool as_json,
+         bool verify) {
   std::vector<ackpt::CheckpointEntry> entries =
       ackpt::ListCheckpointEntries(ackpt::Env::Default(), dir, prefix, ext);
   // The policy in force is the one recorded in the newest readable checkpoint.
@@ -236,16 +212,14 @@ int List(const std::vector<std::string>& args) {
       try {
         ackpt::CheckpointReader::Open(entries[i].path)->Verify();
         status[i] = "ok";
-      } catch (const ackpt::Error& e) {
+      } catch (const ackpt::Error&) {
         status[i] = "CORRUPT";
         ++bad;
       }
     }
   }
-  auto join = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
-    return s.empty() ? std::string("(deleted at next save)") : s;
+  auto kept_by = [](const std::vector<std::string>& v) {
+    return v.empty() ? std::string("(deleted at next save)") : fmt::format("{}", fmt::join(v, ","));
   };
   if (as_json) {
     nlohmann::ordered_json j;
@@ -276,46 +250,158 @@ int List(const std::vector<std::string>& args) {
     std::cout << j.dump(2) << "\n";
     return bad ? kExitCorrupt : kExitOk;
   }
-  std::printf("%-8s %-21s %12s %7s %-8s %-28s %s\n", "INDEX", "SAVED (UTC)", "BYTES", "RATIO",
-              "VERIFY", "METRICS", "KEPT BY");
+  fmt::print("{:<8} {:<21} {:>12} {:>7} {:<8} {:<28} {}\n", "INDEX", "SAVED (UTC)", "BYTES",
+             "RATIO", "VERIFY", "METRICS", "KEPT BY");
   for (size_t i = 0; i < entries.size(); ++i) {
     const auto& e = entries[i];
-    std::string metrics;
-    for (const auto& kv : e.metrics) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "%s%s=%.4g", metrics.empty() ? "" : " ", kv.first.c_str(),
-                    kv.second);
-      metrics += buf;
-    }
-    std::printf("%-8lld %-21s %12llu %7.3f %-8s %-28s %s\n", static_cast<long long>(e.index),
-                UtcTime(e.save_time).c_str(), static_cast<unsigned long long>(e.file_bytes),
-                e.compression_ratio(), status[i].c_str(), metrics.empty() ? "-" : metrics.c_str(),
-                join(e.kept_by).c_str());
-    if (!e.readable) std::printf("         unreadable: %s\n", e.error.c_str());
+    std::vector<std::string> metrics;
+    for (const auto& kv : e.metrics)
+      metrics.push_back(fmt::format("{}={:.4g}", kv.first, kv.second));
+    fmt::print("{:<8} {:<21} {:>12} {:>7.3f} {:<8} {:<28} {}\n", e.index, UtcTime(e.save_time),
+               e.file_bytes, e.compression_ratio(), status[i],
+               metrics.empty() ? std::string("-") : fmt::format("{}", fmt::join(metrics, " ")),
+               kept_by(e.kept_by));
+    if (!e.readable) fmt::print("         unreadable: {}\n", e.error);
   }
-  std::printf("%zu checkpoints in %s; retention: %s\n", entries.size(), dir.c_str(),
-              have_policy ? ackpt::EncodeRetention(policy).c_str() : "keep all");
+  fmt::print("{} checkpoints in {}; retention: {}\n", entries.size(), dir,
+             have_policy ? ackpt::EncodeRetention(policy) : std::string("keep all"));
   return bad ? kExitCorrupt : kExitOk;
+}
+
+// ---- convert ----
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int Convert(const std::string& in, const std::string& out, int level,
+            const ackpt_cli::ConvertOptions& options, bool quiet) {
+  ackpt_cli::PyRef root;
+  {
+    struct stat st;
+    const uint64_t in_bytes = ::stat(in.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    ProgressBar bar(ShowProgress(quiet), "read " + BaseName(in), in_bytes);
+    root = ackpt_cli::LoadTorchFile(in, [&](uint64_t done, uint64_t) { bar.Set(done); });
+  }
+  std::vector<std::string> dropped;
+  ackpt::StateDict state = ackpt_cli::StateDictFromPickle(*root, options, &dropped);
+  root.reset();  // the StateDict shares the tensors; drop the rest
+
+  ackpt::WriteOptions w;
+  w.compression = EndsWith(out, ".zst") ? ackpt::Compression::kZstd : ackpt::Compression::kNone;
+  w.zstd_level = level;
+  w.metadata["converted_from"] = BaseName(in);
+  ackpt::WriteResult result;
+  {
+    // WriteStateDict has no progress hook: count the bytes this process
+    // writes. Plain files are about tensor_bytes long; compressed ones are
+    // smaller by an unknown ratio, so their bar shows bytes and rate only.
+    ProgressBar bar(ShowProgress(quiet), "write " + BaseName(out),
+                    w.compression == ackpt::Compression::kNone ? state.tensor_bytes() : 0);
+    bar.TrackProcessIo();
+    result = ackpt::WriteStateDict(state, out, w);
+  }
+  fmt::print("wrote {}: {} tensors, {} of tensor data, {} on disk{}\n", out, state.num_tensors(),
+             HumanBytes(static_cast<double>(result.tensor_bytes)),
+             HumanBytes(static_cast<double>(result.file_bytes)),
+             w.compression == ackpt::Compression::kZstd
+                 ? fmt::format(" (zstd level {}, ratio {:.2f})", level,
+                               result.file_bytes ? static_cast<double>(result.logical_bytes) /
+                                                       static_cast<double>(result.file_bytes)
+                                                 : 1.0)
+                 : std::string());
+  if (!dropped.empty()) {
+    fmt::print("dropped {} None value{} (--none skip): {}\n", dropped.size(),
+               dropped.size() == 1 ? "" : "s", fmt::join(dropped, ", "));
+  }
+  return kExitOk;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  CLI::App app{"ackpt: look at, check and convert ackpt checkpoint files", "ackpt"};
+  app.footer(
+      "exit status: 0 ok, 1 corrupt or unreadable, 2 usage error.\n"
+      "verify, export and convert draw a progress bar on stderr when it is a terminal.");
+  app.require_subcommand(1);
+
+  std::string file, out, dir, prefix = "model", ext = "safetensors", none = "skip";
+  std::vector<std::string> paths;
+  bool as_json = false, verify = false, quiet = false;
+  int level = 1;
+
+  CLI::App* inspect = app.add_subcommand("inspect", "tensors, metadata, compression ratio");
+  inspect->add_option("FILE", file, "checkpoint file (plain or .zst)")->required();
+  inspect->add_flag("--json", as_json, "print JSON");
+
+  CLI::App* verify_cmd =
+      app.add_subcommand("verify", "check every checksum (a directory: its checkpoints)");
+  verify_cmd->add_option("PATH", paths, "checkpoint files or directories")->required();
+  verify_cmd->add_flag("-q,--quiet", quiet, "no progress bar");
+
+  CLI::App* export_cmd = app.add_subcommand("export", "write the plain safetensors stream");
+  export_cmd->add_option("FILE", file, "checkpoint file")->required();
+  export_cmd->add_option("-o,--output", out, "output file (written atomically)")->required();
+  export_cmd->add_flag("-q,--quiet", quiet, "no progress bar");
+
+  CLI::App* ls = app.add_subcommand(
+      "ls",
+      "checkpoints with index, time, size, ratio, metrics, and the retention rule keeping each");
+  ls->add_option("DIR", dir, "checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  ls->add_flag("--json", as_json, "print JSON");
+  ls->add_flag("--verify", verify, "also check every checksum");
+  ls->add_option("--prefix", prefix, "file name prefix")->capture_default_str();
+  ls->add_option("--ext", ext, "file extension, without the dot")->capture_default_str();
+
+  CLI::App* convert = app.add_subcommand(
+      "convert",
+      "turn a torch.save()d state dict into an ackpt checkpoint (compressed if OUT ends in .zst)");
+  convert->add_option("IN", file, "file written by Python torch.save (default zip format)")
+      ->required();
+  convert->add_option("-o,--output", out, "OUT.safetensors or OUT.safetensors.zst")->required();
+  convert->add_option("--level", level, "zstd level for a .zst output")
+      ->capture_default_str()
+      ->check(CLI::Range(-7, 22));
+  convert
+      ->add_option("--none", none,
+                   "None values in dicts: skip (drop, and list them) or error; None in a "
+                   "list is always an error")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"skip", "error"}));
+  convert->add_flag("-q,--quiet", quiet, "no progress bar");
+
   if (argc < 2) {
-    Usage(std::cerr);
+    std::cerr << app.help();
     return kExitUsage;
   }
-  const std::string cmd = argv[1];
-  const std::vector<std::string> args(argv + 2, argv + argc);
-  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
-    Usage(std::cout);
-    return kExitOk;
+  // CLI11 would only say "a subcommand is required": name the unknown one.
+  const std::string first = argv[1];
+  const auto subcommands = app.get_subcommands([](CLI::App*) { return true; });
+  if (first.rfind("-", 0) != 0 &&
+      std::none_of(subcommands.begin(), subcommands.end(),
+                   [&](CLI::App* sub) { return sub->check_name(first); })) {
+    std::cerr << "ackpt: unknown command '" << first << "'\n" << app.help();
+    return kExitUsage;
   }
   try {
-    if (cmd == "inspect") return Inspect(args);
-    if (cmd == "verify") return Verify(args);
-    if (cmd == "export") return Export(args);
-    if (cmd == "ls") return List(args);
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Help (exit 0) goes to stdout; every parse error is a usage error.
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+
+  try {
+    if (*inspect) return Inspect(file, as_json);
+    if (*verify_cmd) return Verify(paths, quiet);
+    if (*export_cmd) return Export(file, out, quiet);
+    if (*ls) return List(dir, prefix, ext, as_json, verify);
+    if (*convert) {
+      ackpt_cli::ConvertOptions options;
+      options.none = none;
+      return Convert(file, out, level, options, quiet);
+    }
   } catch (const ackpt::Error& e) {
     std::cerr << e.what() << "\n";
     return e.code() == ackpt::Error::Code::kInvalidArgument ? kExitUsage : kExitCorrupt;
@@ -323,7 +409,5 @@ int main(int argc, char** argv) {
     std::cerr << "ackpt: " << e.what() << "\n";
     return kExitCorrupt;
   }
-  std::cerr << "ackpt: unknown command '" << cmd << "'\n";
-  Usage(std::cerr);
-  return kExitUsage;
+  return kExitUsage;  // unreachable: require_subcommand(1)
 }

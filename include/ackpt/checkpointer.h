@@ -60,6 +60,12 @@ class ACKPT_EXPORT AbstractCheckpointer {
   // Returns once every earlier save is durable (asynchronous checkpointers
   // override it). Default: nothing to wait for.
   virtual void wait() {}
+  // The snapshot fence: returns once every earlier save has finished copying
+  // the state, so the caller may modify the saved tensors. Call it before the
+  // first in-place update after save() (e.g. right before optimizer.step());
+  // the Trainer does. Only checkpointers that copy after save() returns
+  // (overlap_snapshot) wait here. Default: nothing to wait for.
+  virtual void wait_snapshot() {}
 };
 
 struct DefaultCheckpointerArguments {
@@ -119,6 +125,29 @@ struct DefaultCheckpointerArguments {
   // What a save does when the staging budget is full. Forced saves always
   // block. Default: kBlock.
   BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
+  // Overlapped snapshot. false: save() returns once the state is copied into
+  // staging (a stall of about one memcpy of the state). true: save() only
+  // plans the snapshot (records each tensor's version counter and, for CUDA
+  // tensors, an event on the current stream) and returns; copy threads fill
+  // staging while the caller runs the next forward/backward pass, which only
+  // read the parameters. The caller must call wait_snapshot() before it
+  // modifies any saved tensor (the optimizer step); the Trainer does. A tensor
+  // modified in place before its copy finished is detected by its version
+  // counter and fails that save with an ackpt::Error naming the tensor,
+  // raised at the next save()/wait() like other background errors; no file is
+  // written. Not detected: writes that bypass autograd's version counter
+  // (through data_ptr(), .data() / variable_data() aliases or inference
+  // tensors). Cost: the copy (plus its snapshot_threads) competes with the
+  // training step for CPU and memory bandwidth, and the copy of the next
+  // save waits for this one. Forced saves copy inside save(). Default: false.
+  bool overlap_snapshot = false;
+  // Scheduling of the background writer and snapshot copy threads (see
+  // WriterPriority in engine.h): kLow (nice 19) or kIdle (SCHED_IDLE) leave
+  // the CPU to training when every core is busy, but the background work then
+  // runs only in the time training leaves over, so saves become durable later
+  // and the staging budget fills (backpressure) sooner; a forced save or
+  // wait() may take much longer under load. Default: kNormal.
+  WriterPriority writer_priority = WriterPriority::kNormal;
   // fsync files and directories. false trades crash durability for speed;
   // the rename stays atomic. Default: true.
   bool fsync = true;
@@ -166,6 +195,10 @@ class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
   Checkpoint load() override;
   // Returns once every save so far is durable; raises a background error.
   void wait() override;
+  // Returns once the snapshot of every save so far is copied (returns at
+  // once without overlap_snapshot). Does not raise background errors: save()
+  // and wait() do.
+  void wait_snapshot() override;
 
   // Loading helpers; each throws kNotFound if there is no such readable
   // checkpoint in save_dir.

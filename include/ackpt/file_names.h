@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "ackpt/export.h"
 
@@ -23,6 +24,18 @@ ACKPT_EXPORT std::string CheckpointFileName(const std::string& prefix, int64_t i
 // ignored: the index is never taken from other digits in the path.
 ACKPT_EXPORT std::optional<int64_t> ParseCheckpointIndex(const std::string& file_name, const std::string& prefix,
                                             const std::string& ext = "safetensors");
+
+// Distributed checkpoints (distributed.h): rank r's part of checkpoint `index`
+// is "{prefix}_{index}.rank{r}.{ext}[.zst]" (never a full-checkpoint name), and
+// the checkpoint exists iff "{prefix}_{index}.manifest.json" does.
+ACKPT_EXPORT std::string PartFileName(const std::string& prefix, int64_t index, int rank,
+                                      bool compressed, const std::string& ext = "safetensors");
+// (index, rank) of a part file name of this prefix/ext; nullopt otherwise.
+ACKPT_EXPORT std::optional<std::pair<int64_t, int>> ParsePartFileName(
+    const std::string& file_name, const std::string& prefix, const std::string& ext = "safetensors");
+ACKPT_EXPORT std::string ManifestFileName(const std::string& prefix, int64_t index);
+ACKPT_EXPORT std::optional<int64_t> ParseManifestIndex(const std::string& file_name,
+                                                       const std::string& prefix);
 
 // Model-only files (save_model) use the prefix "{prefix}_model", so their names
 // can never match the full-checkpoint pattern of the same prefix.

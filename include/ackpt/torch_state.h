@@ -11,6 +11,9 @@
 // checkpointer's save() snapshots the bytes before it returns); restoring
 // always copies, so restored objects never share storage with the StateDict.
 //
+// Optimizer and scheduler types are described to ackpt in a registry
+// (optimizer_registry.h): LibTorch's are built in, register your own there.
+//
 // This header pulls in LibTorch's nn/optim headers, not <torch/torch.h>.
 #pragma once
 
@@ -24,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include "ackpt/export.h"
+#include "ackpt/optimizer_registry.h"
 #include "ackpt/state_dict.h"
 
 namespace ackpt {
@@ -35,10 +40,10 @@ using NamedTensors = torch::OrderedDict<std::string, torch::Tensor>;
 // The module's parameters, then its buffers, by their dotted names (as in
 // named_parameters() / named_buffers()), detached; they share storage with
 // the module.
-StateDict ModuleState(const torch::nn::Module& module);
+ACKPT_EXPORT StateDict ModuleState(const torch::nn::Module& module);
 
 // What LoadModuleState found.
-struct ModuleLoadReport {
+struct ACKPT_EXPORT ModuleLoadReport {
   std::vector<std::string> missing;     // in the module, not in the state
   std::vector<std::string> unexpected;  // in the state, not in the module
   std::vector<std::string>
@@ -56,48 +61,58 @@ struct ModuleLoadReport {
 // ackpt::Error (kInvalidArgument) listing all of them, and nothing is modified.
 // strict = false (lenient): what matches is loaded, the rest is skipped and
 // reported.
-ModuleLoadReport LoadModuleState(torch::nn::Module& module, const StateDict& state,
-                                 bool strict = true);
+ACKPT_EXPORT ModuleLoadReport LoadModuleState(torch::nn::Module& module, const StateDict& state,
+                                              bool strict = true);
 
 // ---- Optimizers ---------------------------------------------------------------
 
-// "Adam", "AdamW", "SGD", "RMSprop" or "Adagrad"; throws kUnsupported for
-// any other optimizer (LBFGS, user-defined ones).
-std::string OptimizerTypeName(const torch::optim::Optimizer& optimizer);
+// The name the optimizer's type is registered under ("Adam", "AdamW", "SGD",
+// "RMSprop", "Adagrad", "LBFGS" or one of yours). An unregistered type throws
+// ackpt::Error (kUnsupported) naming it and showing how to register it.
+ACKPT_EXPORT std::string OptimizerTypeName(const torch::optim::Optimizer& optimizer);
 
 // Captures the optimizer's param groups (hyper-parameters and the names of
-// their parameters) and per-parameter state:
-//   type:          "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad"
+// their parameters) and per-parameter state, as its registered description
+// lists them (optimizer_registry.h):
+//   type:          the registered name
 //   param_groups:  [ {params: [names...], lr, betas: [b1, b2], eps, ...}, ... ]
 //   state:         { name: {step, exp_avg, exp_avg_sq, [max_exp_avg_sq]} }   Adam, AdamW
-//                  { name: {momentum_buffer} }                               SGD
+//                  { name: {[momentum_buffer]} }                             SGD
 //                  { name: {step, square_avg, [momentum_buffer], [grad_avg]} }  RMSprop
 //                  { name: {step, sum} }                                     Adagrad
+//                  { first name: {func_evals, n_iter, t, prev_loss, [d], [H_diag],
+//                                 [prev_flat_grad], old_dirs: [...], old_stps: [...],
+//                                 ro: [...]} }                              LBFGS
 // `named_parameters` names the parameters (module.named_parameters()); a
 // parameter of the optimizer that is not among them throws kInvalidArgument.
-StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
-                           const NamedTensors& named_parameters);
-StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
-                           const torch::nn::Module& module);
+// An unregistered optimizer type throws kUnsupported (see OptimizerTypeName),
+// so a Trainer or a save fails before a checkpoint that could not be resumed
+// is written.
+ACKPT_EXPORT StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
+                                        const NamedTensors& named_parameters);
+ACKPT_EXPORT StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
+                                        const torch::nn::Module& module);
 
 // Restores CaptureOptimizer's output into `optimizer`, typically freshly built
 // over a freshly built module: hyper-parameters of every param group and the
 // per-parameter state, matched by name. The state tensors are copied onto
 // each parameter's device. Everything is checked before anything changes;
 // ackpt::Error (kInvalidArgument) names the problem: an optimizer type
-// mismatch, a different number of param groups, a parameter name that is
-// missing from or unknown to a group, a state tensor whose shape differs from
-// its parameter's, a missing or mistyped field.
-void RestoreOptimizer(torch::optim::Optimizer& optimizer, const NamedTensors& named_parameters,
-                      const StateDict& state);
-void RestoreOptimizer(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,
-                      const StateDict& state);
+// mismatch (naming both types), a different number of param groups, a
+// parameter name that is missing from or unknown to a group, a state tensor
+// whose shape differs from its parameter's, a missing, mistyped or unknown
+// field.
+ACKPT_EXPORT void RestoreOptimizer(torch::optim::Optimizer& optimizer,
+                                   const NamedTensors& named_parameters, const StateDict& state);
+ACKPT_EXPORT void RestoreOptimizer(torch::optim::Optimizer& optimizer,
+                                   const torch::nn::Module& module, const StateDict& state);
 
 // ---- LR schedulers --------------------------------------------------------------
 
 // A learning-rate scheduler whose state can be checkpointed. Implement it for
-// your own schedulers; TorchScheduler adapts LibTorch's (StepLR, ...).
-class Scheduler {
+// schedulers that do not derive from torch::optim::LRScheduler;
+// TorchScheduler adapts those that do (StepLR, registered ones of yours).
+class ACKPT_EXPORT Scheduler {
  public:
   virtual ~Scheduler() = default;
   // Advances the schedule by one optimizer step.
@@ -106,18 +121,24 @@ class Scheduler {
   virtual void update_state(const StateDict& state) = 0;
 };
 
-// LibTorch's schedulers keep their only state, the number of step() calls,
-// in a protected member; the learning rates themselves live in the
-// optimizer's param groups and are restored with the optimizer.
+// A torch::optim::LRScheduler's state, as its registered description lists
+// it (optimizer_registry.h): the number of step() calls, which LibTorch keeps
+// in a protected member, and any fields registered with the type. The
+// learning rates themselves live in the optimizer's param groups and are
+// restored with the optimizer.
 //   {type: "StepLR", step_count: 7}
-StateDict CaptureScheduler(const torch::optim::LRScheduler& scheduler);
-// Throws kInvalidArgument on a type mismatch or a malformed state.
-void RestoreScheduler(torch::optim::LRScheduler& scheduler, const StateDict& state);
-// "StepLR" for torch::optim::StepLR, otherwise the demangled class name.
-std::string SchedulerTypeName(const torch::optim::LRScheduler& scheduler);
+// An unregistered scheduler type throws ackpt::Error (kUnsupported) naming it
+// and showing how to register it.
+ACKPT_EXPORT StateDict CaptureScheduler(const torch::optim::LRScheduler& scheduler);
+// Throws kInvalidArgument on a type mismatch (naming both types) or a
+// malformed state; checks everything before it changes the scheduler.
+ACKPT_EXPORT void RestoreScheduler(torch::optim::LRScheduler& scheduler, const StateDict& state);
+// The name the scheduler's type is registered under ("StepLR", ...); throws
+// kUnsupported like CaptureScheduler for an unregistered type.
+ACKPT_EXPORT std::string SchedulerTypeName(const torch::optim::LRScheduler& scheduler);
 
 // Adapts a LibTorch scheduler to ackpt::Scheduler.
-class TorchScheduler : public Scheduler {
+class ACKPT_EXPORT TorchScheduler : public Scheduler {
  public:
   explicit TorchScheduler(std::shared_ptr<torch::optim::LRScheduler> scheduler);
   void step() override;
@@ -141,10 +162,10 @@ std::shared_ptr<Scheduler> MakeScheduler(Args&&... args) {
 
 // {cpu: uint8 tensor [, cuda: [one uint8 tensor per device]]}: the default CPU
 // generator's state and, where CUDA is available, every device's.
-StateDict CaptureRngState();
+ACKPT_EXPORT StateDict CaptureRngState();
 // Restores CaptureRngState's output. CUDA states are restored for the devices
 // present in both; they are ignored where CUDA is not available. A malformed
 // state throws kInvalidArgument.
-void RestoreRngState(const StateDict& state);
+ACKPT_EXPORT void RestoreRngState(const StateDict& state);
 
 }  // namespace ackpt

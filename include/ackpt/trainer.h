@@ -8,7 +8,7 @@
 //     Trainer(module, args)       checkpoint = checkpointer.load()
 //                                 module.update_state(checkpoint.module_interface_state)
 //                                 optimizers, schedulers = module.get_optimizers_schedulers()
-//                                 trainer.update_state(checkpoint.trainer_state)
+//     restore() (by train())      trainer.update_state(checkpoint.trainer_state)
 //                                 backend.init();
 //                                 backend.update_state(checkpoint.trainer_backend_state)
 //     train()                     for epoch in last_epoch + 1 .. epochs - 1:
@@ -20,6 +20,9 @@
 // buffers), trainer.get_state() (last_epoch, optimizers, schedulers, RNG) and
 // backend.get_state() (global_step_completed, batches_completed). Override
 // get_state() / update_state() on any of the three to change what is saved.
+// The trainer's own state is applied by restore(), which train() calls first,
+// not by the constructor: C++ calls no subclass override from a base class
+// constructor, and this way a Trainer subclass's update_state() takes effect.
 //
 // To drive the checkpointer from your own training loop instead, use
 // torch_state.h (ModuleState, CaptureOptimizer, CaptureRngState and their
@@ -37,6 +40,7 @@
 #include <vector>
 
 #include "ackpt/checkpointer.h"
+#include "ackpt/export.h"
 #include "ackpt/state_dict.h"
 #include "ackpt/torch_state.h"
 
@@ -61,7 +65,7 @@ struct OptimizersSchedulers {
 // them itself. Draw random batches from LibTorch's generator (torch::randint,
 // ...): the Trainer checkpoints its state, so a resumed run draws the same
 // batches as an uninterrupted one.
-class ModuleInterface {
+class ACKPT_EXPORT ModuleInterface {
  public:
   explicit ModuleInterface(std::shared_ptr<torch::nn::Module> module);
   template <typename M>
@@ -138,10 +142,10 @@ struct TrainerBackendArguments {
 };
 
 // How epochs are run (pymarlin's TrainerBackend).
-class TrainerBackend {
+class ACKPT_EXPORT TrainerBackend {
  public:
   virtual ~TrainerBackend() = default;
-  // Called by the Trainer once the optimizers exist, before update_state().
+  // Called by Trainer::restore() once the optimizers are final, before update_state().
   virtual void init(const TrainerBackendArguments& args) = 0;
   // Runs training epoch `epoch`; returns the mean loss over its batches (NaN
   // if none). Returns early, mid-epoch, when a stop is requested.
@@ -160,7 +164,7 @@ class TrainerBackend {
 // end of an epoch) clip gradients, step every optimizer, reset the gradients
 // (set to none), step every scheduler. State: global_step_completed (optimizer
 // steps) and batches_completed.
-class SingleProcess : public TrainerBackend {
+class ACKPT_EXPORT SingleProcess : public TrainerBackend {
  public:
   void init(const TrainerBackendArguments& args) override;
   double train_epoch(int64_t epoch) override;
@@ -203,24 +207,38 @@ struct TrainerArguments {
   bool checkpoint_rng = true;
   // Used to build a DefaultCheckpointer when the Trainer is given none.
   DefaultCheckpointerArguments checkpointer_args;
-  // spdlog level of the "ackpt.trainer" logger. Default: "INFO".
+  // spdlog level of the "ackpt.trainer" logger (or of `logger`): TRACE,
+  // DEBUG, INFO, WARN, ERROR, CRITICAL or OFF, in any case. Default: "INFO".
   std::string log_level = "INFO";
   // Logger to use instead of "ackpt.trainer". Default: null.
   std::shared_ptr<spdlog::logger> logger;
 };
 
 // pymarlin's Trainer. Not thread-safe, except request_stop().
-class Trainer {
+class ACKPT_EXPORT Trainer {
  public:
   // Builds the checkpointer (DefaultCheckpointer(args.checkpointer_args) if
-  // null) and the backend (SingleProcess if null), calls checkpointer->load()
-  // and restores module, trainer and backend from it, in pymarlin's order.
+  // null) and the backend (SingleProcess if null), calls checkpointer->load(),
+  // restores the module from it and builds the optimizers and schedulers
+  // (get_optimizers_schedulers), checking that ackpt can capture their types
+  // (optimizer_registry.h), so an unregistered one fails here and not at the
+  // first save. The rest of the checkpoint is applied by restore().
   Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
           std::shared_ptr<TrainerBackend> backend = nullptr,
           std::shared_ptr<AbstractCheckpointer> checkpointer = nullptr);
   virtual ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
+
+  // Applies the loaded checkpoint's trainer state through update_state()
+  // (virtual: a subclass's override takes effect), then initializes the
+  // backend and applies the backend state: pymarlin's order. Runs once;
+  // later calls do nothing. train(), validate(), save_checkpoint() and
+  // save_model_checkpoint() call it first; call it yourself to look at
+  // last_epoch() or global_steps_finished() of a resumed run before train()
+  // (until then they read -1 and 0).
+  void restore();
+  bool restored() const { return restored_; }
 
   // Trains epochs last_epoch() + 1 .. epochs - 1: each is trained, validated
   // and saved with save(checkpoint, epoch). Then saves once more with
@@ -264,11 +282,8 @@ class Trainer {
   const std::vector<std::shared_ptr<Scheduler>>& schedulers() const { return schedulers_; }
 
  protected:
-  // C++ cannot call a subclass's override from the base constructor, so a
-  // subclass that overrides update_state() calls this at the end of its own
-  // constructor: it applies checkpointed_states().trainer_state through the
-  // override (restoring the base part again is harmless).
-  void restore_trainer_state();
+  // Kept for subclasses written before restore() existed: the same as restore().
+  void restore_trainer_state() { restore(); }
   // Waits for pending saves when the checkpointer is a DefaultCheckpointer.
   void wait_for_saves();
 
@@ -289,6 +304,7 @@ class Trainer {
   int64_t estimated_global_steps_per_epoch_ = 0;
   std::atomic<bool> stop_{false};
   bool interrupted_ = false;
+  bool restored_ = false;
 };
 
 }  // namespace ackpt

@@ -120,7 +120,9 @@ std::string CheckpointDir::PathFor(FileKind kind, int64_t index, bool compressed
 
 bool CheckpointDir::IsOwnName(const std::string& name) const {
   return ParseCheckpointIndex(name, o_.prefix, o_.ext).has_value() ||
-         ParseCheckpointIndex(name, ModelFilePrefix(o_.prefix), o_.ext).has_value();
+         ParseCheckpointIndex(name, ModelFilePrefix(o_.prefix), o_.ext).has_value() ||
+         ParsePartFileName(name, o_.prefix, o_.ext).has_value() ||
+         ParseManifestIndex(name, o_.prefix).has_value();
 }
 
 size_t CheckpointDir::RemoveStaleTempFiles() {

@@ -110,6 +110,8 @@ class DefaultCheckpointer::Impl {
     o.staging_budget_bytes = args.staging_budget_bytes;
     o.pin_host_memory = args.pin_host_memory;
     o.backpressure = args.backpressure;
+    o.overlap_snapshot = args.overlap_snapshot;
+    o.priority = args.writer_priority;
     o.drain_timeout_seconds = args.drain_timeout_seconds;
     o.env = user_env;
     o.logger = logger;
@@ -322,6 +324,8 @@ Checkpoint DefaultCheckpointer::load() {
 }
 
 void DefaultCheckpointer::wait() { impl_->engine->Wait(); }
+
+void DefaultCheckpointer::wait_snapshot() { impl_->engine->WaitSnapshot(); }
 
 std::string DefaultCheckpointer::last_saved_path() const {
   std::lock_guard<std::mutex> lock(impl_->mu);

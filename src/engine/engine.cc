@@ -4,6 +4,7 @@
 
 #include <asio/post.hpp>
 #include <asio/strand.hpp>
+#include <cstdio>
 #include <thread>
 
 #include "ackpt/error.h"
@@ -17,17 +18,48 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 // Below this size the snapshot copy stays on the calling thread.
 constexpr uint64_t kParallelCopyBytes = uint64_t{16} << 20;
+// A streaming copy publishes at least every this many chunks, so the writer
+// starts on the first bytes while the copy goes on.
+constexpr size_t kStreamBatchChunks = 4;
+
+StagingOptions StagingOptionsFor(const EngineOptions& o,
+                                 const std::function<void(const std::string&)>& warn) {
+  StagingOptions s;
+  s.budget = o.staging_budget_bytes;
+  s.chunk_bytes = StagingChunkBytes(o.write.chunk_size, o.staging_budget_bytes);
+  s.pin = o.pin_host_memory;
+  s.warn = warn;
+  return s;
+}
+
+std::string MB(uint64_t n) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MB", n / 1e6);
+  return buf;
+}
 }  // namespace
 
 struct Engine::Job {
   uint64_t seq = 0;
   std::string path;
-  std::vector<format::FlatTensor> tensors;
+  std::vector<format::FlatTensor> tensors;  // in file order (PlanSnapshot)
   std::string tree_json;
   SaveHooks hooks;
-  std::unique_ptr<StagingLease> staging;
+  // The data section in staging chunks: the copy fills it, the writer
+  // drains it. Destroyed (returning its chunks) only after the copy finished.
+  std::unique_ptr<SnapshotStream> stream;
+  // Did not fit the free staging budget at save(): the copy hashes the
+  // caller's tensors first (the header holds the checksums and is written
+  // before the ring can hold every byte), then streams.
+  bool streaming = false;
   Clock::time_point start;
   SaveStats stats;
+  // The moment save() was called (version counters, device events).
+  SnapshotPoint point;
+  // Guarded by State::mu: the checksums are in `tensors` (streaming), and
+  // the copy has finished (and touches the job no more).
+  bool hashed = false;
+  bool copied = false;
 };
 
 struct Engine::State {
@@ -35,16 +67,23 @@ struct Engine::State {
         std::function<void(const std::string&)> warn)
       : options(o),
         logger(std::move(log)),
-        writers(format::ResolveThreads(o.writer_threads)),
+        writers(format::ResolveThreads(o.writer_threads), "ackpt-writer", o.priority, warn),
         strand(asio::make_strand(writers.pool())),
-        staging(o.staging_budget_bytes, o.pin_host_memory, std::move(warn)) {
+        staging(StagingOptionsFor(o, warn)) {
     const int copy_threads =
         o.snapshot_threads > 0 ? o.snapshot_threads : std::min(4, format::ResolveThreads(0));
-    if (copy_threads > 1) copiers = std::make_unique<TaskPool>(copy_threads - 1);
+    // Inside save() the calling thread copies too; an overlapped copy runs on
+    // the pool alone.
+    const int pool_threads = o.overlap_snapshot ? copy_threads : copy_threads - 1;
+    if (pool_threads > 0)
+      copiers = std::make_unique<TaskPool>(pool_threads, "ackpt-copy", o.priority, warn);
   }
   // Handlers still queued (for saves that kReplacePending dropped) touch this
   // state, so they must finish before any member is destroyed.
-  ~State() { writers.pool().join(); }
+  ~State() {
+    writers.pool().join();
+    if (copiers) copiers->pool().join();
+  }
   const EngineOptions options;
   std::shared_ptr<DetachableEnv> env;  // options.env points at it
   const std::shared_ptr<spdlog::logger> logger;
@@ -59,6 +98,7 @@ struct Engine::State {
   uint64_t submitted = 0;                    // last seq handed out
   uint64_t finished = 0;                     // every seq <= finished is done
   size_t in_flight = 0;                      // queued + writing
+  size_t copying = 0;                        // snapshot copies not finished
   std::map<uint64_t, Error> failures;        // failed, not yet reported
   std::atomic<bool> cancel{false};
   EngineCounters counters;
@@ -139,6 +179,8 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
                   SaveHooks hooks) {
   const auto t0 = Clock::now();
   RaiseBackgroundError();
+  // One snapshot copy at a time: a save is the implicit fence of the one before.
+  WaitSnapshot();
   State& s = *state_;
   const EngineOptions& opts = s.options;
   auto job = std::make_unique<Job>();
@@ -152,28 +194,36 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   format::Flatten(state, &job->tensors, &job->tree_json);
   bool any_device = false;
   const uint64_t bytes = PlanSnapshot(&job->tensors, &any_device);
-  for (const auto& t : job->tensors) job->stats.bytes += t.nbytes;
+  job->stats.bytes = bytes;
+  job->point = RecordSnapshotPoint(job->tensors);
   const bool cuda_pinned = any_device && opts.pin_host_memory;
+  s.staging.NoteStateBytes(bytes);
+  job->stream = std::make_unique<SnapshotStream>(&s.staging, bytes, cuda_pinned);
 
-  // Staging memory, under the backpressure policy.
-  const bool block = force || opts.backpressure == BackpressurePolicy::kBlock;
-  job->staging = s.staging.Acquire(bytes, cuda_pinned, /*wait=*/block);
-  if (!job->staging && opts.backpressure == BackpressurePolicy::kSkip) {
+  // Staging, under the backpressure policy. A save that fits the free budget
+  // takes all its chunks now; one that does not streams through the ring.
+  bool fits = job->stream->TryTakeAll();
+  // Chunks held by earlier saves: what "the budget is full" means to kSkip
+  // and kReplacePending (a state larger than the whole budget streams).
+  const bool others_hold = !fits && s.staging.chunks_in_use() > 0;
+  if (others_hold && !force && opts.backpressure == BackpressurePolicy::kSkip) {
     uint64_t skipped;
+    size_t in_flight;
     {
       std::lock_guard<std::mutex> lock(s.mu);
       skipped = ++s.counters.saves_skipped;
+      in_flight = s.in_flight;
     }
     logger_->warn(
         "skipped save of index {} (staging budget full, {} saves in flight); {} skipped so far",
-        index, s.in_flight, skipped);
+        index, in_flight, skipped);
     return false;
   }
-  if (!job->staging) {  // kReplacePending
+  if (others_hold && !force && opts.backpressure == BackpressurePolicy::kReplacePending) {
     std::unique_ptr<Job> dropped;
     {
       std::lock_guard<std::mutex> lock(s.mu);
-      if (!s.pending.empty() && !s.pending.back()->stats.forced) {
+      if (!s.pending.empty() && !s.pending.back()->stats.forced && s.pending.back()->copied) {
         dropped = std::move(s.pending.back());
         s.pending.pop_back();
         ++s.counters.saves_replaced;
@@ -183,20 +233,36 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
     if (dropped) {
       logger_->warn("save of index {} replaced the queued save of index {}", index,
                     dropped->stats.index);
-      dropped.reset();  // returns its staging
-      std::lock_guard<std::mutex> lock(s.mu);
-      // The dropped save counts as finished for waiters once earlier ones are.
-      s.cv.notify_all();
+      dropped.reset();  // returns its chunks
+      {
+        std::lock_guard<std::mutex> lock(s.mu);
+        // The dropped save counts as finished for waiters once earlier ones are.
+        s.cv.notify_all();
+      }
+      fits = job->stream->TryTakeAll();
     }
-    job->staging = s.staging.Acquire(bytes, cuda_pinned, /*wait=*/true);
+  }
+  if (!fits) {
+    job->streaming = true;
+    const uint64_t budget = s.staging.budget();
+    const uint64_t held = s.staging.chunks_in_use() * s.staging.chunk_bytes();
+    const std::string why =
+        bytes > budget ? "the state (" + MB(bytes) + ") is larger than the staging budget (" +
+                             MB(budget) + ")"
+                       : "earlier saves still hold " + MB(held) + " of the " + MB(budget) +
+                             " staging budget";
+    logger_->info(
+        "save of index {} streams through the staging ring in {} chunks of {}: {}; {} returns "
+        "once its last chunk is copied",
+        index, job->stream->num_chunks(), MB(s.staging.chunk_bytes()), why,
+        opts.overlap_snapshot && !force ? "wait_snapshot()" : "save()");
   }
 
-  const auto t1 = Clock::now();
-  CopySnapshot(&job->tensors, job->staging->data(),
-               bytes >= kParallelCopyBytes ? s.copiers.get() : nullptr);
-  const auto t2 = Clock::now();
-  job->stats.snapshot_seconds = Seconds(t2 - t1);
-
+  // The job is queued before its copy, so the writer can drain a streaming
+  // copy's chunks as they fill.
+  const bool overlap = opts.overlap_snapshot && !force;
+  job->stats.overlapped = overlap;
+  Job* copy = job.get();
   uint64_t seq;
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -204,19 +270,70 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
     job->seq = seq;
     job->stats.queue_depth = s.in_flight;
     ++s.in_flight;
+    ++s.copying;
     ++s.counters.saves_requested;
-    job->stats.stall_seconds = Seconds(Clock::now() - t0);
+    if (job->streaming) ++s.counters.saves_streamed;
+    if (overlap) job->stats.stall_seconds = Seconds(Clock::now() - t0);
     s.pending.push_back(std::move(job));
   }
   State* shared = state_;
   asio::post(s.strand, [shared] { RunNext(*shared); });
-  if (!force) return true;
-
+  // The job is freed only after its copy has finished (RunNext waits), so
+  // `copy` outlives the copy.
+  if (overlap) {
+    asio::post(s.copiers->pool(), [shared, copy] { Copy(*shared, *copy, /*in_save=*/false); });
+    return true;
+  }
+  const bool copied = Copy(s, *copy, /*in_save=*/true);  // `copy` may be gone once this returns
+  if (!force && copied) return true;
+  // Forced, or the copy failed (e.g. another thread modified a tensor inside
+  // save()): wait for the writer and report.
   std::unique_lock<std::mutex> lock(s.mu);
   s.cv.wait(lock, [&] { return s.finished >= seq; });
   lock.unlock();
   RaiseBackgroundError();
   return true;
+}
+
+bool Engine::Copy(State& s, Job& job, bool in_save) {
+  const auto t0 = Clock::now();
+  std::exception_ptr error;
+  bool torn = false;
+  TaskPool* pool = job.stats.bytes >= kParallelCopyBytes || !in_save ? s.copiers.get() : nullptr;
+  try {
+    if (s.options.before_copy) s.options.before_copy(job.stats.index);
+    if (job.streaming) {
+      const std::vector<uint8_t*> bounce = job.stream->Take(0, 1);
+      HashSources(&job.tensors, bounce.empty() ? nullptr : bounce[0], job.stream->chunk_bytes(),
+                  pool);
+      std::lock_guard<std::mutex> lock(s.mu);
+      job.stats.hash_seconds = Seconds(Clock::now() - t0);
+      job.hashed = true;
+      s.cv.notify_all();
+    }
+    CopySnapshot(&job.tensors, job.stream.get(), pool, &job.point,
+                 job.streaming ? kStreamBatchChunks : 0);
+  } catch (const TornSnapshot&) {
+    torn = true;
+    error = std::current_exception();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (error) job.stream->Fail(error);
+  // Last touch of `job`: once `copied` is set its writer may free it.
+  std::lock_guard<std::mutex> lock(s.mu);
+  job.stats.snapshot_seconds = Seconds(Clock::now() - t0);
+  job.stats.streamed_bytes = job.stream->streamed_bytes();
+  job.stats.chunk_waits = job.stream->chunk_waits();
+  job.stats.staging_chunks = job.stream->num_chunks();
+  job.stats.staging_chunks_peak = s.staging.chunks_in_use_peak();
+  if (in_save) job.stats.stall_seconds = Seconds(Clock::now() - job.start);
+  s.counters.streamed_bytes += job.stats.streamed_bytes;
+  job.copied = true;
+  if (torn) ++s.counters.saves_torn;
+  --s.copying;
+  s.cv.notify_all();
+  return error == nullptr;
 }
 
 void Engine::RunNext(State& s) {
@@ -229,7 +346,12 @@ void Engine::RunNext(State& s) {
   }
   CommitInfo commit;
   Process(s, *job, &commit);
-  job->staging.reset();
+  {
+    // The copy may still run after a failed write (it stops at its next chunk).
+    std::unique_lock<std::mutex> lock(s.mu);
+    s.cv.wait(lock, [&] { return job->copied; });
+  }
+  job->stream.reset();  // the chunks it still holds go back
   {
     std::lock_guard<std::timed_mutex> lock(s.callback_mu);
     if (s.callbacks_enabled) {
@@ -272,10 +394,31 @@ void Engine::Process(State& s, Job& job, CommitInfo* commit) {
     std::map<std::string, std::string> metadata = job.hooks.metadata;
     if (job.hooks.stamp) job.hooks.stamp(&metadata);
     TaskPool& pool = s.writers;
-    const format::EncodeResult r = format::EncodeAndCommit(
-        &job.tensors, job.tree_json, opts.write, metadata, job.path, opts.env,
-        [&pool](size_t n, const std::function<void(size_t)>& fn) { pool.ParallelFor(n, fn); },
-        &s.cancel);
+    const format::ParallelForFn parallel_for =
+        [&pool](size_t n, const std::function<void(size_t)>& fn) { pool.ParallelFor(n, fn); };
+    // The header holds every tensor's checksum and goes first.
+    if (job.streaming) {
+      bool hashed;
+      {
+        std::unique_lock<std::mutex> lock(s.mu);
+        s.cv.wait(lock, [&] { return job.hashed || job.copied; });
+        hashed = job.hashed;
+      }
+      if (!hashed) job.stream->WaitFor(job.stream->size());  // throws the copy's error
+    } else {
+      // Every byte is in staging (or soon will be): hash it there, in parallel.
+      const auto h0 = Clock::now();
+      format::HashTensors(&job.tensors, job.stream.get(), parallel_for);
+      job.stats.hash_seconds = Seconds(Clock::now() - h0);
+    }
+    const format::EncodeResult r =
+        format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts.write, metadata, job.path,
+                                      opts.env, job.stream.get(), parallel_for, &s.cancel);
+    {
+      // The copy has published its last byte; let it finish its bookkeeping.
+      std::unique_lock<std::mutex> lock(s.mu);
+      s.cv.wait(lock, [&] { return job.copied; });
+    }
     commit->index = job.stats.index;
     commit->path = job.path;
     commit->compressed = opts.write.compression != Compression::kNone;
@@ -284,7 +427,7 @@ void Engine::Process(State& s, Job& job, CommitInfo* commit) {
     commit->file_bytes = r.file_bytes;
     commit->header_xxh3 = r.header_xxh3;
     commit->metadata = std::move(metadata);
-    job.stats.hash_seconds = r.hash_seconds;
+    if (job.hooks.publish) job.hooks.publish(*commit);
     job.stats.file_bytes = r.file_bytes;
     job.stats.compress_seconds = r.compress_seconds;
     job.stats.write_seconds = r.write_seconds;
@@ -296,12 +439,17 @@ void Engine::Process(State& s, Job& job, CommitInfo* commit) {
     }
     log.info(
         "saved index {} to {} ({:.1f} MB, ratio {:.3f}; stall {:.1f} ms, write {:.1f} ms, "
-        "end-to-end {:.1f} ms)",
+        "end-to-end {:.1f} ms; staging {} chunks, peak {} in use, {} streamed after {} waits for "
+        "a free chunk)",
         job.stats.index, job.path, job.stats.bytes / 1e6,
         job.stats.file_bytes ? static_cast<double>(r.logical_bytes) / job.stats.file_bytes : 1.0,
         job.stats.stall_seconds * 1e3, job.stats.write_seconds * 1e3,
-        job.stats.end_to_end_seconds * 1e3);
+        job.stats.end_to_end_seconds * 1e3, job.stats.staging_chunks,
+        job.stats.staging_chunks_peak, MB(job.stats.streamed_bytes), job.stats.chunk_waits);
   } catch (const std::exception& e) {
+    // The copy may still be filling chunks: stop it, and give back what the
+    // writer holds.
+    job.stream->Abort(std::current_exception());
     const auto* ackpt_error = dynamic_cast<const Error*>(&e);
     const Error::Code code = ackpt_error ? ackpt_error->code() : Error::Code::kIOError;
     const std::string cause = ackpt_error ? ackpt_error->message() : e.what();
@@ -325,6 +473,18 @@ bool Engine::Drain(double timeout_seconds) {
   return s.cv.wait_until(lock, deadline, [&] { return s.in_flight == 0; });
 }
 
+void Engine::WaitSnapshot() {
+  State& s = *state_;
+  std::unique_lock<std::mutex> lock(s.mu);
+  s.cv.wait(lock, [&] { return s.copying == 0; });
+}
+
+std::vector<int> Engine::writer_thread_ids() const { return state_->writers.thread_ids(); }
+
+std::vector<int> Engine::copy_thread_ids() const {
+  return state_->copiers ? state_->copiers->thread_ids() : std::vector<int>();
+}
+
 void Engine::Wait() {
   State& s = *state_;
   {
@@ -340,9 +500,14 @@ EngineCounters Engine::counters() const {
     std::lock_guard<std::mutex> lock(state_->mu);
     c = state_->counters;
   }
-  c.staging_bytes_reserved = state_->staging.reserved();
-  c.staging_bytes_peak = state_->staging.peak();
-  c.staging_budget_bytes = state_->staging.budget();
+  const StagingPool& p = state_->staging;
+  c.staging_bytes_reserved = p.reserved();
+  c.staging_bytes_peak = p.peak();
+  c.staging_budget_bytes = p.budget();
+  c.staging_chunk_bytes = p.chunk_bytes();
+  c.staging_chunks_in_use = p.chunks_in_use();
+  c.staging_chunks_peak = p.chunks_in_use_peak();
+  c.staging_chunk_waits = p.chunk_waits();
   return c;
 }
 

@@ -34,10 +34,18 @@ struct EngineOptions {
   uint64_t staging_budget_bytes = 0;
   bool pin_host_memory = true;
   BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
+  // save() plans the snapshot and returns; copy threads fill staging while
+  // the caller goes on; WaitSnapshot() is the fence.
+  bool overlap_snapshot = false;
+  // Scheduling of the writer and copy threads.
+  WriterPriority priority = WriterPriority::kNormal;
   double drain_timeout_seconds = 600;
   Env* env = nullptr;  // wrapped in a DetachableEnv; null = Env::Default()
   std::shared_ptr<spdlog::logger> logger;
   std::function<void(const SaveStats&)> on_save;
+  // Tests only: runs on the copying thread right before a snapshot copy
+  // starts, with the save's index (lets a test act inside the overlap window).
+  std::function<void(int64_t)> before_copy;
 };
 
 // What a durable save wrote, for the layers above (catalog, retention).
@@ -58,6 +66,11 @@ struct SaveHooks {
   // Runs on the writer, in commit order, right before the header is encoded:
   // may add entries that depend on the saves before it (lineage).
   std::function<void(std::map<std::string, std::string>*)> stamp;
+  // Runs on the writer right after the save is durable, before after_commit;
+  // an exception fails the save like a write error (sticky, raised at the
+  // next Save()/Wait()). For commits that need more than this file (the
+  // distributed manifest). Same lifetime rule as after_commit.
+  std::function<void(const CommitInfo&)> publish;
   // Runs on the writer right after the save is durable. It must hold (by
   // shared_ptr) everything it touches: it may run after the Engine is gone
   // when a stuck write was abandoned. Its errors are logged, not raised.
@@ -79,6 +92,10 @@ class Engine {
   // dropped the save.
   bool Save(const StateDict& state, int64_t index, const std::string& path, bool force,
             SaveHooks hooks);
+  // Returns once the snapshot copy of every earlier save is complete (the
+  // caller may then modify the saved tensors). Does not raise background
+  // errors (save() and Wait() do). Without overlap_snapshot, returns at once.
+  void WaitSnapshot();
   // Waits until every queued save is finished, then raises a pending error.
   void Wait();
   // Waits without raising; returns false on timeout.
@@ -87,6 +104,9 @@ class Engine {
   void RaiseBackgroundError();
 
   EngineCounters counters() const;
+  // Linux thread ids of the writer and copy threads (tests check their priority).
+  std::vector<int> writer_thread_ids() const;
+  std::vector<int> copy_thread_ids() const;
   // The file system as the background sees it: detached at shutdown if a
   // write is stuck. Layers above use it for their background work too.
   std::shared_ptr<Env> env() const { return env_; }
@@ -96,6 +116,9 @@ class Engine {
   struct State;
   static void RunNext(State& s);
   static void Process(State& s, Job& job, CommitInfo* commit);
+  // Copies job's snapshot (hashing the sources first for a streaming save);
+  // in_save: on the caller's thread inside Save(). Returns false if it failed.
+  static bool Copy(State& s, Job& job, bool in_save);
 
   // Everything the writer threads touch lives here, heap-allocated, so an
   // abandoned drain can leak it instead of joining a thread stuck in the kernel.

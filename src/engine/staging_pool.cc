@@ -2,10 +2,14 @@
 
 #include <ATen/ATen.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <limits>
 
 #include "ackpt/error.h"
 
@@ -13,27 +17,101 @@ namespace ackpt {
 namespace engine {
 
 namespace {
-// Capacities are rounded up so slightly different checkpoint sizes reuse the
-// same buffers.
-constexpr uint64_t kGranule = uint64_t{2} << 20;
-uint64_t RoundUp(uint64_t n) {
-  return (std::max<uint64_t>(n, 1) + kGranule - 1) / kGranule * kGranule;
+constexpr uint64_t kMinChunk = uint64_t{64} << 10;
+constexpr uint64_t kMaxChunk = uint64_t{64} << 20;
+constexpr uint64_t kChunksInExplicitBudget = 8;
+
+std::string MiB(uint64_t n) { return std::to_string((n + (1 << 19)) >> 20) + " MiB"; }
+
+// Physical memory, or the cgroup (v2, then v1) limit when it is lower:
+// in a container the host's memory is not the process's to take.
+uint64_t UsableMemory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGE_SIZE);
+  uint64_t mem = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page)
+                                       : uint64_t{8} << 30;
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(path);
+    uint64_t limit = 0;
+    if (in >> limit && limit > 0) mem = std::min(mem, limit);  // "max" does not parse
+  }
+  return mem;
+}
+
+uint64_t MemlockLimit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_MEMLOCK, &r) != 0 || r.rlim_cur == RLIM_INFINITY)
+    return std::numeric_limits<uint64_t>::max();
+  return static_cast<uint64_t>(r.rlim_cur);
 }
 }  // namespace
 
-StagingLease::~StagingLease() { pool_->Release(buffer_); }
-
-StagingPool::StagingPool(uint64_t budget, bool pin, std::function<void(const std::string&)> warn)
-    : explicit_budget_(budget), pin_(pin), warn_(std::move(warn)), budget_(budget) {}
-
-StagingPool::~StagingPool() {
-  for (auto& b : free_) Free(b.get());
-  for (auto& b : in_use_) Free(b.get());  // only reachable if a lease leaked
+uint64_t StagingChunkBytes(uint64_t frame_bytes, uint64_t budget) {
+  if (budget != 0 && budget < 2 * kMinChunk) {
+    throw Error::InvalidArgument("staging_budget_bytes " + std::to_string(budget) +
+                                 " is below the minimum of two 64 KiB staging chunks (131072)");
+  }
+  uint64_t cap = kMaxChunk;
+  if (budget != 0) cap = std::min(cap, std::max(kMinChunk, budget / kChunksInExplicitBudget));
+  // One frame per chunk: a frame never straddles two chunks, so it
+  // compresses straight from staging.
+  if (frame_bytes >= kMinChunk && frame_bytes % 64 == 0 && frame_bytes <= cap) return frame_bytes;
+  const uint64_t c = std::min(std::max(frame_bytes, kMinChunk), cap);
+  return std::max(kMinChunk, c / kMinChunk * kMinChunk);
 }
 
+StagingPool::StagingPool(StagingOptions options)
+    : options_(std::move(options)), chunk_(options_.chunk_bytes) {
+  if (chunk_ == 0 || chunk_ % 64 != 0)
+    throw Error::InvalidArgument("staging chunk size must be a positive multiple of 64 bytes");
+  memlock_limit_ = options_.memlock_limit ? options_.memlock_limit : MemlockLimit();
+  const uint64_t memory = options_.memory_bytes ? options_.memory_bytes : UsableMemory();
+  // A quarter of memory: the live state, the trainer's own working memory and
+  // the page cache the writer fills need the rest.
+  auto_cap_ = std::max(memory / 4, kMinAutoChunks * chunk_);
+  budget_ = options_.budget;
+  if (budget_ == 0) budget_ = kMinAutoChunks * chunk_;
+}
+
+StagingPool::~StagingPool() {
+  for (auto& c : all_) Free(c.get());
+}
+
+void StagingPool::NoteStateBytes(uint64_t bytes) {
+  if (options_.budget != 0) return;
+  // Room for two states: one being written while the next is staged.
+  const uint64_t want = std::min(2 * ChunksFor(bytes) * chunk_, auto_cap_ / chunk_ * chunk_);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (want > budget_) {
+    budget_ = want;
+    cv_.notify_all();
+  }
+}
+
+size_t StagingPool::BudgetChunksLocked() const {
+  return static_cast<size_t>(std::max<uint64_t>(2, budget_ / chunk_));
+}
+
+size_t StagingPool::budget_chunks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return BudgetChunksLocked();
+}
+size_t StagingPool::chunks_in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_use_;
+}
+size_t StagingPool::chunks_in_use_peak() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_use_peak_;
+}
+uint64_t StagingPool::chunk_waits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waits_;
+}
 uint64_t StagingPool::reserved() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return reserved_;
+  return allocated_ * chunk_;
 }
 uint64_t StagingPool::peak() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -41,127 +119,165 @@ uint64_t StagingPool::peak() const {
 }
 uint64_t StagingPool::budget() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return budget_;
+  return BudgetChunksLocked() * chunk_;
 }
 uint64_t StagingPool::allocations() const {
   std::lock_guard<std::mutex> lock(mu_);
   return allocations_;
 }
+uint64_t StagingPool::locked_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return locked_;
+}
 
-StagingBuffer* StagingPool::Allocate(uint64_t capacity, bool cuda_pinned) {
-  auto b = std::make_unique<StagingBuffer>();
-  b->capacity = capacity;
+StagingChunk* StagingPool::Allocate(bool cuda_pinned) {
+  auto c = std::make_unique<StagingChunk>();
   if (cuda_pinned) {
-    b->pinned = at::empty({static_cast<int64_t>(capacity)},
+    // Pinned once and reused: never a cudaHostAlloc per save.
+    c->pinned = at::empty({static_cast<int64_t>(chunk_)},
                           at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-    b->data = static_cast<uint8_t*>(b->pinned.data_ptr());
-    b->cuda_pinned = true;
-    b->locked = true;
+    c->data = static_cast<uint8_t*>(c->pinned.data_ptr());
+    c->cuda_pinned = true;
+    c->locked = true;
+    return c.release();
+  }
+  // MAP_POPULATE faults the pages in now, once, instead of during a copy.
+  void* p = ::mmap(nullptr, chunk_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED)
+    throw Error::IO("mmap", "staging chunk of " + std::to_string(chunk_) + " bytes", errno);
+  c->data = static_cast<uint8_t*>(p);
+  if (!options_.pin) return c.release();
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (locked_ + chunk_ <= memlock_limit_) {
+      locked_ += chunk_;  // claimed before mlock, so concurrent allocations stay within the limit
+      c->locked = true;
+    } else if (!warned_) {
+      why = "page-locking staging memory stops at RLIMIT_MEMLOCK (" + MiB(memlock_limit_) +
+            "): " + MiB(locked_) +
+            " are locked, further staging chunks stay pageable. Raise the limit (ulimit -l) "
+            "or set pin_host_memory = false.";
+      warned_ = true;
+    }
+  }
+  if (c->locked && ::mlock(p, chunk_) != 0) {
+    const int err = errno;
+    std::lock_guard<std::mutex> lock(mu_);
+    locked_ -= chunk_;
+    c->locked = false;
+    if (!warned_) {
+      why = std::string("cannot page-lock staging memory (mlock: ") + std::strerror(err) +
+            "); using pageable memory. Raise RLIMIT_MEMLOCK or set pin_host_memory = false.";
+      warned_ = true;
+    }
+  }
+  if (!why.empty() && options_.warn) options_.warn(why);
+  return c.release();
+}
+
+void StagingPool::Free(StagingChunk* c) {
+  if (c->cuda_pinned) {
+    c->pinned = at::Tensor();
+  } else if (c->data != nullptr) {
+    ::munmap(c->data, chunk_);  // also unlocks
+    if (c->locked) {
+      std::lock_guard<std::mutex> lock(mu_);
+      locked_ -= chunk_;
+    }
+  }
+  c->data = nullptr;
+}
+
+StagingChunk* StagingPool::TakeLocked(bool cuda_pinned, std::unique_lock<std::mutex>* lock) {
+  auto it = std::find_if(free_.begin(), free_.end(),
+                         [&](StagingChunk* c) { return c->cuda_pinned == cuda_pinned; });
+  if (it == free_.end() && allocated_ >= BudgetChunksLocked()) {
+    // Make room: an idle chunk of the other kind goes.
+    auto other = std::find_if(free_.begin(), free_.end(),
+                              [&](StagingChunk* c) { return c->cuda_pinned != cuda_pinned; });
+    if (other == free_.end()) return nullptr;
+    StagingChunk* victim = *other;
+    free_.erase(other);
+    --allocated_;
+    auto owned = std::find_if(all_.begin(), all_.end(),
+                              [&](const auto& p) { return p.get() == victim; });
+    std::unique_ptr<StagingChunk> gone = std::move(*owned);
+    all_.erase(owned);
+    lock->unlock();
+    Free(gone.get());
+    lock->lock();
+    return TakeLocked(cuda_pinned, lock);
+  }
+  StagingChunk* c = nullptr;
+  if (it != free_.end()) {
+    c = *it;
+    free_.erase(it);
   } else {
-    // MAP_POPULATE faults the pages in now, once, instead of during a copy.
-    void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED)
-      throw Error::IO("mmap", "staging buffer of " + std::to_string(capacity) + " bytes", errno);
-    b->data = static_cast<uint8_t*>(p);
-    if (pin_) {
-      if (::mlock(p, capacity) == 0) {
-        b->locked = true;
-      } else {
-        const int err = errno;
-        bool warn = false;
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          warn = !warned_;
-          warned_ = true;
-        }
-        if (warn && warn_) {
-          warn_(std::string("cannot page-lock staging memory (mlock: ") + std::strerror(err) +
-                "); using pageable memory. Raise RLIMIT_MEMLOCK or set pin_host_memory = false.");
-        }
-      }
+    ++allocated_;  // claimed before allocating outside the lock
+    peak_ = std::max<uint64_t>(peak_, allocated_ * chunk_);
+    ++allocations_;
+    lock->unlock();
+    try {
+      c = Allocate(cuda_pinned);
+    } catch (...) {
+      lock->lock();
+      --allocated_;
+      cv_.notify_all();
+      throw;
     }
+    lock->lock();
+    all_.emplace_back(c);
   }
-  return b.release();
+  ++in_use_;
+  in_use_peak_ = std::max(in_use_peak_, in_use_);
+  return c;
 }
 
-void StagingPool::Free(StagingBuffer* b) {
-  if (b->cuda_pinned) {
-    b->pinned = at::Tensor();
-  } else if (b->data != nullptr) {
-    ::munmap(b->data, b->capacity);  // also unlocks
-  }
-  b->data = nullptr;
-}
-
-std::unique_ptr<StagingLease> StagingPool::Acquire(uint64_t n, bool cuda_pinned, bool wait) {
-  const uint64_t need = RoundUp(n);
+bool StagingPool::TryAcquire(size_t n, bool cuda_pinned, std::vector<StagingChunk*>* out) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (explicit_budget_ == 0) {
-    budget_ = std::max(budget_, 2 * need);
-  } else if (need > explicit_budget_) {
-    throw Error::InvalidArgument("a checkpoint needs " + std::to_string(n) + " bytes of staging (" +
-                                 std::to_string(need) + " rounded) but staging_budget_bytes is " +
-                                 std::to_string(explicit_budget_));
+  size_t matching = 0;
+  for (StagingChunk* c : free_) matching += c->cuda_pinned == cuda_pinned;
+  const size_t room = BudgetChunksLocked() - std::min(BudgetChunksLocked(), allocated_);
+  // Idle chunks of the other kind can be freed to make room.
+  const size_t other = free_.size() - matching;
+  if (matching + room + other < n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    StagingChunk* c = TakeLocked(cuda_pinned, &lock);
+    if (c == nullptr) {  // cannot happen with the count above; undo to keep all-or-nothing
+      for (size_t j = out->size() - i; j < out->size(); ++j) free_.push_back((*out)[j]);
+      in_use_ -= i;
+      out->resize(out->size() - i);
+      cv_.notify_all();
+      return false;
+    }
+    out->push_back(c);
   }
+  return true;
+}
+
+StagingChunk* StagingPool::Acquire(bool cuda_pinned, bool wait, bool* waited) {
+  std::unique_lock<std::mutex> lock(mu_);
+  bool counted = false;
   for (;;) {
-    // 1. Reuse the smallest free buffer that fits.
-    auto best = free_.end();
-    for (auto it = free_.begin(); it != free_.end(); ++it) {
-      if ((*it)->cuda_pinned == cuda_pinned && (*it)->capacity >= need &&
-          (best == free_.end() || (*it)->capacity < (*best)->capacity)) {
-        best = it;
-      }
+    if (StagingChunk* c = TakeLocked(cuda_pinned, &lock)) {
+      if (waited) *waited = counted;
+      return c;
     }
-    if (best != free_.end()) {
-      StagingBuffer* b = best->get();
-      in_use_.push_back(std::move(*best));
-      free_.erase(best);
-      return std::make_unique<StagingLease>(this, b);
-    }
-    // 2. Make room by freeing idle buffers that do not fit, then allocate.
-    uint64_t idle = 0;
-    for (const auto& b : free_) idle += b->capacity;
-    if (reserved_ - idle + need <= budget_) {
-      while (reserved_ + need > budget_ && !free_.empty()) {
-        auto largest = std::max_element(
-            free_.begin(), free_.end(),
-            [](const auto& a, const auto& b) { return a->capacity < b->capacity; });
-        reserved_ -= (*largest)->capacity;
-        Free(largest->get());
-        free_.erase(largest);
-      }
-      reserved_ += need;
-      peak_ = std::max(peak_, reserved_);
-      ++allocations_;
-      lock.unlock();
-      StagingBuffer* b = nullptr;
-      try {
-        b = Allocate(need, cuda_pinned);
-      } catch (...) {
-        lock.lock();
-        reserved_ -= need;
-        cv_.notify_all();
-        throw;
-      }
-      lock.lock();
-      in_use_.emplace_back(b);
-      return std::make_unique<StagingLease>(this, b);
-    }
-    // 3. Everything is in use by saves in flight.
     if (!wait) return nullptr;
+    if (!counted) {
+      ++waits_;
+      counted = true;
+    }
     cv_.wait(lock);
   }
 }
 
-void StagingPool::Release(StagingBuffer* buffer) {
+void StagingPool::Release(StagingChunk* chunk) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = std::find_if(in_use_.begin(), in_use_.end(),
-                         [&](const auto& b) { return b.get() == buffer; });
-  if (it != in_use_.end()) {
-    free_.push_back(std::move(*it));
-    in_use_.erase(it);
-  }
+  free_.push_back(chunk);
+  --in_use_;
   cv_.notify_all();
 }
 

@@ -1,4 +1,5 @@
 // StateDict <-> (named tensors, JSON tree). docs/FORMAT.md, "The state tree".
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -52,7 +53,9 @@ json FlattenValue(const Value& v, const std::string& name, int depth,
       if (name == "__metadata__") {
         throw Error::InvalidArgument("tensor name '__metadata__' is reserved by safetensors");
       }
-      out->push_back({name, v.tensor()});
+      out->emplace_back();
+      out->back().name = name;
+      out->back().tensor = v.tensor();
       return json{{"T", name}};
     case Value::Kind::kInt:
       return json{{"i", v.to_int()}};
@@ -80,81 +83,239 @@ json FlattenValue(const Value& v, const std::string& name, int depth,
   throw Error::InvalidArgument("unknown value kind at " + Where(name));
 }
 
-struct UnflattenContext {
-  const std::map<std::string, at::Tensor>* tensors;
-  std::set<std::string> used;
-  std::string path;
+// Rebuilds the tree from parse events: no JSON DOM is built, so memory is the
+// result plus a stack as deep as the tree.
+class TreeSax : public json::json_sax_t {
+ public:
+  TreeSax(const std::map<std::string, at::Tensor>& tensors, const std::string& path, int max_depth)
+      : tensors_(tensors), path_(path), max_depth_(max_depth) {}
+
+  bool null() override { return Scalar(Kind::kNull, {}); }
+  bool boolean(bool b) override { return Scalar(Kind::kBool, Value(b)); }
+  bool number_integer(number_integer_t v) override {
+    return Scalar(Kind::kInt, Value(static_cast<int64_t>(v)));
+  }
+  bool number_unsigned(number_unsigned_t v) override {
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      // Only a double node may hold it.
+      return Scalar(Kind::kFloat, Value(static_cast<double>(v)), /*int_too_big=*/true);
+    }
+    return Scalar(Kind::kInt, Value(static_cast<int64_t>(v)));
+  }
+  bool number_float(number_float_t v, const string_t&) override {
+    return Scalar(Kind::kFloat, Value(static_cast<double>(v)));
+  }
+  bool binary(binary_t&) override { return Scalar(Kind::kNull, {}); }
+  bool string(string_t& v) override {
+    if (!stack_.empty() && Top().kind == Frame::kPair && Top().state == 0) {
+      if (v.empty()) Fail("empty or duplicate key ''");
+      Top().key = std::move(v);
+      Top().state = 1;
+      return true;
+    }
+    return Scalar(Kind::kString, Value(std::move(v)));
+  }
+  bool start_object(std::size_t) override {
+    int depth = 0;
+    if (!stack_.empty()) {
+      Frame& top = Top();
+      if (top.kind == Frame::kPair && top.state == 1) {
+        depth = top.depth;
+      } else if (top.kind == Frame::kList) {
+        depth = top.depth;
+      } else if (top.kind == Frame::kPair) {
+        Fail("dict item is not a [key, value] pair");
+      } else if (top.kind == Frame::kNode && top.state == 1) {
+        TypeMismatch(top.tag);
+      } else {
+        Fail(top.kind == Frame::kDictItems ? "dict item is not a [key, value] pair"
+                                           : "node is not a one-key object");
+      }
+    } else if (done_) {
+      Fail("root is not a dict node");
+    }
+    if (depth > max_depth_) Fail("nesting deeper than " + std::to_string(max_depth_));
+    stack_.emplace_back(Frame{Frame::kNode, 0, depth});
+    return true;
+  }
+  bool key(string_t& k) override {
+    Frame& top = Top();
+    if (top.kind != Frame::kNode || top.state != 0) Fail("node is not a one-key object");
+    if (stack_.size() == 1 && k != "d") Fail("root is not a dict node");
+    top.tag = std::move(k);
+    top.state = 1;
+    return true;
+  }
+  bool end_object() override {
+    Frame& top = Top();
+    if (top.state != 2) Fail("node is not a one-key object");
+    Value v = std::move(top.value);
+    stack_.pop_back();
+    Deliver(std::move(v));
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    if (stack_.empty()) Fail("root is not a dict node");
+    Frame& top = Top();
+    if (top.kind == Frame::kNode && top.state == 1) {
+      if (top.tag == "d") {
+        top.state = 2;
+        stack_.emplace_back(Frame{Frame::kDictItems, 0, top.depth});
+        return true;
+      }
+      if (top.tag == "l") {
+        top.state = 2;
+        stack_.emplace_back(Frame{Frame::kList, 0, top.depth + 1});
+        return true;
+      }
+      TypeMismatch(top.tag);
+    }
+    if (top.kind == Frame::kDictItems) {
+      stack_.emplace_back(Frame{Frame::kPair, 0, top.depth + 1});
+      return true;
+    }
+    if (top.kind == Frame::kList) Fail("node is not a one-key object");
+    Fail("dict item is not a [key, value] pair");
+  }
+  bool end_array() override {
+    Frame& top = Top();
+    switch (top.kind) {
+      case Frame::kDictItems: {
+        Value v(std::move(top.dict));
+        stack_.pop_back();
+        Top().value = std::move(v);
+        return true;
+      }
+      case Frame::kList: {
+        Value v(std::move(top.list));
+        stack_.pop_back();
+        Top().value = std::move(v);
+        return true;
+      }
+      case Frame::kPair: {
+        if (top.state != 2) Fail("dict item is not a [key, value] pair");
+        std::string key = std::move(top.key);
+        Value v = std::move(top.value);
+        stack_.pop_back();
+        StateDict& d = Top().dict;
+        if (d.contains(key)) Fail("empty or duplicate key '" + key + "'");
+        d.set(key, std::move(v));
+        return true;
+      }
+      default:
+        Fail("malformed array");
+    }
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    Fail(e.what());
+  }
+
+  StateDict TakeRoot() {
+    if (!done_ || !root_.is_dict()) Fail("root is not a dict node");
+    return std::move(root_.dict());
+  }
+  const std::set<std::string>& used() const { return used_; }
+
+  [[noreturn]] void Fail(const std::string& what) const {
+    throw Error::Corruption("malformed state tree in '" + path_ + "': " + what);
+  }
+
+ private:
+  enum class Kind { kNull, kBool, kInt, kFloat, kString };
+  struct Frame {
+    enum FrameKind { kNode, kDictItems, kPair, kList };
+    Frame(FrameKind k, int s, int d) : kind(k), state(s), depth(d) {}
+    FrameKind kind;
+    int state;  // kNode: 0 no tag, 1 tag read, 2 value read; kPair: 0, 1 key read, 2 node read
+    int depth;  // of the node (kNode), of the dict's items (kDictItems, kPair), of elements (kList)
+    std::string tag;
+    std::string key;
+    Value value;
+    StateDict dict;
+    List list;
+  };
+
+  Frame& Top() {
+    if (stack_.empty()) Fail("root is not a dict node");
+    return stack_.back();
+  }
+
+  [[noreturn]] void TypeMismatch(const std::string& tag) const {
+    if (tag == "T") Fail("tensor reference is not a string");
+    if (tag == "i") Fail("int node holds no integer");
+    if (tag == "f") Fail("double node holds no number");
+    if (tag == "b") Fail("bool node holds no boolean");
+    if (tag == "s") Fail("string node holds no string");
+    if (tag == "d") Fail("dict node is not an array");
+    if (tag == "l") Fail("list node is not an array");
+    Fail("unknown node tag '" + tag + "'");
+  }
+
+  bool Scalar(Kind kind, Value v, bool int_too_big = false) {
+    if (stack_.empty()) Fail("root is not a dict node");
+    Frame& top = Top();
+    if (top.kind == Frame::kPair) Fail("dict item is not a [key, value] pair");
+    if (top.kind != Frame::kNode || top.state != 1) Fail("node is not a one-key object");
+    const std::string& tag = top.tag;
+    if (tag == "T" && kind == Kind::kString) {
+      const std::string& name = v.str();
+      auto it = tensors_.find(name);
+      if (it == tensors_.end()) Fail("references missing tensor '" + name + "'");
+      if (!used_.insert(name).second) Fail("tensor '" + name + "' referenced twice");
+      top.value = Value(it->second);
+    } else if (tag == "i" && kind == Kind::kInt) {
+      top.value = std::move(v);
+    } else if (tag == "i" && int_too_big) {
+      Fail("int out of range");
+    } else if (tag == "f" && (kind == Kind::kInt || kind == Kind::kFloat)) {
+      top.value = Value(v.to_double());
+    } else if (tag == "f" && kind == Kind::kString) {
+      const std::string& s = v.str();
+      if (s == "nan") {
+        top.value = Value(std::numeric_limits<double>::quiet_NaN());
+      } else if (s == "inf") {
+        top.value = Value(std::numeric_limits<double>::infinity());
+      } else if (s == "-inf") {
+        top.value = Value(-std::numeric_limits<double>::infinity());
+      } else {
+        Fail("double node holds no number");
+      }
+    } else if (tag == "b" && kind == Kind::kBool) {
+      top.value = std::move(v);
+    } else if (tag == "s" && kind == Kind::kString) {
+      top.value = std::move(v);
+    } else {
+      TypeMismatch(tag);
+    }
+    top.state = 2;
+    return true;
+  }
+
+  void Deliver(Value v) {
+    if (stack_.empty()) {
+      root_ = std::move(v);
+      done_ = true;
+      return;
+    }
+    Frame& top = Top();
+    if (top.kind == Frame::kPair && top.state == 1) {
+      top.value = std::move(v);
+      top.state = 2;
+    } else if (top.kind == Frame::kList) {
+      top.list.push_back(std::move(v));
+    } else {
+      Fail("dict item is not a [key, value] pair");
+    }
+  }
+
+  const std::map<std::string, at::Tensor>& tensors_;
+  const std::string& path_;
+  const int max_depth_;
+  std::vector<Frame> stack_;
+  std::set<std::string> used_;
+  Value root_;
+  bool done_ = false;
 };
-
-[[noreturn]] void BadTree(const UnflattenContext& ctx, const std::string& what) {
-  throw Error::Corruption("malformed state tree in '" + ctx.path + "': " + what);
-}
-
-Value UnflattenValue(const json& node, UnflattenContext& ctx, int depth);
-
-StateDict UnflattenDict(const json& items, UnflattenContext& ctx, int depth) {
-  if (!items.is_array()) BadTree(ctx, "dict node is not an array");
-  StateDict d;
-  for (const auto& item : items) {
-    if (!item.is_array() || item.size() != 2 || !item[0].is_string()) {
-      BadTree(ctx, "dict item is not a [key, value] pair");
-    }
-    const std::string& key = item[0].get_ref<const std::string&>();
-    if (key.empty() || d.contains(key)) BadTree(ctx, "empty or duplicate key '" + key + "'");
-    d.set(key, UnflattenValue(item[1], ctx, depth + 1));
-  }
-  return d;
-}
-
-Value UnflattenValue(const json& node, UnflattenContext& ctx, int depth) {
-  if (depth > kMaxDepth) BadTree(ctx, "nesting deeper than " + std::to_string(kMaxDepth));
-  if (!node.is_object() || node.size() != 1) BadTree(ctx, "node is not a one-key object");
-  const std::string& tag = node.begin().key();
-  const json& v = node.begin().value();
-  if (tag == "T") {
-    if (!v.is_string()) BadTree(ctx, "tensor reference is not a string");
-    const std::string& name = v.get_ref<const std::string&>();
-    auto it = ctx.tensors->find(name);
-    if (it == ctx.tensors->end()) BadTree(ctx, "references missing tensor '" + name + "'");
-    if (!ctx.used.insert(name).second) BadTree(ctx, "tensor '" + name + "' referenced twice");
-    return Value(it->second);
-  }
-  if (tag == "i") {
-    if (!v.is_number_integer()) BadTree(ctx, "int node holds no integer");
-    if (v.is_number_unsigned() &&
-        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      BadTree(ctx, "int out of range");
-    }
-    return Value(v.get<int64_t>());
-  }
-  if (tag == "f") {
-    if (v.is_number()) return Value(v.get<double>());
-    if (v.is_string()) {
-      const std::string& s = v.get_ref<const std::string&>();
-      if (s == "nan") return Value(std::numeric_limits<double>::quiet_NaN());
-      if (s == "inf") return Value(std::numeric_limits<double>::infinity());
-      if (s == "-inf") return Value(-std::numeric_limits<double>::infinity());
-    }
-    BadTree(ctx, "double node holds no number");
-  }
-  if (tag == "b") {
-    if (!v.is_boolean()) BadTree(ctx, "bool node holds no boolean");
-    return Value(v.get<bool>());
-  }
-  if (tag == "s") {
-    if (!v.is_string()) BadTree(ctx, "string node holds no string");
-    return Value(v.get<std::string>());
-  }
-  if (tag == "l") {
-    if (!v.is_array()) BadTree(ctx, "list node is not an array");
-    List l;
-    l.reserve(v.size());
-    for (const auto& e : v) l.push_back(UnflattenValue(e, ctx, depth + 1));
-    return Value(std::move(l));
-  }
-  if (tag == "d") return Value(UnflattenDict(v, ctx, depth));
-  BadTree(ctx, "unknown node tag '" + tag + "'");
-}
 
 }  // namespace
 
@@ -184,20 +345,13 @@ void Flatten(const StateDict& state, std::vector<FlatTensor>* tensors, std::stri
 }
 
 StateDict Unflatten(const std::string& tree_json, const std::map<std::string, at::Tensor>& tensors,
-                    const std::string& path_for_errors) {
-  UnflattenContext ctx{&tensors, {}, path_for_errors};
-  json tree;
-  try {
-    tree = json::parse(tree_json);
-  } catch (const json::exception& e) {
-    BadTree(ctx, e.what());
-  }
-  if (!tree.is_object() || tree.size() != 1 || !tree.contains("d"))
-    BadTree(ctx, "root is not a dict node");
-  StateDict out = UnflattenDict(tree["d"], ctx, 0);
-  if (ctx.used.size() != tensors.size()) {
+                    const std::string& path_for_errors, int max_depth) {
+  TreeSax sax(tensors, path_for_errors, std::min(max_depth, kMaxDepth));
+  json::sax_parse(tree_json.begin(), tree_json.end(), &sax);
+  StateDict out = sax.TakeRoot();
+  if (sax.used().size() != tensors.size()) {
     for (const auto& kv : tensors) {
-      if (!ctx.used.count(kv.first)) BadTree(ctx, "tensor '" + kv.first + "' is not in the tree");
+      if (!sax.used().count(kv.first)) sax.Fail("tensor '" + kv.first + "' is not in the tree");
     }
   }
   return out;

@@ -86,10 +86,9 @@ std::string Hex64(uint64_t v) {
 }
 
 void SortForAlignment(std::vector<FlatTensor>* tensors) {
-  std::stable_sort(tensors->begin(), tensors->end(),
-                   [](const FlatTensor& a, const FlatTensor& b) {
-                     return DtypeSize(a.dtype) > DtypeSize(b.dtype);
-                   });
+  std::stable_sort(tensors->begin(), tensors->end(), [](const FlatTensor& a, const FlatTensor& b) {
+    return DtypeSize(a.dtype) > DtypeSize(b.dtype);
+  });
 }
 
 std::string EncodeHeader(const std::vector<FlatTensor>& tensors, const std::string& tree_json,
@@ -262,8 +261,8 @@ class HeaderSax : public json::json_sax_t {
         key_ = std::move(k);
         return true;
       case Ctx::kTensor: {
-        field_ = k == "dtype" ? Field::kDtype
-                 : k == "shape" ? Field::kShape
+        field_ = k == "dtype"          ? Field::kDtype
+                 : k == "shape"        ? Field::kShape
                  : k == "data_offsets" ? Field::kOffsets
                                        : Field::kOther;
         if (field_ == Field::kOther) {
@@ -397,8 +396,9 @@ class ChecksumSax : public json::json_sax_t {
   bool binary(binary_t&) override { return Fail(); }
   bool string(string_t& v) override {
     if (depth_ != 1) return Fail();
-    auto it = std::lower_bound(by_name_.begin(), by_name_.end(), key_,
-                               [&](size_t i, const std::string& k) { return (*tensors_)[i].name < k; });
+    auto it =
+        std::lower_bound(by_name_.begin(), by_name_.end(), key_,
+                         [&](size_t i, const std::string& k) { return (*tensors_)[i].name < k; });
     if (it == by_name_.end() || (*tensors_)[*it].name != key_)
       Bad(path_, "tensor checksum table names unknown tensor '" + key_ + "'");
     TensorInfo& t = (*tensors_)[*it];

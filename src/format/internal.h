@@ -69,7 +69,7 @@ struct FlatTensor {
   at::ScalarType dtype = at::ScalarType::Undefined;
   std::vector<int64_t> shape;
   uint64_t nbytes = 0;
-  uint64_t staging_offset = 0;  // where the engine's snapshot put the bytes
+  uint64_t staging_offset = 0;  // offset of its bytes in the data section (file order)
   const void* data = nullptr;   // contiguous CPU bytes, valid until encoded
   uint64_t xxh3 = 0;
 };
@@ -147,27 +147,65 @@ std::string EncodeSeekTable(const std::vector<FrameEntry>& frames);
 SeekTable ReadSeekTable(const RandomAccessFile& file, uint64_t max_frames = kMaxFrames);
 bool LooksCompressed(const RandomAccessFile& file);
 
-// ---- the logical stream ---------------------------------------------------------
-// The byte stream of a checkpoint as a list of pieces in memory: the header
-// region followed by each tensor's bytes.
-class LogicalStream {
+// ---- the one encode path -----------------------------------------------------------
+// The data section of a checkpoint (every tensor's bytes, packed in file
+// order: FlatTensor::staging_offset is a tensor's offset in it), as its
+// producer delivers it. The encoder reads it front to back, once.
+class DataSource {
  public:
-  void Add(const void* data, uint64_t n);
+  virtual ~DataSource() = default;
   uint64_t size() const { return size_; }
-  // Calls fn(ptr, len) for the pieces covering [offset, offset + n).
-  void Visit(uint64_t offset, uint64_t n, const std::function<void(const void*, size_t)>& fn) const;
+  // Blocks until bytes [0, end) are available; returns how many are (>= end).
+  // Throws the producer's error if it failed.
+  virtual uint64_t WaitFor(uint64_t end) = 0;
+  // Calls fn(ptr, len) for the pieces of [offset, offset + n), in order; the
+  // bytes must be available.
+  virtual void Visit(uint64_t offset, uint64_t n,
+                     const std::function<void(const void*, size_t)>& fn) const = 0;
+  // Bytes before `end` will not be read again (a ring may reuse their memory).
+  virtual void Release(uint64_t end) { (void)end; }
+
+ protected:
+  explicit DataSource(uint64_t size) : size_(size) {}
 
  private:
-  struct Piece {
-    const uint8_t* data;
-    uint64_t offset;
-    uint64_t size;
-  };
-  std::vector<Piece> pieces_;
-  uint64_t size_ = 0;
+  uint64_t size_;
 };
 
-// ---- the one encode path -----------------------------------------------------------
+// The data section of tensors whose `data` point at their contiguous bytes;
+// sets each tensor's staging_offset (packed, in the vector's order).
+class MemorySource : public DataSource {
+ public:
+  explicit MemorySource(std::vector<FlatTensor>* tensors);
+  uint64_t WaitFor(uint64_t end) override;
+  void Visit(uint64_t offset, uint64_t n,
+             const std::function<void(const void*, size_t)>& fn) const override;
+
+ private:
+  std::vector<std::pair<const uint8_t*, uint64_t>> pieces_;  // data, offset
+  std::vector<uint64_t> ends_;
+};
+
+// Incremental XXH3-64 (seed 0): the same value as Xxh3() over the
+// concatenated updates.
+class Xxh3Stream {
+ public:
+  Xxh3Stream();
+  ~Xxh3Stream();
+  Xxh3Stream(const Xxh3Stream&) = delete;
+  Xxh3Stream& operator=(const Xxh3Stream&) = delete;
+  void Update(const void* data, size_t n);
+  uint64_t Digest() const;
+
+ private:
+  void* state_;  // XXH3_state_t
+};
+
+// Fills every tensor's xxh3 from its bytes in `source` (waiting for them),
+// in parallel across tensors.
+void HashTensors(std::vector<FlatTensor>* tensors, DataSource* source,
+                 const ParallelForFn& parallel_for);
+
 struct EncodeResult {
   uint64_t tensor_bytes = 0;
   uint64_t logical_bytes = 0;  // the plain safetensors stream
@@ -177,13 +215,24 @@ struct EncodeResult {
   double compress_seconds = 0;  // zstd, summed over threads
   double write_seconds = 0;     // compress + write + fsync + rename, wall
 };
-// Hashes the tensors (in parallel), orders them for alignment, encodes the
-// header and commits header + tensor bytes at `path` (zstd frames when asked:
-// the header region alone in the first frame, then data frames of
-// chunk_size). Every tensor's `data` must point at its contiguous bytes until
-// this returns. parallel_for runs hashing and compression tasks. On failure
-// the temp file is removed and the error rethrown; `path` is untouched. A set
-// *cancel aborts between frames with kTimedOut.
+// Encodes the header of `tensors` (in file order, staging_offset their
+// offset in the data section, xxh3 filled) and commits header + data section
+// at `path`, pulling the data from `source` front to back and releasing it as
+// it is written: zstd frames when asked (the header region alone in the
+// first frame, then data frames of chunk_size; frames compress in parallel
+// over whatever the source has made available), else the plain stream. On
+// failure (the source's too) the temp file is removed and the error
+// rethrown; `path` is untouched. A set *cancel aborts between frames with
+// kTimedOut.
+EncodeResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
+                                   const std::string& tree_json, const WriteOptions& options,
+                                   const std::map<std::string, std::string>& internal_metadata,
+                                   const std::string& path, Env* env, DataSource* source,
+                                   const ParallelForFn& parallel_for,
+                                   const std::atomic<bool>* cancel = nullptr);
+// For tensors in memory: orders them for alignment, hashes them (in
+// parallel) and commits them through EncodeStreamAndCommit. Every tensor's
+// `data` must point at its contiguous bytes until this returns.
 EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
                              const WriteOptions& options,
                              const std::map<std::string, std::string>& internal_metadata,

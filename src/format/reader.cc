@@ -4,11 +4,14 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_decompressBound
 #include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <new>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "ackpt/error.h"
@@ -65,53 +68,107 @@ struct Dest {
   uint8_t* data;
 };
 
+// Bytes of compressed input fed per step when only a prefix of a frame is
+// needed (the header of a version-1 file shares frame 0 with tensor data).
+constexpr size_t kPrefixReadBlock = 64 * 1024;
+
+struct DCtxPtr {
+  std::unique_ptr<ZSTD_DCtx, DCtxDeleter> p{ZSTD_createDCtx()};
+};
+
+// Runs f, letting only ackpt::Error out: LibTorch, JSON, allocation and any
+// other exception (a user's Env) are wrapped with the path and the step.
+template <typename F>
+auto Guard(const std::string& path, const char* step, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw Error::Unsupported("'" + path + "': LibTorch failed while " + step + ": " +
+                             e.what_without_backtrace());
+  } catch (const nlohmann::json::exception& e) {
+    throw Error::Corruption("'" + path + "': malformed JSON while " + step + ": " + e.what());
+  } catch (const std::bad_alloc&) {
+    throw Error::Unsupported("'" + path + "': out of memory while " + step);
+  } catch (const std::exception& e) {
+    throw Error(Error::Code::kIOError, "'" + path + "': " + step + ": " + e.what());
+  }
+}
+
 class ReaderImpl final : public CheckpointReader {
  public:
   ReaderImpl(std::unique_ptr<RandomAccessFile> file, const ReadOptions& options)
       : registration_(file->path()), file_(std::move(file)), options_(options) {
+    ValidateReadOptions(options_);
     info_.path = file_->path();
     info_.file_bytes = file_->Size();
     uint64_t logical = info_.file_bytes;
     if (LooksCompressed(*file_)) {
       info_.compressed = true;
-      table_ = ReadSeekTable(*file_);
-      info_.num_frames = table_.frames.size();
+      table_ = ReadSeekTable(*file_, options_.max_frames);
+      info_.num_frames = table_.num_frames();
       logical = table_.logical_bytes;
     }
     info_.logical_bytes = logical;
     if (logical < 8)
       Corrupt("too small to hold a safetensors header (" + std::to_string(logical) + " bytes)");
-    uint8_t len_bytes[8];
-    ReadLogical(0, 8, len_bytes);
+    std::string region;
+    ReadPrefix(8, &region);
     uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
-    if (n > kMaxHeaderBytes)
-      Corrupt("header length " + std::to_string(n) + " exceeds the 100 MB limit");
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(region[i]);
+    if (n > options_.max_header_bytes) {
+      Corrupt("header length " + std::to_string(n) + " exceeds the limit of " +
+              std::to_string(options_.max_header_bytes) + " bytes (ReadOptions::max_header_bytes)");
+    }
     if (n > logical - 8) {
       Corrupt("header length " + std::to_string(n) + " exceeds the " + std::to_string(logical) +
               "-byte stream (truncated file?)");
     }
-    std::string region(8 + n, '\0');
-    ReadLogical(0, region.size(), reinterpret_cast<uint8_t*>(region.data()));
+    ReadPrefix(8 + n, &region);
     info_.header_bytes = region.size();
-    DecodeHeader(region, logical - region.size(), info_.path, &info_);
+    DecodeHeader(region, logical - region.size(), info_.path, &info_, options_);
+    if (info_.compressed && info_.format_version >= 2 &&
+        table_.frame(0).decompressed_size != info_.header_bytes) {
+      Corrupt("format version " + std::to_string(info_.format_version) +
+              " requires the header region (" + std::to_string(info_.header_bytes) +
+              " bytes) alone in the first zstd frame, which holds " +
+              std::to_string(table_.frame(0).decompressed_size));
+    }
   }
 
   const FileInfo& info() const override { return info_; }
 
   StateDict ReadStateDict() override {
-    std::vector<std::string> names;
-    for (const auto& t : info_.tensors) names.push_back(t.name);
-    std::map<std::string, at::Tensor> tensors = ReadTensors(names);
-    if (!info_.written_by_ackpt) {
-      StateDict flat;
-      for (const auto& t : info_.tensors) flat.set(t.name, tensors.at(t.name));
-      return flat;
-    }
-    return Unflatten(info_.metadata.at(kMetaTree), tensors, info_.path);
+    return Guard(info_.path, "reading the state", [&] {
+      std::vector<std::string> names;
+      names.reserve(info_.tensors.size());
+      for (const auto& t : info_.tensors) names.push_back(t.name);
+      std::map<std::string, at::Tensor> tensors = ReadTensorsImpl(names);
+      if (!info_.written_by_ackpt) {
+        StateDict flat;
+        for (const auto& t : info_.tensors) flat.set(t.name, tensors.at(t.name));
+        return flat;
+      }
+      return Unflatten(info_.metadata.at(kMetaTree), tensors, info_.path,
+                       options_.max_nesting_depth);
+    });
   }
 
   std::map<std::string, at::Tensor> ReadTensors(const std::vector<std::string>& names) override {
+    return Guard(info_.path, "reading tensors", [&] { return ReadTensorsImpl(names); });
+  }
+
+  void Verify() override {
+    Guard(info_.path, "verifying", [&] { VerifyImpl(); });
+  }
+
+  void ExportSafetensors(const std::string& out_path, Env* env) override {
+    Guard(info_.path, "exporting", [&] { ExportImpl(out_path, env); });
+  }
+
+ private:
+  std::map<std::string, at::Tensor> ReadTensorsImpl(const std::vector<std::string>& names) {
     std::map<std::string, const TensorInfo*> by_name;
     for (const auto& t : info_.tensors) by_name[t.name] = &t;
     std::map<std::string, at::Tensor> out;
@@ -123,7 +180,14 @@ class ReaderImpl final : public CheckpointReader {
         throw Error::NotFound("no tensor '" + name + "' in '" + info_.path + "'");
       if (out.count(name)) continue;
       const TensorInfo& t = *it->second;
-      at::Tensor dst = at::empty(t.shape, at::TensorOptions().dtype(t.scalar_type));
+      at::Tensor dst;
+      try {
+        dst = at::empty(t.shape, at::TensorOptions().dtype(t.scalar_type));
+      } catch (const c10::Error& e) {
+        throw Error::Unsupported("'" + info_.path + "': cannot allocate tensor '" + t.name + "' (" +
+                                 std::to_string(t.nbytes()) +
+                                 " bytes): " + e.what_without_backtrace());
+      }
       out[name] = dst;
       infos.push_back(&t);
       if (t.nbytes() > 0) {
@@ -154,7 +218,7 @@ class ReaderImpl final : public CheckpointReader {
     return out;
   }
 
-  void Verify() override {
+  void VerifyImpl() {
     if (!info_.compressed) {
       ParallelFor(info_.tensors.size(), options_.threads, [&](size_t i) {
         const TensorInfo& t = info_.tensors[i];
@@ -179,17 +243,21 @@ class ReaderImpl final : public CheckpointReader {
     std::vector<XXH3_state_t> states(info_.tensors.size());
     for (auto& s : states) XXH3_64bits_reset(&s);
     size_t tensor = 0;
+    const size_t frames = table_.num_frames();
     const size_t window = static_cast<size_t>(2 * ResolveThreads(options_.threads));
-    std::vector<std::string> bufs(std::min(window, table_.frames.size()));
-    for (size_t first = 0; first < table_.frames.size(); first += window) {
-      const size_t count = std::min(window, table_.frames.size() - first);
+    std::vector<std::string> bufs(std::min(window, frames));
+    std::vector<FrameEntry> entries(bufs.size());
+    for (size_t first = 0; first < frames; first += window) {
+      const size_t count = std::min(window, frames - first);
       ParallelFor(count, options_.threads, [&](size_t j) {
-        const FrameEntry& f = table_.frames[first + j];
-        bufs[j].resize(f.decompressed_size);
-        DecompressFrame(first + j, reinterpret_cast<uint8_t*>(bufs[j].data()));
+        entries[j] = table_.frame(first + j);
+        DecompressFrame(first + j, [&](uint64_t n) {
+          bufs[j].resize(static_cast<size_t>(n));
+          return reinterpret_cast<uint8_t*>(bufs[j].data());
+        });
       });
       for (size_t j = 0; j < count; ++j) {
-        const FrameEntry& f = table_.frames[first + j];
+        const FrameEntry& f = entries[j];
         uint64_t pos = f.decompressed_offset;
         const uint64_t end = pos + f.decompressed_size;
         while (pos < end && tensor < info_.tensors.size()) {
@@ -214,8 +282,8 @@ class ReaderImpl final : public CheckpointReader {
     }
   }
 
-  void ExportSafetensors(const std::string& out_path, Env* env) override {
-    if (options_.verify_checksums) Verify();
+  void ExportImpl(const std::string& out_path, Env* env) {
+    if (options_.verify_checksums) VerifyImpl();
     AtomicWrite(env, out_path, /*fsync=*/true, [&](WritableFile* out) {
       if (!info_.compressed) {
         std::string buf(static_cast<size_t>(std::min<uint64_t>(kReadBlock, info_.logical_bytes)),
@@ -228,27 +296,30 @@ class ReaderImpl final : public CheckpointReader {
         }
         return;
       }
+      const size_t frames = table_.num_frames();
       const size_t window = static_cast<size_t>(2 * ResolveThreads(options_.threads));
-      std::vector<std::string> bufs(std::min(window, table_.frames.size()));
-      for (size_t first = 0; first < table_.frames.size(); first += window) {
-        const size_t count = std::min(window, table_.frames.size() - first);
+      std::vector<std::string> bufs(std::min(window, frames));
+      for (size_t first = 0; first < frames; first += window) {
+        const size_t count = std::min(window, frames - first);
         ParallelFor(count, options_.threads, [&](size_t j) {
-          bufs[j].resize(table_.frames[first + j].decompressed_size);
-          DecompressFrame(first + j, reinterpret_cast<uint8_t*>(bufs[j].data()));
+          DecompressFrame(first + j, [&](uint64_t n) {
+            bufs[j].resize(static_cast<size_t>(n));
+            return reinterpret_cast<uint8_t*>(bufs[j].data());
+          });
         });
         for (size_t j = 0; j < count; ++j) out->Append(bufs[j].data(), bufs[j].size());
       }
     });
   }
 
- private:
   [[noreturn]] void Corrupt(const std::string& what) const {
     throw Error::Corruption("'" + info_.path + "': " + what);
   }
 
-  // Decompresses frame i into dst (exactly decompressed_size bytes) and checks it.
-  void DecompressFrame(size_t i, uint8_t* dst) const {
-    const FrameEntry& f = table_.frames[i];
+  // Reads frame i's compressed bytes and checks them against the seek table:
+  // the frame header's content size, the frame's extent, and the most its
+  // blocks can decode to. Only then may a caller allocate its output.
+  std::string LoadFrame(size_t i, const FrameEntry& f) const {
     const std::string which = "frame " + std::to_string(i);
     std::string comp(f.compressed_size, '\0');
     file_->Read(f.compressed_offset, comp.size(), comp.data());
@@ -262,6 +333,22 @@ class ReaderImpl final : public CheckpointReader {
     if (ZSTD_isError(frame_size) || frame_size != comp.size()) {
       Corrupt(which + " does not span exactly its " + std::to_string(comp.size()) + " bytes");
     }
+    const unsigned long long bound = ZSTD_decompressBound(comp.data(), comp.size());
+    if (bound == ZSTD_CONTENTSIZE_ERROR || bound < f.decompressed_size) {
+      Corrupt(which + " cannot hold the " + std::to_string(f.decompressed_size) +
+              " bytes the seek table says");
+    }
+    return comp;
+  }
+
+  // Decompresses frame i and checks it; alloc(n) supplies the n-byte output
+  // and is called only after LoadFrame has validated n against the frame.
+  template <typename Alloc>
+  void DecompressFrame(size_t i, Alloc&& alloc) const {
+    const FrameEntry f = table_.frame(i);
+    const std::string comp = LoadFrame(i, f);
+    uint8_t* dst = alloc(uint64_t{f.decompressed_size});
+    const std::string which = "frame " + std::to_string(i);
     const size_t r =
         ZSTD_decompressDCtx(ThreadDCtx(), dst, f.decompressed_size, comp.data(), comp.size());
     if (ZSTD_isError(r)) Corrupt(which + ": " + ZSTD_getErrorName(r));
@@ -272,14 +359,73 @@ class ReaderImpl final : public CheckpointReader {
     }
   }
 
-  // Reads logical bytes [offset, offset+n) into dst (used for the header).
-  void ReadLogical(uint64_t offset, uint64_t n, uint8_t* dst) const {
+  // Sets *out to logical bytes [0, want). Compressed: frames wholly inside are
+  // decompressed (and checked) whole; of a frame that runs past `want` only
+  // the needed prefix is stream-decompressed, reading its input in
+  // kPrefixReadBlock steps, so the header of a version-1 file costs about the
+  // header and never the tensor data that shares its frame. `out` grows with
+  // the bytes actually produced, not with what the file claims.
+  void ReadPrefix(uint64_t want, std::string* out) const {
+    out->clear();
     if (!info_.compressed) {
-      file_->Read(offset, static_cast<size_t>(n), dst);
+      out->resize(static_cast<size_t>(want));
+      file_->Read(0, out->size(), out->data());
       return;
     }
-    std::vector<Dest> d{{offset, offset + n, dst}};
-    const_cast<ReaderImpl*>(this)->ReadFramesInto(d, /*parallel=*/false);
+    uint64_t done = 0;
+    for (size_t i = 0; done < want; ++i) {
+      if (i >= table_.num_frames()) Corrupt("stream ends inside the header");
+      const FrameEntry f = table_.frame(i);
+      if (f.decompressed_size <= want - done) {
+        DecompressFrame(i, [&](uint64_t n) {
+          out->resize(static_cast<size_t>(done + n));
+          return reinterpret_cast<uint8_t*>(out->data() + done);
+        });
+        done += f.decompressed_size;
+        continue;
+      }
+      StreamPrefix(i, f, want - done, out);
+      done = want;
+    }
+  }
+
+  // Appends the first n bytes (n < the frame's size) of frame i to *out.
+  void StreamPrefix(size_t i, const FrameEntry& f, uint64_t n, std::string* out) const {
+    const std::string which = "frame " + std::to_string(i);
+    DCtxPtr dctx;
+    if (!dctx.p) throw Error(Error::Code::kIOError, "ZSTD_createDCtx failed (out of memory)");
+    std::string in;
+    uint64_t fed = 0;  // compressed bytes read so far
+    uint64_t got = 0;
+    ZSTD_inBuffer ib{nullptr, 0, 0};
+    while (got < n) {
+      if (ib.pos == ib.size) {
+        if (fed == f.compressed_size) Corrupt(which + " is truncated");
+        in.resize(
+            static_cast<size_t>(std::min<uint64_t>(kPrefixReadBlock, f.compressed_size - fed)));
+        file_->Read(f.compressed_offset + fed, in.size(), in.data());
+        if (fed == 0) {
+          const unsigned long long content = ZSTD_getFrameContentSize(in.data(), in.size());
+          if (content == ZSTD_CONTENTSIZE_ERROR) Corrupt(which + " is not a zstd frame");
+          if (content != ZSTD_CONTENTSIZE_UNKNOWN && content != f.decompressed_size) {
+            Corrupt(which + " holds " + std::to_string(content) +
+                    " bytes but the seek table says " + std::to_string(f.decompressed_size));
+          }
+        }
+        fed += in.size();
+        ib = ZSTD_inBuffer{in.data(), in.size(), 0};
+      }
+      // Grow with what was produced so far: a lying size costs nothing.
+      const size_t base = out->size() - static_cast<size_t>(got);
+      const uint64_t cap = std::min<uint64_t>(n, std::max<uint64_t>(2 * got, kPrefixReadBlock));
+      out->resize(base + static_cast<size_t>(cap));
+      ZSTD_outBuffer ob{out->data() + base, static_cast<size_t>(cap), static_cast<size_t>(got)};
+      const size_t r = ZSTD_decompressStream(dctx.p.get(), &ob, &ib);
+      if (ZSTD_isError(r)) Corrupt(which + ": " + ZSTD_getErrorName(r));
+      got = ob.pos;
+      out->resize(base + static_cast<size_t>(got));
+      if (r == 0 && got < n) Corrupt(which + " ends before the seek table says");
+    }
   }
 
   void ReadPlainInto(const std::vector<Dest>& dests) {
@@ -302,7 +448,7 @@ class ReaderImpl final : public CheckpointReader {
   // Decompresses only the frames overlapping `dests` (sorted, disjoint). A frame
   // that lies inside one destination is decompressed straight into it; a frame
   // shared by several goes through a frame-sized scratch buffer.
-  void ReadFramesInto(const std::vector<Dest>& dests, bool parallel = true) {
+  void ReadFramesInto(const std::vector<Dest>& dests) {
     struct Piece {
       uint64_t frame_offset;
       uint64_t n;
@@ -313,18 +459,11 @@ class ReaderImpl final : public CheckpointReader {
       std::vector<Piece> pieces;
     };
     std::vector<Job> jobs;
-    const auto& frames = table_.frames;
     for (const auto& d : dests) {
       if (d.end > table_.logical_bytes) Corrupt("tensor data beyond the end of the stream");
-      // First frame whose end is past d.begin.
-      size_t i = static_cast<size_t>(std::upper_bound(frames.begin(), frames.end(), d.begin,
-                                                      [](uint64_t off, const FrameEntry& f) {
-                                                        return off < f.decompressed_offset +
-                                                                         f.decompressed_size;
-                                                      }) -
-                                     frames.begin());
-      for (; i < frames.size() && frames[i].decompressed_offset < d.end; ++i) {
-        const FrameEntry& f = frames[i];
+      for (size_t i = table_.FrameAt(d.begin); i < table_.num_frames(); ++i) {
+        const FrameEntry f = table_.frame(i);
+        if (f.decompressed_offset >= d.end) break;
         const uint64_t b = std::max(d.begin, f.decompressed_offset);
         const uint64_t e = std::min(d.end, f.decompressed_offset + f.decompressed_size);
         if (b >= e) continue;
@@ -332,23 +471,20 @@ class ReaderImpl final : public CheckpointReader {
         jobs.back().pieces.push_back({b - f.decompressed_offset, e - b, d.data + (b - d.begin)});
       }
     }
-    auto run = [&](size_t j) {
+    ParallelFor(jobs.size(), options_.threads, [&](size_t j) {
       const Job& job = jobs[j];
-      const FrameEntry& f = frames[job.frame];
-      if (job.pieces.size() == 1 && job.pieces[0].frame_offset == 0 &&
-          job.pieces[0].n == f.decompressed_size) {
-        DecompressFrame(job.frame, job.pieces[0].dst);
+      const uint32_t size = table_.frame(job.frame).decompressed_size;
+      if (job.pieces.size() == 1 && job.pieces[0].frame_offset == 0 && job.pieces[0].n == size) {
+        DecompressFrame(job.frame, [&](uint64_t) { return job.pieces[0].dst; });
         return;
       }
-      std::string scratch(f.decompressed_size, '\0');
-      DecompressFrame(job.frame, reinterpret_cast<uint8_t*>(scratch.data()));
+      std::string scratch;
+      DecompressFrame(job.frame, [&](uint64_t n) {
+        scratch.resize(static_cast<size_t>(n));
+        return reinterpret_cast<uint8_t*>(scratch.data());
+      });
       for (const auto& p : job.pieces) std::memcpy(p.dst, scratch.data() + p.frame_offset, p.n);
-    };
-    if (parallel) {
-      ParallelFor(jobs.size(), options_.threads, run);
-    } else {
-      for (size_t j = 0; j < jobs.size(); ++j) run(j);
-    }
+    });
   }
 
   OpenRegistration registration_;
@@ -364,7 +500,9 @@ class ReaderImpl final : public CheckpointReader {
 
 std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path,
                                                          const ReadOptions& options, Env* env) {
-  return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
+  return format::Guard(path, "opening", [&]() -> std::unique_ptr<CheckpointReader> {
+    return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
+  });
 }
 
 bool IsOpenForReading(const std::string& path) {

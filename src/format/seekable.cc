@@ -1,4 +1,5 @@
 // zstd seekable format seek table (facebook/zstd contrib/seekable_format).
+#include <algorithm>
 #include <cstring>
 
 #include "ackpt/error.h"
@@ -47,7 +48,38 @@ bool LooksCompressed(const RandomAccessFile& file) {
   return GetLE32(magic) == kZstdFrameMagic;
 }
 
-SeekTable ReadSeekTable(const RandomAccessFile& file) {
+uint32_t SeekTable::Field(size_t i, int k) const {
+  return GetLE32(reinterpret_cast<const uint8_t*>(raw_.data()) + i * entry_size_ + 4 * k);
+}
+
+FrameEntry SeekTable::frame(size_t i) const {
+  FrameEntry f;
+  const size_t base = i / kOffsetStride;
+  f.compressed_offset = compressed_offsets_[base];
+  f.decompressed_offset = decompressed_offsets_[base];
+  for (size_t k = base * kOffsetStride; k < i; ++k) {
+    f.compressed_offset += Field(k, 0);
+    f.decompressed_offset += Field(k, 1);
+  }
+  f.compressed_size = Field(i, 0);
+  f.decompressed_size = Field(i, 1);
+  f.checksum = has_checksums ? Field(i, 2) : 0;
+  return f;
+}
+
+size_t SeekTable::FrameAt(uint64_t offset) const {
+  if (offset >= logical_bytes) return num_frames_;
+  // Last sampled frame starting at or before offset, then a short scan.
+  const size_t base = static_cast<size_t>(
+      std::upper_bound(decompressed_offsets_.begin(), decompressed_offsets_.end(), offset) -
+      decompressed_offsets_.begin() - 1);
+  size_t i = base * kOffsetStride;
+  uint64_t pos = decompressed_offsets_[base];
+  while (i < num_frames_ && pos + Field(i, 1) <= offset) pos += Field(i++, 1);
+  return i;
+}
+
+SeekTable ReadSeekTable(const RandomAccessFile& file, uint64_t max_frames) {
   const uint64_t size = file.Size();
   if (size < 8 + kSeekTableFooterSize)
     Bad(file, "file of " + std::to_string(size) + " bytes is too small");
@@ -58,44 +90,55 @@ SeekTable ReadSeekTable(const RandomAccessFile& file) {
   const uint32_t num_frames = GetLE32(footer);
   const uint8_t descriptor = footer[4];
   if (descriptor & 0x7c) Bad(file, "reserved descriptor bits are set");
-  if (num_frames > kMaxFrames)
-    Bad(file, "frame count " + std::to_string(num_frames) + " exceeds the limit");
+  if (num_frames > kMaxFrames || num_frames > max_frames) {
+    Bad(file, "frame count " + std::to_string(num_frames) + " exceeds the limit of " +
+                  std::to_string(std::min<uint64_t>(kMaxFrames, max_frames)) +
+                  " (ReadOptions::max_frames)");
+  }
+  if (num_frames == 0) Bad(file, "no frames");
   SeekTable table;
   table.has_checksums = (descriptor & 0x80) != 0;
-  const uint64_t entry_size = table.has_checksums ? 12 : 8;
-  table.table_bytes = 8 + uint64_t{num_frames} * entry_size + kSeekTableFooterSize;
+  table.entry_size_ = table.has_checksums ? 12 : 8;
+  table.num_frames_ = num_frames;
+  table.table_bytes = 8 + uint64_t{num_frames} * table.entry_size_ + kSeekTableFooterSize;
+  // Checked against the file before the entries are read into memory.
   if (table.table_bytes > size)
     Bad(file, std::to_string(num_frames) + " frames do not fit in the file");
-  std::string raw(table.table_bytes - kSeekTableFooterSize, '\0');
-  file.Read(size - table.table_bytes, raw.size(), raw.data());
-  const auto* p = reinterpret_cast<const uint8_t*>(raw.data());
-  if (GetLE32(p) != kSeekableSkippableMagic) Bad(file, "skippable frame magic missing");
-  if (GetLE32(p + 4) != table.table_bytes - 8)
+  uint8_t head[8];
+  const uint64_t table_start = size - table.table_bytes;
+  file.Read(table_start, 8, head);
+  if (GetLE32(head) != kSeekableSkippableMagic) Bad(file, "skippable frame magic missing");
+  if (GetLE32(head + 4) != table.table_bytes - 8)
     Bad(file, "skippable frame size does not match the frame count");
-  p += 8;
+  table.raw_.resize(static_cast<size_t>(uint64_t{num_frames} * table.entry_size_));
+  file.Read(table_start + 8, table.raw_.size(), table.raw_.data());
+  table.compressed_offsets_.reserve(num_frames / SeekTable::kOffsetStride + 1);
+  table.decompressed_offsets_.reserve(num_frames / SeekTable::kOffsetStride + 1);
   uint64_t compressed_offset = 0;
   uint64_t decompressed_offset = 0;
-  table.frames.resize(num_frames);
-  for (uint32_t i = 0; i < num_frames; ++i, p += entry_size) {
-    FrameEntry& f = table.frames[i];
-    f.compressed_offset = compressed_offset;
-    f.decompressed_offset = decompressed_offset;
-    f.compressed_size = GetLE32(p);
-    f.decompressed_size = GetLE32(p + 4);
-    f.checksum = table.has_checksums ? GetLE32(p + 8) : 0;
-    const std::string which = "frame " + std::to_string(i);
-    if (f.compressed_size == 0) Bad(file, which + " has compressed size 0");
-    if (f.decompressed_size > kMaxFrameDecompressedSize ||
-        f.decompressed_size > uint64_t{f.compressed_size} * kMaxExpansion) {
-      Bad(file,
-          which + " claims an impossible decompressed size " + std::to_string(f.decompressed_size));
+  for (uint32_t i = 0; i < num_frames; ++i) {
+    if (i % SeekTable::kOffsetStride == 0) {
+      table.compressed_offsets_.push_back(compressed_offset);
+      table.decompressed_offsets_.push_back(decompressed_offset);
     }
-    compressed_offset += f.compressed_size;
-    decompressed_offset += f.decompressed_size;
+    const uint32_t compressed_size = table.Field(i, 0);
+    const uint32_t decompressed_size = table.Field(i, 1);
+    if (compressed_size == 0) Bad(file, "frame " + std::to_string(i) + " has compressed size 0");
+    if (decompressed_size > kMaxFrameDecompressedSize ||
+        decompressed_size > uint64_t{compressed_size} * kMaxExpansion) {
+      Bad(file, "frame " + std::to_string(i) + " claims an impossible decompressed size " +
+                    std::to_string(decompressed_size));
+    }
+    compressed_offset += compressed_size;
+    decompressed_offset += decompressed_size;
+    // Checked as we go so a sum can never wrap.
+    if (compressed_offset > table_start) break;
   }
-  if (compressed_offset != size - table.table_bytes) {
-    Bad(file, "frames add up to " + std::to_string(compressed_offset) + " bytes but " +
-                  std::to_string(size - table.table_bytes) + " precede the seek table");
+  if (compressed_offset != table_start) {
+    Bad(file, "frames add up to " +
+                  std::string(compressed_offset > table_start ? "more than " : "") +
+                  std::to_string(compressed_offset) + " bytes but " + std::to_string(table_start) +
+                  " precede the seek table");
   }
   table.logical_bytes = decompressed_offset;
   return table;

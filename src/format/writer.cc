@@ -38,8 +38,26 @@ void CheckZstd(size_t rc, const char* call) {
     throw Error(Error::Code::kIOError, std::string(call) + ": " + ZSTD_getErrorName(rc));
 }
 
+// The logical stream of a checkpoint: the header region, then the data
+// section from its source.
+struct Logical {
+  const std::string& header;
+  const DataSource& data;
+  uint64_t size() const { return header.size() + data.size(); }
+  void Visit(uint64_t offset, uint64_t n, const std::function<void(const void*, size_t)>& fn) const {
+    const uint64_t h = header.size();
+    if (offset < h) {
+      const uint64_t len = std::min<uint64_t>(n, h - offset);
+      fn(header.data() + offset, static_cast<size_t>(len));
+      offset += len;
+      n -= len;
+    }
+    if (n > 0) data.Visit(offset - h, n, fn);
+  }
+};
+
 // Streams a chunk made of several pieces (tensor boundaries) into one frame.
-void CompressPieces(ZSTD_CCtx* cctx, const LogicalStream& stream, uint64_t offset, size_t n,
+void CompressPieces(ZSTD_CCtx* cctx, const Logical& stream, uint64_t offset, size_t n,
                     std::string* out) {
   CheckZstd(ZSTD_CCtx_setPledgedSrcSize(cctx, n), "ZSTD_CCtx_setPledgedSrcSize");
   ZSTD_outBuffer ob{out->data(), out->size(), 0};
@@ -66,7 +84,7 @@ void CompressPieces(ZSTD_CCtx* cctx, const LogicalStream& stream, uint64_t offse
 // "lowest 4 bytes of XXH64, seed 0, little-endian", the last 4 bytes of the
 // frame), which is also what the seekable format's seek table stores, so it
 // is read from the frame instead of hashing the input a second time.
-uint32_t CompressChunk(const LogicalStream& stream, uint64_t offset, size_t n, int level,
+uint32_t CompressChunk(const Logical& stream, uint64_t offset, size_t n, int level,
                        std::string* out) {
   ZSTD_CCtx* cctx = ThreadCCtx();
   CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
@@ -138,23 +156,59 @@ void ValidateWriteOptions(const WriteOptions& o) {
   }
 }
 
-void LogicalStream::Add(const void* data, uint64_t n) {
-  if (n == 0) return;
-  pieces_.push_back({static_cast<const uint8_t*>(data), size_, n});
-  size_ += n;
+MemorySource::MemorySource(std::vector<FlatTensor>* tensors)
+    : DataSource([&] {
+        uint64_t n = 0;
+        for (const auto& t : *tensors) n += t.nbytes;
+        return n;
+      }()) {
+  uint64_t offset = 0;
+  for (auto& t : *tensors) {
+    t.staging_offset = offset;
+    if (t.nbytes > 0) {
+      pieces_.emplace_back(static_cast<const uint8_t*>(t.data), offset);
+      ends_.push_back(offset + t.nbytes);
+    }
+    offset += t.nbytes;
+  }
 }
 
-void LogicalStream::Visit(uint64_t offset, uint64_t n,
-                          const std::function<void(const void*, size_t)>& fn) const {
-  auto it = std::upper_bound(pieces_.begin(), pieces_.end(), offset,
-                             [](uint64_t off, const Piece& p) { return off < p.offset; });
-  if (it != pieces_.begin()) --it;
+uint64_t MemorySource::WaitFor(uint64_t) { return size(); }
+
+void MemorySource::Visit(uint64_t offset, uint64_t n,
+                         const std::function<void(const void*, size_t)>& fn) const {
+  // The first piece ending after `offset`.
+  size_t i = static_cast<size_t>(std::upper_bound(ends_.begin(), ends_.end(), offset) - ends_.begin());
   const uint64_t end = offset + n;
-  for (; it != pieces_.end() && it->offset < end; ++it) {
-    uint64_t b = std::max(offset, it->offset);
-    uint64_t e = std::min(end, it->offset + it->size);
-    if (b < e) fn(it->data + (b - it->offset), static_cast<size_t>(e - b));
+  for (; i < pieces_.size() && pieces_[i].second < end; ++i) {
+    const uint64_t b = std::max(offset, pieces_[i].second);
+    const uint64_t e = std::min(end, ends_[i]);
+    if (b < e) fn(pieces_[i].first + (b - pieces_[i].second), static_cast<size_t>(e - b));
   }
+}
+
+Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw Error(Error::Code::kIOError, "XXH3_createState: out of memory");
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+void Xxh3Stream::Update(const void* data, size_t n) {
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, n);
+}
+uint64_t Xxh3Stream::Digest() const {
+  return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_));
+}
+
+void HashTensors(std::vector<FlatTensor>* tensors, DataSource* source,
+                 const ParallelForFn& parallel_for) {
+  std::vector<FlatTensor>& ts = *tensors;
+  source->WaitFor(source->size());
+  parallel_for(ts.size(), [&](size_t i) {
+    Xxh3Stream h;
+    source->Visit(ts[i].staging_offset, ts[i].nbytes,
+                  [&](const void* p, size_t n) { h.Update(p, n); });
+    ts[i].xxh3 = h.Digest();
+  });
 }
 
 namespace {
@@ -171,21 +225,34 @@ std::vector<std::pair<uint64_t, uint64_t>> FrameRanges(uint64_t header_bytes, ui
   return ranges;
 }
 
-void WriteFrames(const LogicalStream& stream, uint64_t header_bytes, const WriteOptions& options,
+// Compresses and appends the frames in order. The window of frames
+// compressed in parallel ends where the source's available bytes end (at
+// least one frame, waited for), so a producer filling a bounded ring is
+// never waited on for more than it can deliver; written bytes are released.
+void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource* source,
                  WritableFile* file, const ParallelForFn& parallel_for,
                  const std::function<void()>& check_cancel, EncodeResult* result) {
+  const uint64_t header_bytes = stream.header.size();
   const auto ranges = FrameRanges(header_bytes, stream.size(), options.chunk_size);
   if (ranges.size() > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
   std::atomic<int64_t> compress_ns{0};
-  // Compress a window of frames in parallel, then append them in order.
   const size_t window = static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.threads)));
   std::vector<std::string> frames(std::min(window, ranges.size()));
   std::vector<uint32_t> sums(frames.size());
   std::vector<FrameEntry> entries;
   entries.reserve(ranges.size());
-  for (size_t first = 0; first < ranges.size(); first += window) {
+  size_t first = 0;
+  while (first < ranges.size()) {
     check_cancel();
-    const size_t count = std::min(window, ranges.size() - first);
+    // Data bytes this window may cover: at least its first frame's.
+    const auto& r0 = ranges[first];
+    const uint64_t need = r0.first + r0.second > header_bytes ? r0.first + r0.second - header_bytes : 0;
+    const uint64_t avail = header_bytes + source->WaitFor(need);
+    size_t count = 1;
+    while (count < window && first + count < ranges.size() &&
+           ranges[first + count].first + ranges[first + count].second <= avail) {
+      ++count;
+    }
     parallel_for(count, [&](size_t j) {
       const auto c0 = Clock::now();
       const auto& r = ranges[first + j];
@@ -203,11 +270,37 @@ void WriteFrames(const LogicalStream& stream, uint64_t header_bytes, const Write
       file->Append(frames[j].data(), frames[j].size());
       result->file_bytes += frames[j].size();
     }
+    const auto& last = ranges[first + count - 1];
+    if (last.first + last.second > header_bytes) source->Release(last.first + last.second - header_bytes);
+    first += count;
   }
   const std::string table = EncodeSeekTable(entries);
   file->Append(table.data(), table.size());
   result->file_bytes += table.size();
   result->compress_seconds = static_cast<double>(compress_ns.load()) * 1e-9;
+}
+
+// The plain stream: the header, then the data section as the source
+// delivers it, in pieces of at most chunk_size, released once appended.
+void WritePlain(const std::string& header, const WriteOptions& options, DataSource* source,
+                WritableFile* file, const std::function<void()>& check_cancel,
+                EncodeResult* result) {
+  BufferedAppender out(file);
+  out.Append(header.data(), header.size());
+  const uint64_t total = source->size();
+  const uint64_t step = std::max<uint64_t>(options.chunk_size, kMinChunkSize);
+  uint64_t offset = 0;
+  while (offset < total) {
+    check_cancel();
+    const uint64_t avail = source->WaitFor(std::min(total, offset + 1));
+    const uint64_t end = std::min({total, avail, offset + step});
+    // Append() copies what it buffers, so the source may reuse the bytes at once.
+    source->Visit(offset, end - offset, [&](const void* p, size_t n) { out.Append(p, n); });
+    source->Release(end);
+    offset = end;
+  }
+  out.Flush();
+  result->file_bytes = header.size() + total;
 }
 
 std::string HeaderChecksumOf(const std::string& region) {
@@ -219,48 +312,51 @@ std::string HeaderChecksumOf(const std::string& region) {
 
 }  // namespace
 
-EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
-                             const WriteOptions& options,
-                             const std::map<std::string, std::string>& internal_metadata,
-                             const std::string& path, Env* env, const ParallelForFn& parallel_for,
-                             const std::atomic<bool>* cancel) {
+EncodeResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
+                                   const std::string& tree_json, const WriteOptions& options,
+                                   const std::map<std::string, std::string>& internal_metadata,
+                                   const std::string& path, Env* env, DataSource* source,
+                                   const ParallelForFn& parallel_for,
+                                   const std::atomic<bool>* cancel) {
   ValidateWriteOptions(options);
   auto check_cancel = [cancel, &path] {
     if (cancel != nullptr && cancel->load())
       throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
   };
   EncodeResult result;
-  const auto h0 = Clock::now();
-  std::vector<FlatTensor>& ts = *tensors;
-  parallel_for(ts.size(), [&](size_t i) {
-    ts[i].xxh3 = Xxh3(ts[i].data, static_cast<size_t>(ts[i].nbytes));
-  });
-  result.hash_seconds = SecondsSince(h0);
-  SortForAlignment(tensors);
-  const std::string header = EncodeHeader(ts, tree_json, options.metadata, internal_metadata);
+  const std::string header = EncodeHeader(tensors, tree_json, options.metadata, internal_metadata);
   result.header_xxh3 = HeaderChecksumOf(header);
-  LogicalStream stream;
-  stream.Add(header.data(), header.size());
-  for (const auto& t : ts) {
-    stream.Add(t.data, t.nbytes);
-    result.tensor_bytes += t.nbytes;
-  }
+  for (const auto& t : tensors) result.tensor_bytes += t.nbytes;
+  if (result.tensor_bytes != source->size())
+    throw Error::InvalidArgument("the data source does not hold the tensors' bytes");
+  const Logical stream{header, *source};
   result.logical_bytes = stream.size();
   const auto t0 = Clock::now();
   AtomicWrite(env, path, options.fsync, [&](WritableFile* file) {
     if (options.compression == Compression::kNone) {
-      BufferedAppender out(file);
-      stream.Visit(0, stream.size(), [&](const void* p, size_t n) {
-        check_cancel();
-        out.Append(p, n);
-      });
-      out.Flush();
-      result.file_bytes = stream.size();
-      return;
+      WritePlain(header, options, source, file, check_cancel, &result);
+    } else {
+      WriteFrames(stream, options, source, file, parallel_for, check_cancel, &result);
     }
-    WriteFrames(stream, header.size(), options, file, parallel_for, check_cancel, &result);
   });
   result.write_seconds = SecondsSince(t0);
+  return result;
+}
+
+EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
+                             const WriteOptions& options,
+                             const std::map<std::string, std::string>& internal_metadata,
+                             const std::string& path, Env* env, const ParallelForFn& parallel_for,
+                             const std::atomic<bool>* cancel) {
+  ValidateWriteOptions(options);
+  SortForAlignment(tensors);
+  MemorySource source(tensors);
+  const auto h0 = Clock::now();
+  HashTensors(tensors, &source, parallel_for);
+  const double hash_seconds = SecondsSince(h0);
+  EncodeResult result = EncodeStreamAndCommit(*tensors, tree_json, options, internal_metadata, path,
+                                              env, &source, parallel_for, cancel);
+  result.hash_seconds = hash_seconds;
   return result;
 }
 

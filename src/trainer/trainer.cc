@@ -1,50 +1,23 @@
 // pymarlin's Trainer, ModuleInterface and SingleProcess backend for LibTorch.
 #include "ackpt/trainer.h"
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim.h>
 #include <torch/utils.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <limits>
 
 #include "ackpt/error.h"
+#include "util/logger.h"
 
 namespace ackpt {
 
 namespace {
 
 constexpr const char* kLoggerName = "ackpt.trainer";
-
-std::shared_ptr<spdlog::logger> MakeLogger(const TrainerArguments& args) {
-  std::string level = args.log_level;
-  std::transform(level.begin(), level.end(), level.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (level == "warning") level = "warn";
-  if (level == "fatal") level = "critical";
-  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-  if (std::find(std::begin(kLevels), std::end(kLevels), level) == std::end(kLevels)) {
-    throw Error::InvalidArgument("TrainerArguments.log_level '" + args.log_level +
-                                 "' is not one of TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL, OFF");
-  }
-  std::shared_ptr<spdlog::logger> logger = args.logger;
-  if (!logger) {
-    logger = spdlog::get(kLoggerName);
-    if (!logger) {
-      try {
-        logger = spdlog::stderr_color_mt(kLoggerName);
-      } catch (const spdlog::spdlog_ex&) {
-        logger = spdlog::get(kLoggerName);
-      }
-    }
-  }
-  logger->set_level(spdlog::level::from_str(level));
-  return logger;
-}
 
 void Validate(const TrainerArguments& a) {
   auto bad = [](const std::string& what) {
@@ -60,38 +33,16 @@ void Validate(const TrainerArguments& a) {
     throw bad("max_grad_norm must be > 0 when clip_grads is set");
 }
 
-int64_t GetInt(const StateDict& d, const std::string& key, const std::string& where) {
-  const Value* v = d.find(key);
-  if (v == nullptr) throw Error::InvalidArgument(where + " has no '" + key + "'");
-  if (!v->is_int()) {
-    throw Error::InvalidArgument(where + "." + key + " is a " + KindName(v->kind()) +
-                                 ", not an int");
-  }
-  return v->to_int();
-}
-
-const List& GetList(const StateDict& d, const std::string& key, const std::string& where) {
-  const Value* v = d.find(key);
-  if (v == nullptr) throw Error::InvalidArgument(where + " has no '" + key + "'");
-  if (!v->is_list()) {
-    throw Error::InvalidArgument(where + "." + key + " is a " + KindName(v->kind()) +
-                                 ", not a list");
-  }
-  return v->list();
-}
-
-const StateDict& AsDict(const Value& v, const std::string& where) {
-  if (!v.is_dict())
-    throw Error::InvalidArgument(where + " is a " + KindName(v.kind()) + ", not a dict");
-  return v.dict();
-}
-
+// Null entries are errors; so are types ackpt cannot capture, found here
+// rather than at the first save, after an epoch of training.
 void CheckRecipe(const OptimizersSchedulers& os) {
   for (const auto& o : os.optimizers) {
     if (!o) throw Error::InvalidArgument("get_optimizers_schedulers returned a null optimizer");
+    OptimizerTypeName(*o);
   }
   for (const auto& s : os.schedulers) {
     if (!s) throw Error::InvalidArgument("get_optimizers_schedulers returned a null scheduler");
+    s->get_state();
   }
 }
 
@@ -237,8 +188,8 @@ StateDict SingleProcess::get_state() {
 void SingleProcess::update_state(const StateDict& state) {
   if (state.empty()) return;
   const std::string w = "trainer_backend_state";
-  const int64_t steps = GetInt(state, "global_step_completed", w);
-  const int64_t batches = GetInt(state, "batches_completed", w);
+  const int64_t steps = state.get_int("global_step_completed", w);
+  const int64_t batches = state.get_int("batches_completed", w);
   global_step_completed_ = steps;
   batches_completed_ = batches;
 }
@@ -254,13 +205,13 @@ Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
       backend_(std::move(backend)) {
   if (!module_) throw Error::InvalidArgument("Trainer needs a ModuleInterface, got null");
   Validate(args_);
-  logger_ = MakeLogger(args_);
+  logger_ = ResolveLogger(args_.log_level, args_.logger, "TrainerArguments.log_level", kLoggerName);
   if (!checkpointer_)
     checkpointer_ = std::make_shared<DefaultCheckpointer>(args_.checkpointer_args);
   if (!backend_) backend_ = std::make_shared<SingleProcess>();
 
-  // pymarlin's order: load, module state, optimizers/schedulers, trainer
-  // state (which restores them), backend init, backend state.
+  // pymarlin's order: load, module state, optimizers/schedulers; then, in
+  // restore(), trainer state (which restores them), backend init, backend state.
   checkpointed_states_ = checkpointer_->load();
   if (!checkpointed_states_.module_interface_state.empty()) {
     module_->update_state(checkpointed_states_.module_interface_state);
@@ -277,10 +228,21 @@ Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
   CheckRecipe(os);
   optimizers_ = std::move(os.optimizers);
   schedulers_ = std::move(os.schedulers);
-  Trainer::update_state(checkpointed_states_.trainer_state);
+}
 
-  backend_->init(backend_args());
-  backend_->update_state(checkpointed_states_.trainer_backend_state);
+void Trainer::restore() {
+  if (restored_) return;
+  // Set first: an update_state() override may call what calls restore().
+  restored_ = true;
+  try {
+    update_state(checkpointed_states_.trainer_state);
+    // After update_state, which may have rebuilt the optimizers (reset_optimizers_schedulers).
+    backend_->init(backend_args());
+    backend_->update_state(checkpointed_states_.trainer_backend_state);
+  } catch (...) {
+    restored_ = false;  // a later train() fails the same way instead of training half-restored
+    throw;
+  }
   if (!checkpointed_states_.empty()) {
     logger_->info("resumed after epoch {} (global step {})", last_epoch_, global_steps_finished());
   }
@@ -304,12 +266,6 @@ TrainerBackendArguments Trainer::backend_args() {
 
 int64_t Trainer::global_steps_finished() const { return backend_->get_global_steps_completed(); }
 
-void Trainer::restore_trainer_state() {
-  update_state(checkpointed_states_.trainer_state);
-  // update_state may have rebuilt the optimizers (reset_optimizers_schedulers).
-  backend_->init(backend_args());
-}
-
 StateDict Trainer::get_state() {
   StateDict state;
   state.set("last_epoch", last_epoch_);
@@ -327,7 +283,7 @@ StateDict Trainer::get_state() {
 void Trainer::update_state(const StateDict& state) {
   if (state.empty()) return;
   const std::string w = "trainer_state";
-  last_epoch_ = GetInt(state, "last_epoch", w);
+  last_epoch_ = state.get_int("last_epoch", w);
   if (args_.reset_optimizers_schedulers) {
     logger_->info("optimizers and schedulers reset, not loaded from the checkpoint");
     const int64_t remaining = args_.epochs - last_epoch_ - 1;
@@ -339,8 +295,8 @@ void Trainer::update_state(const StateDict& state) {
       schedulers_ = std::move(os.schedulers);
     }
   } else {
-    const List& optimizers = GetList(state, "optimizers", w);
-    const List& schedulers = GetList(state, "schedulers", w);
+    const List& optimizers = state.get_list("optimizers", w);
+    const List& schedulers = state.get_list("schedulers", w);
     if (optimizers.size() != optimizers_.size()) {
       throw Error::InvalidArgument(
           "the checkpoint holds " + std::to_string(optimizers.size()) +
@@ -355,19 +311,20 @@ void Trainer::update_state(const StateDict& state) {
     }
     for (size_t i = 0; i < optimizers.size(); ++i) {
       RestoreOptimizer(*optimizers_[i], module_->module(),
-                       AsDict(optimizers[i], w + ".optimizers[" + std::to_string(i) + "]"));
+                       optimizers[i].dict(w + ".optimizers[" + std::to_string(i) + "]"));
     }
     for (size_t i = 0; i < schedulers.size(); ++i) {
       schedulers_[i]->update_state(
-          AsDict(schedulers[i], w + ".schedulers[" + std::to_string(i) + "]"));
+          schedulers[i].dict(w + ".schedulers[" + std::to_string(i) + "]"));
     }
   }
   if (args_.checkpoint_rng) {
-    if (const Value* rng = state.find("rng")) RestoreRngState(AsDict(*rng, w + ".rng"));
+    if (const Value* rng = state.find("rng")) RestoreRngState(rng->dict(w + ".rng"));
   }
 }
 
 double Trainer::validate(int64_t epoch) {
+  restore();
   if (module_->num_val_batches(epoch) <= 0) return std::numeric_limits<double>::quiet_NaN();
   torch::nn::Module& m = module_->module();
   const bool was_training = m.is_training();
@@ -385,6 +342,7 @@ double Trainer::validate(int64_t epoch) {
 }
 
 void Trainer::train() {
+  restore();
   interrupted_ = false;
   for (int64_t epoch = last_epoch_ + 1; epoch < args_.epochs; ++epoch) {
     if (stop_requested()) {
@@ -424,6 +382,7 @@ void Trainer::train() {
 }
 
 void Trainer::save_checkpoint(bool force) {
+  restore();
   if (last_epoch_ < 0) {
     throw Error::InvalidArgument("save_checkpoint() before any epoch finished (last_epoch = -1)");
   }
@@ -436,6 +395,7 @@ void Trainer::save_checkpoint(bool force) {
 }
 
 void Trainer::save_model_checkpoint() {
+  restore();
   if (last_epoch_ < 0) {
     throw Error::InvalidArgument(
         "save_model_checkpoint() before any epoch finished (last_epoch = -1)");

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <limits>
 
 #include "ackpt/error.h"
 
@@ -59,48 +60,79 @@ Value& Value::operator=(const Value& o) {
 Value& Value::operator=(Value&&) noexcept = default;
 Value::~Value() = default;
 
-void Value::Expect(Kind k) const {
+namespace {
+
+// "an int", "a string": for messages that name a kind.
+std::string WithArticle(Value::Kind kind) {
+  const std::string name = KindName(kind);
+  return (name[0] == 'i' ? "an " : "a ") + name;
+}
+
+// The path named by the accessors that are not told one.
+const std::string& Unnamed() {
+  static const std::string kValue = "value";
+  return kValue;
+}
+
+}  // namespace
+
+namespace detail {
+void ThrowIntegerOutOfRange(const std::string& value) {
+  throw Error::InvalidArgument("integer " + value +
+                               " does not fit in a StateDict int (int64: at most " +
+                               std::to_string(std::numeric_limits<int64_t>::max()) + ")");
+}
+}  // namespace detail
+
+void Value::Expect(Kind k, const std::string& where) const {
   if (kind_ != k) {
-    throw Error::InvalidArgument(std::string("value is a ") + KindName(kind_) + ", not a " +
-                                 KindName(k));
+    throw Error::InvalidArgument(where + " is " + WithArticle(kind_) + ", not " + WithArticle(k));
   }
 }
 
-const at::Tensor& Value::tensor() const {
-  Expect(Kind::kTensor);
-  return tensor_;
-}
-int64_t Value::to_int() const {
-  Expect(Kind::kInt);
-  return int_;
-}
-double Value::to_double() const {
-  if (kind_ == Kind::kInt) return static_cast<double>(int_);
-  Expect(Kind::kDouble);
-  return double_;
-}
-bool Value::to_bool() const {
-  Expect(Kind::kBool);
-  return bool_;
-}
-const std::string& Value::str() const {
-  Expect(Kind::kString);
-  return string_;
-}
-const List& Value::list() const {
-  Expect(Kind::kList);
-  return *list_;
-}
+const at::Tensor& Value::tensor() const { return tensor(Unnamed()); }
+int64_t Value::to_int() const { return to_int(Unnamed()); }
+double Value::to_double() const { return to_double(Unnamed()); }
+bool Value::to_bool() const { return to_bool(Unnamed()); }
+const std::string& Value::str() const { return str(Unnamed()); }
+const List& Value::list() const { return list(Unnamed()); }
 List& Value::list() {
-  Expect(Kind::kList);
+  Expect(Kind::kList, Unnamed());
   return *list_;
 }
-const StateDict& Value::dict() const {
-  Expect(Kind::kDict);
+const StateDict& Value::dict() const { return dict(Unnamed()); }
+StateDict& Value::dict() {
+  Expect(Kind::kDict, Unnamed());
   return *dict_;
 }
-StateDict& Value::dict() {
-  Expect(Kind::kDict);
+
+const at::Tensor& Value::tensor(const std::string& where) const {
+  Expect(Kind::kTensor, where);
+  return tensor_;
+}
+int64_t Value::to_int(const std::string& where) const {
+  Expect(Kind::kInt, where);
+  return int_;
+}
+double Value::to_double(const std::string& where) const {
+  if (kind_ == Kind::kInt) return static_cast<double>(int_);
+  Expect(Kind::kDouble, where);
+  return double_;
+}
+bool Value::to_bool(const std::string& where) const {
+  Expect(Kind::kBool, where);
+  return bool_;
+}
+const std::string& Value::str(const std::string& where) const {
+  Expect(Kind::kString, where);
+  return string_;
+}
+const List& Value::list(const std::string& where) const {
+  Expect(Kind::kList, where);
+  return *list_;
+}
+const StateDict& Value::dict(const std::string& where) const {
+  Expect(Kind::kDict, where);
   return *dict_;
 }
 
@@ -145,6 +177,33 @@ Value& StateDict::at(const std::string& key) {
   Value* v = find(key);
   if (v == nullptr) throw Error::NotFound("no key '" + key + "' in StateDict");
   return *v;
+}
+
+const Value& StateDict::get(const std::string& key, const std::string& where) const {
+  const Value* v = find(key);
+  if (v == nullptr) throw Error::InvalidArgument(where + " has no '" + key + "'");
+  return *v;
+}
+const at::Tensor& StateDict::get_tensor(const std::string& key, const std::string& where) const {
+  return get(key, where).tensor(where + "." + key);
+}
+int64_t StateDict::get_int(const std::string& key, const std::string& where) const {
+  return get(key, where).to_int(where + "." + key);
+}
+double StateDict::get_double(const std::string& key, const std::string& where) const {
+  return get(key, where).to_double(where + "." + key);
+}
+bool StateDict::get_bool(const std::string& key, const std::string& where) const {
+  return get(key, where).to_bool(where + "." + key);
+}
+const std::string& StateDict::get_string(const std::string& key, const std::string& where) const {
+  return get(key, where).str(where + "." + key);
+}
+const List& StateDict::get_list(const std::string& key, const std::string& where) const {
+  return get(key, where).list(where + "." + key);
+}
+const StateDict& StateDict::get_dict(const std::string& key, const std::string& where) const {
+  return get(key, where).dict(where + "." + key);
 }
 
 bool StateDict::erase(const std::string& key) {

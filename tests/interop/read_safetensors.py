@@ -191,7 +191,8 @@ class Checkpoint:
         m = self.metadata
         keys = list(m)
         expect(m.get("format") == "pt", "__metadata__.format is %r, not 'pt'" % m.get("format"))
-        expect(m.get("ackpt.version") == "1", "ackpt.version is %r, not '1'" % m.get("ackpt.version"))
+        expect(m.get("ackpt.version") in ("1", "2"),
+               "ackpt.version is %r, not '1' or '2'" % m.get("ackpt.version"))
         # "format", user keys, ackpt's internal keys (e.g. ackpt.index), each
         # group in byte order, then the four fixed ackpt keys.
         def by_bytes(ks):

@@ -1,0 +1,108 @@
+// Distributed checkpointing over torch.distributed's C++ engine (c10d).
+//
+// Every rank calls save(checkpoint, index) with its own Checkpoint. Each rank
+// writes its part as an ordinary ackpt file (temp, fsync, rename, directory
+// fsync): its rank-local state plus its share of the replicated tensors,
+// which are written once, spread across ranks by size. When its part is
+// durable, a rank's writer publishes it through the c10d Store; rank 0's
+// writer waits for every part (commit_timeout_seconds) and then writes the
+// manifest "{prefix}_{index}.manifest.json" atomically. A checkpoint exists
+// if and only if its manifest exists. The background threads use only the
+// Store, never the process group, so they cannot interleave with the
+// trainer's collectives. load() is collective and runs in the foreground.
+// docs/DISTRIBUTED.md has the protocol, its failure cases and the scale story.
+#pragma once
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ackpt/checkpointer.h"
+#include "ackpt/export.h"
+
+namespace ackpt {
+
+struct DistributedCheckpointerArguments {
+  // Directory, names, compression, period, retention, threads, staging, ...
+  // as for DefaultCheckpointer. save_dir (and model_state_save_dir) must be
+  // one directory that every rank sees (a shared file system). Only rank 0
+  // owns it (lock, retention, cleanup); backpressure must be kBlock, since a
+  // save dropped on one rank could never commit. Default: DefaultCheckpointer's.
+  DefaultCheckpointerArguments checkpointer;
+  // The training process group. Used only by load(), which is collective,
+  // and only on the calling thread. Required.
+  c10::intrusive_ptr<c10d::ProcessGroup> process_group;
+  // The rendezvous Store (FileStore, TCPStore, or one wrapped in a
+  // PrefixStore). The background writers publish and commit through it under
+  // keys "ackpt/{prefix}/{index}/...". Required.
+  c10::intrusive_ptr<c10d::Store> store;
+  // Subtrees of the Checkpoint that are identical on every rank, as paths of
+  // keys from the top-level group: "module_interface_state" (DDP parameters),
+  // "trainer_state/optimizer". Their tensors are written once across ranks;
+  // everything else is rank-local (RNG, data position, shards). A listed path
+  // missing from a Checkpoint is skipped. Default: {"module_interface_state"}.
+  std::vector<std::string> replicated = {"module_interface_state"};
+  // How long rank 0's writer waits for every rank's part, and the other
+  // ranks for rank 0's verdict, before the save fails on every rank. Must
+  // cover the slowest rank's write. Default: 300 s.
+  double commit_timeout_seconds = 300;
+};
+
+// A distributed checkpoint in save_dir, as its manifest tells.
+struct ManifestEntry {
+  int64_t index = 0;
+  std::string path;  // the manifest
+  int world_size = 0;
+  std::vector<std::string> parts;  // file names, by rank
+  uint64_t bytes = 0;              // on disk, all parts
+};
+
+class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
+ public:
+  // Validates the arguments (kInvalidArgument naming the field). Not
+  // collective. Rank 0 takes the ownership lock of save_dir (kBusy if
+  // another writer holds it).
+  explicit DistributedCheckpointer(DistributedCheckpointerArguments args);
+  // Drains pending saves within drain_timeout_seconds; never throws.
+  ~DistributedCheckpointer() override;
+  DistributedCheckpointer(const DistributedCheckpointer&) = delete;
+  DistributedCheckpointer& operator=(const DistributedCheckpointer&) = delete;
+
+  // Every rank calls it with the same index. Raises a pending background
+  // error first, naming the index and, for a commit that timed out, the
+  // ranks whose parts were missing. force = true returns once the manifest
+  // is durable (on every rank).
+  void save(const Checkpoint& checkpoint, int64_t index, bool force = false) override;
+  // Rank 0 writes "{prefix}_model_{index}" from its (replicated) model state;
+  // the other ranks do nothing.
+  void save_model(const StateDict& model_state, int64_t index) override;
+  // Collective: every rank must call it. The ranks agree on the newest
+  // checkpoint whose manifest and parts all verify (rank 0 decides and
+  // broadcasts over the process group); each rank reads its rank-local state
+  // and every replicated tensor, wherever it was written. A checkpoint whose
+  // part fails on any rank is skipped by all. Replicated state loads on any
+  // world size; rank-local state needs the world size it was saved with
+  // (kInvalidArgument naming both sizes). Returns an empty Checkpoint when
+  // nothing is there.
+  Checkpoint load() override;
+  // Returns once every save so far is committed (manifest durable); raises a
+  // pending background error.
+  void wait() override;
+
+  int rank() const;
+  int world_size() const;
+  // The manifest load() resumed from; "" if none.
+  std::string last_loaded_manifest() const;
+  // Committed checkpoints in save_dir, newest first (reads manifests only).
+  std::vector<ManifestEntry> list_manifests() const;
+  CheckpointerCounters counters() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ackpt

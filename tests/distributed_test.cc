@@ -1,0 +1,240 @@
+// Distributed checkpointing with 4 ranks on 127.0.0.1 (Gloo over a
+// FileStore): bit-exact resume, kill -9 of a rank during a save, a crash
+// between the last part and the manifest, a corrupt part, replicated bytes
+// written once, failures surfacing on every rank, world-size checks. Every
+// launch is bounded in time and kills every process it started.
+#include <signal.h>
+#include <spawn.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "ackpt/distributed.h"
+#include "ackpt/error.h"
+#include "ackpt/file_names.h"
+#include "ackpt/format.h"
+#include "test_util.h"
+
+#ifndef ACKPT_DIST_WORKER
+#error "ACKPT_DIST_WORKER must name the worker binary"
+#endif
+
+extern char** environ;
+
+namespace ackpt {
+namespace {
+
+using testing::ReadFileBytes;
+using testing::TempDir;
+using Clock = std::chrono::steady_clock;
+constexpr int kWorld = 4;
+
+struct Launch {
+  std::vector<int> status;  // exit code, or 128 + signal; -1: timed out (killed)
+  std::vector<std::string> out;
+};
+
+// Runs `world` ranks of the worker; a rank killed by a signal makes the
+// launcher kill the others (as a job scheduler would). Bounded by timeout.
+Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir, std::vector<std::string> common,
+           const std::string& name, double timeout_seconds = 120) {
+  static int launches = 0;
+  const std::string store = tmp.file("store-" + std::to_string(++launches));
+  Launch l;
+  std::vector<pid_t> pids(static_cast<size_t>(world), -1);
+  l.status.assign(static_cast<size_t>(world), -1);
+  l.out.assign(static_cast<size_t>(world), "");
+  for (int r = 0; r < world; ++r) {
+    std::vector<std::string> args{ACKPT_DIST_WORKER, "--rank", std::to_string(r), "--world",
+                                  std::to_string(world), "--store", store, "--dir", dir};
+    for (auto& c : common) args.push_back(c == "{out}" ? tmp.file(name + "-" + std::to_string(r) + ".out") : c);
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    const std::string log = tmp.file(name + "-" + std::to_string(r) + ".log");
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    EXPECT_EQ(posix_spawn(&pids[static_cast<size_t>(r)], argv[0], &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+  }
+  const auto end = Clock::now() + std::chrono::duration<double>(timeout_seconds);
+  int running = world;
+  bool killed_all = false;
+  while (running > 0) {
+    for (int r = 0; r < world; ++r) {
+      pid_t& pid = pids[static_cast<size_t>(r)];
+      if (pid <= 0) continue;
+      int st = 0;
+      if (::waitpid(pid, &st, WNOHANG) == pid) {
+        l.status[static_cast<size_t>(r)] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        pid = -1;
+        --running;
+        if (WIFSIGNALED(st) && !killed_all) {
+          killed_all = true;
+          for (pid_t p : pids)
+            if (p > 0) ::kill(p, SIGKILL);
+        }
+      }
+    }
+    if (Clock::now() > end) {
+      ADD_FAILURE() << name << ": ranks still running after " << timeout_seconds << " s";
+      for (pid_t p : pids)
+        if (p > 0) ::kill(p, SIGKILL);
+      for (pid_t p : pids)
+        if (p > 0) ::waitpid(p, nullptr, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (int r = 0; r < world; ++r) l.out[static_cast<size_t>(r)] = ReadFileBytes(tmp.file(name + "-" + std::to_string(r) + ".log"));
+  return l;
+}
+
+std::vector<std::string> Args(int steps, const std::string& compression, std::vector<std::string> extra = {}) {
+  std::vector<std::string> a{"--steps", std::to_string(steps), "--save-every", "4", "--compression",
+                             compression};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+void ExpectAllOk(const Launch& l, const std::string& what) {
+  for (size_t r = 0; r < l.status.size(); ++r) EXPECT_EQ(l.status[r], 0) << what << " rank " << r << ":\n" << l.out[r];
+}
+
+bool HasManifest(const std::string& dir, int64_t index) {
+  return Env::Default()->FileExists(JoinPath(dir, ManifestFileName("model", index)));
+}
+
+// The reference, made once: 12 steps without interruption, every rank's final state.
+class DistributedTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ref_ = new TempDir();
+    auto l = LaunchRanks(*ref_, kWorld, ref_->file("straight"), Args(12, "zstd", {"--out", "{out}"}),
+                         "straight");
+    ExpectAllOk(l, "straight run");
+  }
+  static void TearDownTestSuite() {
+    delete ref_;
+    ref_ = nullptr;
+  }
+  void ExpectResumedExactly(const std::string& name, int64_t from, const Launch& l) {
+    for (int r = 0; r < kWorld; ++r) {
+      EXPECT_NE(l.out[static_cast<size_t>(r)].find("resumed " + std::to_string(from)), std::string::npos)
+          << name << " rank " << r << ":\n" << l.out[static_cast<size_t>(r)];
+      EXPECT_EQ(ReadFileBytes(tmp_.file(name + "-" + std::to_string(r) + ".out")),
+                ReadFileBytes(ref_->file("straight-" + std::to_string(r) + ".out")))
+          << name << ": rank " << r << " differs from the uninterrupted run";
+    }
+  }
+  static TempDir* ref_;
+  TempDir tmp_;
+};
+TempDir* DistributedTest::ref_ = nullptr;
+
+TEST_F(DistributedTest, FourRanksResumeBitExactAndReplicatedBytesAreWrittenOnce) {
+  for (const std::string comp : {"zstd", "none"}) {
+    const std::string dir = tmp_.file("ckpt-" + comp);
+    ExpectAllOk(LaunchRanks(tmp_, kWorld, dir, Args(8, comp), "part-" + comp), "part run");
+    EXPECT_TRUE(HasManifest(dir, 4));
+    EXPECT_TRUE(HasManifest(dir, 8));
+    // Replicated tensors (w, b, momentum) are each in exactly one part, and
+    // not all in rank 0's; every part has its rank-local state.
+    std::map<std::string, int> seen;
+    std::set<int> writers;
+    for (int r = 0; r < kWorld; ++r) {
+      auto reader = CheckpointReader::Open(JoinPath(dir, PartFileName("model", 8, r, comp == "zstd")));
+      bool has_shard = false;
+      for (const auto& t : reader->info().tensors) {
+        if (t.name.rfind("replicated/", 0) == 0) {
+          ++seen[t.name];
+          writers.insert(r);
+        }
+        has_shard = has_shard || t.name.find("shard") != std::string::npos;
+      }
+      EXPECT_TRUE(has_shard) << "rank " << r;
+    }
+    EXPECT_EQ(seen.size(), 3u);
+    for (const auto& kv : seen) EXPECT_EQ(kv.second, 1) << kv.first;
+    EXPECT_GE(writers.size(), 3u);
+    const std::string name = "resume-" + comp;
+    auto l = LaunchRanks(tmp_, kWorld, dir, Args(12, comp, {"--resume", "--out", "{out}"}), name);
+    ExpectAllOk(l, name);
+    ExpectResumedExactly(name, 8, l);
+  }
+}
+
+TEST_F(DistributedTest, KillingOneRankDuringASaveLeavesNoManifestAndAllResumeThePrevious) {
+  const std::string dir = tmp_.file("ckpt");
+  auto l = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--die-at-save", "8", "--die-rank", "2"}), "killed");
+  EXPECT_EQ(l.status[2], 128 + SIGKILL) << l.out[2];
+  EXPECT_TRUE(HasManifest(dir, 4));
+  EXPECT_FALSE(HasManifest(dir, 8));
+  auto r = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--resume", "--out", "{out}"}), "after-kill");
+  ExpectAllOk(r, "resume after kill");
+  ExpectResumedExactly("after-kill", 4, r);
+}
+
+TEST_F(DistributedTest, CrashBetweenTheLastPartAndTheManifestRenameCommitsNothing) {
+  const std::string dir = tmp_.file("ckpt");
+  auto l = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--die-before-manifest", "8"}), "crash");
+  EXPECT_EQ(l.status[0], 128 + SIGKILL) << l.out[0];
+  EXPECT_FALSE(HasManifest(dir, 8));
+  for (int r = 0; r < kWorld; ++r)  // every part of 8 was durable, yet 8 does not exist
+    EXPECT_TRUE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", 8, r, true)))) << r;
+  auto res = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--resume", "--out", "{out}"}), "after-crash");
+  ExpectAllOk(res, "resume after crash");
+  ExpectResumedExactly("after-crash", 4, res);
+  // The orphaned parts of 8 were cleaned up at load.
+  EXPECT_FALSE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", 8, 1, true))) &&
+               !HasManifest(dir, 8));
+}
+
+TEST_F(DistributedTest, ACorruptPartMakesEveryRankFallBackToTheSameOlderCheckpoint) {
+  const std::string dir = tmp_.file("ckpt");
+  ExpectAllOk(LaunchRanks(tmp_, kWorld, dir, Args(8, "none"), "part"), "part run");
+  // Flip a byte of tensor data in rank 2's part of 8: only rank 2 notices, on read.
+  const std::string victim = JoinPath(dir, PartFileName("model", 8, 2, false));
+  std::string bytes = ReadFileBytes(victim);
+  bytes[bytes.size() - 3] ^= 0x40;
+  testing::WriteFileBytes(victim, bytes);
+  auto r = LaunchRanks(tmp_, kWorld, dir, Args(12, "none", {"--resume", "--out", "{out}"}), "after-corrupt");
+  ExpectAllOk(r, "resume after corruption");
+  ExpectResumedExactly("after-corrupt", 4, r);
+}
+
+TEST_F(DistributedTest, ARanksFailureSurfacesOnEveryRank) {
+  const std::string dir = tmp_.file("ckpt");
+  auto l = LaunchRanks(tmp_, kWorld, dir,
+               Args(12, "zstd", {"--fail-write-at", "8", "--fail-rank", "2", "--commit-timeout", "3"}),
+               "failing");
+  for (int r = 0; r < kWorld; ++r) {
+    const std::string& out = l.out[static_cast<size_t>(r)];
+    EXPECT_EQ(l.status[static_cast<size_t>(r)], 3) << "rank " << r << ":\n" << out;
+    EXPECT_NE(out.find("error:"), std::string::npos) << out;
+    EXPECT_NE(out.find(" 8"), std::string::npos) << out;
+    if (r != 2) EXPECT_NE(out.find("rank(s) 2"), std::string::npos) << "rank " << r << ":\n" << out;
+  }
+  EXPECT_FALSE(HasManifest(dir, 8));
+  EXPECT_TRUE(HasManifest(dir, 4));
+}
+
+TEST_F(DistributedTest, RankLocalStateNeedsTheSameWorldSize) {
+  const std::string dir = tmp_.file("ckpt");
+  ExpectAllOk(LaunchRanks(tmp_, kWorld, dir, Args(4, "zstd"), "part"), "part run");
+  auto l = LaunchRanks(tmp_, 2, dir, Args(8, "zstd", {"--resume"}), "two-ranks");
+  for (int r = 0; r < 2; ++r) {
+    const std::string& out = l.out[static_cast<size_t>(r)];
+    EXPECT_EQ(l.status[static_cast<size_t>(r)], 3) << out;
+    EXPECT_NE(out.find("saved by 4 ranks"), std::string::npos) << out;
+    EXPECT_NE(out.find("by 2 ranks"), std::string::npos) << out;
+  }
+}
+
+}  // namespace
+}  // namespace ackpt
