@@ -42,9 +42,22 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <sys/wait.h>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
 #include "ackpt/ackpt.h"
+#include "ackpt/distributed.h"
+#include "ackpt/distributed_backend.h"
 #include "ackpt/preemption.h"
 #include "ackpt/trainer.h"
+
+extern char** environ;
 
 namespace {
 
@@ -92,6 +105,10 @@ struct Options {
   int64_t seed = 0;
   bool preemption = true;    // SIGTERM/SIGUSR1: save at once and exit 75
   double grace_period = 60;  // seconds to make that save durable
+  int nproc = 1;             // > 1: launch that many ranks (Gloo on 127.0.0.1)
+  int rank = -1;             // set by the launcher for each rank it starts
+  int world = 1;
+  std::string store;  // the FileStore of the ranks' rendezvous
 };
 
 ModelSize SizeOf(const std::string& name) {
@@ -228,7 +245,9 @@ class CharLM : public ackpt::ModuleInterface {
   void on_begin_train_epoch(int64_t global_step, int64_t) override { window_start_ = global_step; }
   int64_t num_train_batches(int64_t epoch) override {
     const int64_t end = std::min((epoch + 1) * opt_.checkpoint_every, opt_.steps);
-    return std::max<int64_t>(0, end - window_start_);
+    // With --nproc, DistributedBackend runs 1 / world of the batches on each
+    // rank: ask for world times the steps, so every rank runs the window.
+    return std::max<int64_t>(0, end - window_start_) * opt_.world;
   }
   torch::Tensor train_step(int64_t, int64_t, int64_t) override {
     // Random windows drawn from LibTorch's generator (checkpointed with the Trainer).
@@ -316,8 +335,26 @@ struct SaveRecord {
 
 class DemoCheckpointer : public ackpt::AbstractCheckpointer {
  public:
-  DemoCheckpointer(ackpt::DefaultCheckpointerArguments args, bool sync, CharLM* module)
-      : inner_(std::move(args)), sync_(sync), module_(module) {}
+  // One process: a DefaultCheckpointer; --nproc: a DistributedCheckpointer.
+  DemoCheckpointer(std::unique_ptr<ackpt::DefaultCheckpointer> single,
+                   std::unique_ptr<ackpt::DistributedCheckpointer> dist, bool sync, CharLM* module,
+                   std::string prefix)
+      : single_(std::move(single)),
+        dist_(std::move(dist)),
+        sync_(sync),
+        module_(module),
+        prefix_(std::move(prefix)) {}
+  ackpt::AbstractCheckpointer& inner() {
+    return single_ ? static_cast<ackpt::AbstractCheckpointer&>(*single_) : *dist_;
+  }
+  // The file that makes checkpoint `step` exist.
+  std::string saved_name(int64_t step) const {
+    return single_ ? ackpt::BaseName(single_->last_saved_path())
+                   : ackpt::ManifestFileName(prefix_, step);
+  }
+  std::string loaded_path() const {
+    return single_ ? single_->last_loaded_path() : dist_->last_loaded_manifest();
+  }
   void save(const ackpt::Checkpoint& c, int64_t, bool force) override {
     // File index = optimizer steps done (the Trainer's index is its epoch,
     // here a window of --checkpoint-every steps).
@@ -326,17 +363,17 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
     if (force && !records_.empty() && records_.back().step == step && !records_.back().forced) {
       // The Trainer's final save(force = true) right after the periodic save
       // of the same state: making that one durable is enough.
-      inner_.wait();
+      inner().wait();
       const double stall = Seconds(Clock::now() - t0);
       records_.push_back({step, true, false, stall});
       Print("final save (force = true): waited {:.1f} ms until {} was durable\n", stall * 1e3,
-            ackpt::BaseName(inner_.last_saved_path()));
+            saved_name(step));
       return;
     }
-    inner_.save(c, step, force || sync_);
+    inner().save(c, step, force || sync_);
     const double stall = Seconds(Clock::now() - t0);
     records_.push_back({step, force, true, stall});
-    const std::string name = ackpt::BaseName(inner_.last_saved_path());
+    const std::string name = saved_name(step);
     if (!force) {
       Print("{}  | {} {}, stall {:.1f} ms\n", module_->take_pending(), sync_ ? "wrote" : "queued",
             name, stall * 1e3);
@@ -346,20 +383,38 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
   }
   void save_model(const ackpt::StateDict& s, int64_t) override {
     const auto t0 = Clock::now();
-    inner_.save_model(s, last_step());  // synchronous, as in pymarlin
+    inner().save_model(s, last_step());  // synchronous, as in pymarlin
     model_stall_ += Seconds(Clock::now() - t0);
   }
   double model_stall() const { return model_stall_; }
-  ackpt::Checkpoint load() override { return inner_.load(); }
-  void wait() override { inner_.wait(); }
-  ackpt::DefaultCheckpointer& inner() { return inner_; }
+  ackpt::Checkpoint load() override { return inner().load(); }
+  void wait() override { inner().wait(); }
+  // What retention kept, one line.
+  std::string kept() {
+    std::string out;
+    if (single_) {
+      for (const auto& e : single_->list_checkpoints()) {
+        auto v = e.metrics.find("val_loss");
+        out += fmt::format("{} ({}{})  ", ackpt::BaseName(e.path), fmt::join(e.kept_by, "+"),
+                           v != e.metrics.end() ? fmt::format(", val_loss {:.3f}", v->second) : "");
+      }
+    } else {
+      for (const auto& e : dist_->list_manifests()) {
+        out += fmt::format("{} ({} parts, {})  ", ackpt::BaseName(e.path), e.parts.size(),
+                           Bytes(static_cast<double>(e.bytes)));
+      }
+    }
+    return out;
+  }
   const std::vector<SaveRecord>& records() const { return records_; }
   int64_t last_step() const { return records_.empty() ? 0 : records_.back().step; }
 
  private:
-  ackpt::DefaultCheckpointer inner_;
+  std::unique_ptr<ackpt::DefaultCheckpointer> single_;
+  std::unique_ptr<ackpt::DistributedCheckpointer> dist_;
   bool sync_;
   CharLM* module_;
+  std::string prefix_;
   std::vector<SaveRecord> records_;
   double model_stall_ = 0;
 };
@@ -380,6 +435,8 @@ int Run(const Options& o) {
   const std::string text = LoadCorpus(o, &corpus_name);
   auto model = CharTransformer(size);
   auto module = std::make_shared<CharLM>(model, size, o, text);
+  // Every rank builds the same model from --seed; each draws its own data.
+  if (o.world > 1) torch::manual_seed(static_cast<uint64_t>(o.seed) + 1000 * o.rank);
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
 
@@ -434,17 +491,41 @@ int Run(const Options& o) {
     guard = std::make_unique<ackpt::PreemptionGuard>(po);
   }
 
-  auto checkpointer = std::make_shared<DemoCheckpointer>(ca, o.sync, module.get());
+  std::unique_ptr<ackpt::DefaultCheckpointer> single;
+  std::unique_ptr<ackpt::DistributedCheckpointer> dist;
+  std::shared_ptr<ackpt::TrainerBackend> backend;
+  if (o.world > 1) {
+    // The ranks meet in a FileStore on local disk and talk Gloo on 127.0.0.1.
+    auto store = c10::make_intrusive<c10d::FileStore>(o.store, o.world);
+    auto gloo = c10d::ProcessGroupGloo::Options::create(std::chrono::seconds(120));
+    gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world, gloo);
+    ackpt::DistributedCheckpointerArguments da;
+    da.checkpointer = ca;
+    da.process_group = pg;
+    da.store = store;
+    // Parameters, AdamW state and StepLR are identical on every rank; the
+    // RNG (each rank's data order) and step counters are rank-local.
+    da.replicated = {"module_interface_state", "trainer_state/optimizers",
+                     "trainer_state/schedulers"};
+    da.commit_timeout_seconds = 120;
+    dist = std::make_unique<ackpt::DistributedCheckpointer>(da);
+    backend = std::make_shared<ackpt::DistributedBackend>(pg);
+  } else {
+    single = std::make_unique<ackpt::DefaultCheckpointer>(ca);
+  }
+  auto checkpointer = std::make_shared<DemoCheckpointer>(std::move(single), std::move(dist), o.sync,
+                                                         module.get(), ca.file_prefix);
   ackpt::TrainerArguments ta;
   ta.epochs = module->epochs();
   ta.log_level = "WARN";
   ta.clip_grads = true;
   ta.max_grad_norm = 1.0;
-  ackpt::Trainer trainer(module, ta, nullptr, checkpointer);
+  ackpt::Trainer trainer(module, ta, backend, checkpointer);
 
   // What was resumed, from the checkpoint itself (the Trainer may restore
   // its state lazily, when train() starts).
-  const std::string loaded = checkpointer->inner().last_loaded_path();
+  const std::string loaded = checkpointer->loaded_path();
   const ackpt::Checkpoint& resumed = trainer.checkpointed_states();
   int64_t start_step = 0;
   if (!loaded.empty() && !resumed.empty()) {
@@ -459,7 +540,8 @@ int Run(const Options& o) {
           loaded, start_step, e));
     }
     const auto index =
-        ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
+        o.world > 1 ? ackpt::ParseManifestIndex(ackpt::BaseName(loaded), ca.file_prefix)
+                    : ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
     fmt::print("resuming from checkpoint index {} (step {}, {})\n", index ? *index : -1, start_step,
                loaded);
   } else if (o.resume) {
@@ -508,7 +590,7 @@ int Run(const Options& o) {
           guard->signal_number() == SIGTERM   ? "SIGTERM"
           : guard->signal_number() == SIGUSR1 ? "SIGUSR1"
                                               : fmt::format("signal {}", guard->signal_number()),
-          step, ackpt::BaseName(checkpointer->inner().last_saved_path()),
+          step, checkpointer->saved_name(step),
           guard->save_seconds() * 1e3, ackpt::kPreemptedExitCode);
   } else if (trainer.interrupted()) {
     Print("interrupted: waiting for pending saves\n");
@@ -546,7 +628,8 @@ int Run(const Options& o) {
       bytes += s.bytes;
       file_bytes += s.file_bytes;
       write_sum += s.write_seconds;
-      if (ackpt::ParseCheckpointIndex(ackpt::BaseName(s.path), ca.file_prefix, ca.file_ext)) {
+      if (ackpt::ParseCheckpointIndex(ackpt::BaseName(s.path), ca.file_prefix, ca.file_ext) ||
+          ackpt::ParsePartFileName(ackpt::BaseName(s.path), ca.file_prefix, ca.file_ext)) {
         ++written;
       } else {
         ++model_files;
@@ -597,15 +680,96 @@ int Run(const Options& o) {
       "checkpoint stall:    {:.2f} s of {:.1f} s training = {:.1f} % (periodic saves {:.1f} "
       "%, final save {:.1f} %)\n",
       total_stall, train_seconds, share(total_stall), share(periodic_sum), share(final_total));
-  fmt::print("kept (retention):    ");
-  for (const auto& e : checkpointer->inner().list_checkpoints()) {
-    auto v = e.metrics.find("val_loss");
-    fmt::print("{} ({}{})  ", ackpt::BaseName(e.path), fmt::join(e.kept_by, "+"),
-               v != e.metrics.end() ? fmt::format(", val_loss {:.3f}", v->second) : "");
-  }
+  fmt::print("kept (retention):    {}", checkpointer->kept());
   fmt::print("\nfiles:               ackpt ls {}\n", o.save_dir);
+  if (o.world > 1) {
+    // For the launcher's per-rank table.
+    std::ofstream(fmt::format("{}/.demo-summary-rank{}", o.save_dir, o.rank))
+        << fmt::format("rank {}: {} saves, stall mean {:.1f} ms, max {:.1f} ms; {} written ({} of tensors)\n",
+                       o.rank, periodic, periodic ? 1e3 * periodic_sum / periodic : 0.0,
+                       1e3 * periodic_max, Bytes(static_cast<double>(file_bytes)),
+                       Bytes(static_cast<double>(bytes)));
+  }
   if (preempted) return ackpt::kPreemptedExitCode;
   return trainer.interrupted() ? 130 : 0;
+}
+
+// --nproc N: starts N ranks of this program on 127.0.0.1 (rank 0 prints to
+// the terminal, rank r > 0 to {save-dir}/.demo-rank{r}.log), forwards
+// SIGINT/SIGTERM to them, and when one rank dies (kill -9) ends the others,
+// as a job launcher does. Then prints each rank's summary line.
+std::atomic<int> g_forward_signal{0};
+void OnLauncherSignal(int sig) { g_forward_signal.store(sig); }
+
+int Launch(const Options& o, int argc, char** argv) {
+  std::filesystem::create_directories(o.save_dir);
+  const std::string store = fmt::format("{}/.demo-store-{}", o.save_dir, ::getpid());
+  std::filesystem::remove(store);
+  for (int r = 0; r < o.nproc; ++r)
+    std::filesystem::remove(fmt::format("{}/.demo-summary-rank{}", o.save_dir, r));
+  fmt::print("ackpt demo: launching {} ranks (Gloo on 127.0.0.1, FileStore {}); ranks 1..{} log to "
+             "{}/.demo-rank<r>.log\n",
+             o.nproc, store, o.nproc - 1, o.save_dir);
+  std::fflush(stdout);
+  std::vector<pid_t> pids(static_cast<size_t>(o.nproc), -1);
+  for (int r = 0; r < o.nproc; ++r) {
+    std::vector<std::string> args(argv, argv + argc);
+    for (const auto& a : {std::string("--rank"), std::to_string(r), std::string("--world"),
+                          std::to_string(o.nproc), std::string("--store"), store}) {
+      args.push_back(a);
+    }
+    std::vector<char*> cargs;
+    for (auto& a : args) cargs.push_back(a.data());
+    cargs.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    const std::string log = fmt::format("{}/.demo-rank{}.log", o.save_dir, r);
+    if (r > 0) {
+      posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    }
+    const int rc = posix_spawn(&pids[static_cast<size_t>(r)], "/proc/self/exe", &fa, nullptr,
+                               cargs.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) throw std::runtime_error(fmt::format("cannot start rank {}: {}", r, std::strerror(rc)));
+  }
+  signal(SIGINT, OnLauncherSignal);
+  signal(SIGTERM, OnLauncherSignal);
+  int running = o.nproc, status = 0;
+  bool killed_all = false;
+  while (running > 0) {
+    if (int sig = g_forward_signal.exchange(0)) {
+      for (pid_t p : pids)
+        if (p > 0) ::kill(p, sig);
+    }
+    for (int r = 0; r < o.nproc; ++r) {
+      pid_t& pid = pids[static_cast<size_t>(r)];
+      int st = 0;
+      if (pid <= 0 || ::waitpid(pid, &st, WNOHANG) != pid) continue;
+      pid = -1;
+      --running;
+      const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      if (code != 0 && status == 0) status = code;
+      if (code != 0 && code != ackpt::kPreemptedExitCode && !killed_all) {
+        // A rank is gone: the others would wait for it forever.
+        fmt::print(stderr, "ackpt demo: rank {} ended with status {}; stopping the other ranks\n", r,
+                   code);
+        killed_all = true;
+        for (pid_t p : pids)
+          if (p > 0) ::kill(p, SIGKILL);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::filesystem::remove(store);
+  fmt::print("\n== per rank ==\n");
+  for (int r = 0; r < o.nproc; ++r) {
+    std::ifstream in(fmt::format("{}/.demo-summary-rank{}", o.save_dir, r));
+    std::string line;
+    fmt::print("{}\n", std::getline(in, line) ? line : fmt::format("rank {}: no summary", r));
+  }
+  if (status != 0 && !killed_all) return status;
+  return killed_all ? 1 : status;
 }
 
 // Usage errors exit with 2, like the ackpt CLI.
@@ -695,6 +859,14 @@ int main(int argc, char** argv) {
                  "seconds after SIGTERM/SIGUSR1 within which the preemption checkpoint must be "
                  "durable (else exit 76 at once)")
       ->check(PositiveSeconds());
+  app.add_option("--nproc", o.nproc,
+                 "train data-parallel on N ranks on this machine (Gloo on 127.0.0.1, a "
+                 "FileStore), checkpointing through ackpt::DistributedCheckpointer")
+      ->check(IntAtLeast(1));
+  // Set by the --nproc launcher for the ranks it starts.
+  app.add_option("--rank", o.rank)->group("");
+  app.add_option("--world", o.world)->group("");
+  app.add_option("--store", o.store)->group("");
   app.footer(
       "exit status: 0 done, 1 error, 2 usage error, 75 preempted (checkpoint saved; continue "
       "with --resume), 76 preempted but the grace period ran out, 130 stopped by Ctrl-C");
@@ -705,6 +877,7 @@ int main(int argc, char** argv) {
   }
   o.preemption = !no_preemption;
   try {
+    if (o.nproc > 1 && o.rank < 0) return Launch(o, argc, argv);
     return Run(o);
   } catch (const std::exception& e) {
     fmt::print(stderr, "ackpt_demo: {}\n", e.what());

@@ -579,7 +579,7 @@ TEST(StagingRingTest, StateTenTimesTheBudgetSavesAndLoadsBitExact) {
       a.log_level = "INFO";
       a.compression = compression;
       a.chunk_size = frame;
-      a.staging_budget_bytes = 864 << 10;  // 8 chunks of 108 KiB... rounded to 64 KiB multiples
+      a.staging_budget_bytes = 768 << 10;  // 12 chunks of 64 KiB
       std::vector<SaveStats> stats;
       std::mutex mu;
       a.on_save = [&](const SaveStats& s) {

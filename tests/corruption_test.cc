@@ -411,7 +411,7 @@ TEST_F(AckptMetadataTest, InconsistentMetadataIsCorruption) {
       return h["__metadata__"];
     };
     ExpectRejected(Edited([&](nlohmann::ordered_json& h) {
-                     meta(h)["ackpt.version"] = std::to_string(format::kFormatVersion + 1);
+                     meta(h)["ackpt.version"] = std::to_string(format::kNewestReadableVersion + 1);
                    }),
                    Error::Code::kUnsupported, "future version");
     // Without its version key an ackpt file must not pass for a foreign one

@@ -258,3 +258,62 @@ TEST(DemoKillTest, BadFlagsAreClearErrors) {
 
 }  // namespace
 }  // namespace ackpt
+
+namespace ackpt {
+namespace {
+
+// The children (ranks) of the --nproc launcher.
+std::vector<pid_t> Children(pid_t launcher) {
+  std::vector<pid_t> out;
+  std::ifstream in("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) +
+                   "/children");
+  pid_t p;
+  while (in >> p) out.push_back(p);
+  return out;
+}
+
+// --nproc 4: kill -9 one rank after a checkpoint has committed; the launcher
+// ends the others; --resume continues from a committed checkpoint and the
+// final model equals that of an uninterrupted 4-rank run, bit for bit.
+TEST(DemoKillTest, FourRanksOneKilledThenAllResumeExactly) {
+  TempDir dir;
+  auto args = [&](const std::string& save_dir) {
+    auto a = DemoArgs(save_dir, 20);
+    for (const char* x : {"--nproc", "4", "--checkpoint-every", "5"}) a.push_back(x);
+    return a;
+  };
+  const std::string straight = dir.file("straight");
+  ASSERT_EQ(WaitFor(Spawn(args(straight), dir.file("straight.log")), 300), 0)
+      << ReadFileBytes(dir.file("straight.log"));
+
+  const std::string ckpt = dir.file("ckpt");
+  const pid_t launcher = Spawn(args(ckpt), dir.file("killed.log"));
+  const auto deadline = Clock::now() + std::chrono::seconds(240);
+  while (!Env::Default()->FileExists(JoinPath(ckpt, ManifestFileName("model", 5))) &&
+         Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::vector<pid_t> ranks = Children(launcher);
+  ASSERT_EQ(ranks.size(), 4u) << ReadFileBytes(dir.file("killed.log"));
+  kill(ranks[2], SIGKILL);
+  const int rc = WaitFor(launcher, 120);
+  EXPECT_NE(rc, 0) << ReadFileBytes(dir.file("killed.log"));
+
+  auto resume = args(ckpt);
+  resume.push_back("--resume");
+  ASSERT_EQ(WaitFor(Spawn(resume, dir.file("resume.log")), 300), 0)
+      << ReadFileBytes(dir.file("resume.log"));
+  const std::string out = ReadFileBytes(dir.file("resume.log"));
+  const auto index = ParseResumeIndex(out);
+  ASSERT_TRUE(index.has_value()) << out;
+  EXPECT_GE(*index, 5) << out;
+  EXPECT_NE(out.find("== per rank =="), std::string::npos) << out;
+  const std::string model = CheckpointFileName(ModelFilePrefix("model"), 20, true);
+  std::string why;
+  EXPECT_TRUE(ExactlyEqual(ReadStateDict(JoinPath(ckpt, model)),
+                           ReadStateDict(JoinPath(straight, model)), &why))
+      << why;
+}
+
+}  // namespace
+}  // namespace ackpt

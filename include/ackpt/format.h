@@ -23,12 +23,24 @@ namespace ackpt {
 enum class Compression {
   kNone,  // plain safetensors: any safetensors reader opens the file
   kZstd,  // zstd seekable frames: `zstd -d` yields the plain safetensors stream
+  // Seekable frames whose data frames byte-group every 2/4/8-byte element
+  // into planes (sign/exponent bytes apart from mantissa bytes), each plane
+  // stored raw or zstd/Huffman coded: smaller than kZstd on float tensors at
+  // about its speed (docs/FORMAT.md section 14, docs/BENCHMARKS.md). Format
+  // version 3: ackpt and python/ackpt_reader.py read it; `zstd -d` does not.
+  kZstdByteGrouped,
+  // Per data frame, stored / zstd / byte-grouped, whichever is smallest among
+  // those a sample of the frame and the measured compression and write speeds
+  // say cannot make the save slower than writing it uncompressed
+  // (docs/FORMAT.md 14.5). Format version 3, like kZstdByteGrouped.
+  kAuto,
 };
 
 struct WriteOptions {
   // How the stream is stored. Default: kZstd.
   Compression compression = Compression::kZstd;
   // zstd level, 1 (fastest) .. 19; negative levels trade ratio for speed.
+  // kZstdByteGrouped and kAuto use it for the planes they zstd-compress.
   // Higher levels cost CPU time on the writer threads. Default: 1.
   int zstd_level = 1;
   // Bytes of the logical stream per zstd frame; a partial read decompresses
@@ -137,6 +149,43 @@ class ACKPT_EXPORT CheckpointReader {
   // the bytes (or zstd frames) that hold them. Unknown names throw kNotFound.
   virtual std::map<std::string, at::Tensor> ReadTensors(const std::vector<std::string>& names) = 0;
 
+  // ---- loading into tensors the caller holds -------------------------------
+  // The bytes go straight into the destinations: no intermediate buffer and
+  // no fresh allocation, so a resumed model is filled at about the speed of
+  // the read (plain files) or of zstd (compressed ones). Each frame (or 1 MiB
+  // block of a plain file) is decompressed (read) into place in parallel, and
+  // each tensor's XXH3 is computed on its bytes as they land, not in a second
+  // pass. Only the frames (bytes) holding the named tensors are read.
+  //
+  // Destinations must be dense (strided) tensors with exactly the file's
+  // dtype and shape; otherwise kInvalidArgument names the tensor and both
+  // dtypes and shapes ("checkpoint F32 [2, 3] vs destination F16 [3, 3]"),
+  // before anything is read. Contiguous CPU tensors take the bytes directly;
+  // any other (CUDA, non-contiguous, conjugate/negative views) is filled
+  // through a contiguous CPU bounce tensor and Tensor::copy_, in batches of
+  // at most 64 MiB, so memory stays bounded by the state plus 64 MiB. The
+  // writes bump each destination's version counter; autograd is not
+  // recorded (leaf parameters may be destinations).
+  //
+  // On an error found while reading (a checksum mismatch is found only as
+  // the bytes land) the destinations may hold partly new data.
+
+  // Fills destinations (flattened tensor name, as in info().tensors -> a
+  // tensor). A name not in the file throws kNotFound.
+  virtual void ReadInto(const std::map<std::string, at::Tensor>& destinations) = 0;
+  // Fills every tensor of `destinations` in place, matched by its flattened
+  // name in that StateDict (FlattenTensors); other values are ignored. E.g.
+  // {"model": ModuleState(m), "optimizer": CaptureOptimizer(o, m)} fills a
+  // module's parameters and an optimizer's existing state tensors.
+  virtual void ReadInto(const StateDict& destinations) = 0;
+  // ReadStateDict(), reading each tensor named in `destinations` into that
+  // tensor (the returned StateDict holds it) and the rest into fresh
+  // tensors. strict: a destination the file lacks throws kNotFound, one of
+  // another dtype or shape kInvalidArgument; lenient (strict = false): such
+  // destinations are left alone and the tensor is read into a fresh one.
+  virtual StateDict ReadStateDictInto(const std::map<std::string, at::Tensor>& destinations,
+                                      bool strict = true) = 0;
+
   // Checks every checksum in the file with memory bounded by a few frames;
   // throws kCorruption naming the first failure.
   virtual void Verify() = 0;
@@ -144,6 +193,12 @@ class ACKPT_EXPORT CheckpointReader {
   // Writes the plain safetensors stream to out_path (atomically).
   virtual void ExportSafetensors(const std::string& out_path, Env* env = Env::Default()) = 0;
 };
+
+// Every tensor of `state` by its flattened name, as a file written from
+// `state` names it (docs/FORMAT.md section 7): {"model": {"w": t}} gives
+// {"model/w": t}. The tensors are the state's own (shared, not copied).
+// Throws kInvalidArgument where writing `state` would (empty keys, ...).
+ACKPT_EXPORT std::map<std::string, at::Tensor> FlattenTensors(const StateDict& state);
 
 // Convenience: CheckpointReader::Open(path)->ReadStateDict().
 ACKPT_EXPORT StateDict ReadStateDict(const std::string& path, const ReadOptions& options = {},

@@ -179,6 +179,13 @@ class ACKPT_EXPORT SingleProcess : public TrainerBackend {
   void process_global_step(double mean_loss);
   const TrainerBackendArguments& args() const { return args_; }
   bool stop_requested() const;
+  // Hooks for data-parallel backends (DistributedBackend). The batches of an
+  // epoch of n this process runs: shard_batches(n) of them, the i-th being
+  // batch shard_batch(i). Default: all n, in order.
+  virtual int64_t shard_batches(int64_t n) const { return n; }
+  virtual int64_t shard_batch(int64_t i) const { return i; }
+  // Called before gradients are clipped and the optimizers step. Default: nothing.
+  virtual void reduce_gradients() {}
 
   int64_t global_step_completed_ = 0;
   int64_t batches_completed_ = 0;

@@ -21,16 +21,6 @@ namespace ackpt {
 
 namespace {
 
-std::string FormatTime(double t) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6f", t);
-  return buf;
-}
-
-double WallNow() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string HostName() {
   char buf[256] = {0};
   if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown host";
@@ -178,10 +168,7 @@ void CheckpointDir::Refresh() {
 std::map<std::string, std::string> CheckpointDir::Metadata(
     FileKind kind, int64_t index, const std::map<std::string, double>& metrics,
     const RetentionPolicy& policy) const {
-  std::map<std::string, std::string> m{{kMetaKind, kind == FileKind::kModel ? "model" : "checkpoint"},
-                                       {kMetaIndex, std::to_string(index)},
-                                       {kMetaTime, FormatTime(WallNow())}};
-  if (!metrics.empty()) m[kMetaMetrics] = EncodeMetrics(metrics);
+  auto m = BaseMetadata(kind == FileKind::kModel ? "model" : "checkpoint", index, metrics);
   if (policy.any_rule() || policy.model_keep_last > 0) m[kMetaRetention] = EncodeRetention(policy);
   return m;
 }

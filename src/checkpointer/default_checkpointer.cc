@@ -7,10 +7,12 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "ackpt/async_writer.h"
 #include "ackpt/checkpointer.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "checkpointer/checkpoint_dir.h"
+#include "checkpointer/checkpoint_file.h"
 #include "checkpointer/metadata_keys.h"
 #include "engine/engine.h"
 #include "util/logger.h"
@@ -18,10 +20,6 @@
 namespace ackpt {
 
 namespace {
-
-constexpr const char* kGroupModule = "module_interface_state";
-constexpr const char* kGroupTrainer = "trainer_state";
-constexpr const char* kGroupBackend = "trainer_backend_state";
 
 void Validate(const DefaultCheckpointerArguments& a) {
   if (a.period <= 0) {
@@ -98,25 +96,12 @@ class DefaultCheckpointer::Impl {
     Validate(args);
     user_env = args.env ? args.env : Env::Default();
     logger = ResolveLogger(args.log_level, args.logger, "DefaultCheckpointerArguments.log_level");
-    engine::EngineOptions o;
-    o.write.compression = args.compression;
-    o.write.zstd_level = args.zstd_level;
-    o.write.chunk_size = args.chunk_size;
-    o.write.threads = args.writer_threads;
-    o.write.fsync = args.fsync;
-    o.write.metadata = args.metadata;
-    o.writer_threads = args.writer_threads;
-    o.snapshot_threads = args.snapshot_threads;
-    o.staging_budget_bytes = args.staging_budget_bytes;
-    o.pin_host_memory = args.pin_host_memory;
-    o.backpressure = args.backpressure;
-    o.overlap_snapshot = args.overlap_snapshot;
-    o.priority = args.writer_priority;
-    o.drain_timeout_seconds = args.drain_timeout_seconds;
-    o.env = user_env;
-    o.logger = logger;
-    o.on_save = args.on_save;
-    engine = std::make_unique<engine::Engine>(std::move(o));
+    // The asynchronous engine, as any custom checkpointer gets it (async_writer.h).
+    AsyncWriterOptions w = AsyncWriterOptionsFrom(args);
+    w.env = user_env;
+    w.logger = logger;
+    writer = std::make_unique<AsyncWriter>(std::move(w));
+    engine = &WriterEngine(*writer);
     // Background work (retention) goes through the engine's detachable Env.
     const std::shared_ptr<Env> env = engine->env();
     if (!args.save_dir.empty()) dir = OpenDir(args.save_dir, args, args.checkpoint, env, logger);
@@ -145,27 +130,7 @@ class DefaultCheckpointer::Impl {
     return Guard(Error::Code::kCorruption, "loading '" + path + "'", [&] {
       ReadOptions ro;
       ro.verify_checksums = args.verify_on_load;
-      auto reader = CheckpointReader::Open(path, ro, user_env);
-      auto kind = reader->info().metadata.find(kMetaKind);
-      if (kind != reader->info().metadata.end() && kind->second != "checkpoint") {
-        throw Error::InvalidArgument("'" + path + "' is a " + kind->second +
-                                     " file, not a full checkpoint");
-      }
-      StateDict root = reader->ReadStateDict();
-      Checkpoint c;
-      for (auto& kv : root) {
-        if (kv.first == kGroupModule) {
-          c.module_interface_state = kv.second.dict();
-        } else if (kv.first == kGroupTrainer) {
-          c.trainer_state = kv.second.dict();
-        } else if (kv.first == kGroupBackend) {
-          c.trainer_backend_state = kv.second.dict();
-        } else {
-          throw Error::Corruption("'" + path + "' has an unknown top-level group '" + kv.first +
-                                  "'");
-        }
-      }
-      return c;
+      return ReadCheckpointFile(path, ro, user_env);
     });
   }
 
@@ -210,7 +175,8 @@ class DefaultCheckpointer::Impl {
   // Declared before the engine so that the engine (and its drain) goes first.
   std::shared_ptr<CheckpointDir> dir;        // save_dir; null if save_dir is empty
   std::shared_ptr<CheckpointDir> model_dir;  // model_state_save_dir (may be `dir`)
-  std::unique_ptr<engine::Engine> engine;
+  std::unique_ptr<AsyncWriter> writer;
+  engine::Engine* engine = nullptr;  // writer's
   mutable std::mutex mu;
   std::string last_saved_path;
   std::string last_loaded_path;
@@ -230,10 +196,7 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
     throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
   Guard(Error::Code::kInvalidArgument, "save of index " + std::to_string(index), [&] {
     const std::string path = im.dir->PathFor(FileKind::kCheckpoint, index, im.compressed());
-    StateDict root;
-    root.set(kGroupModule, checkpoint.module_interface_state);
-    root.set(kGroupTrainer, checkpoint.trainer_state);
-    root.set(kGroupBackend, checkpoint.trainer_backend_state);
+    StateDict root = CheckpointLayout(checkpoint);
     engine::SaveHooks hooks;
     hooks.metadata =
         im.dir->Metadata(FileKind::kCheckpoint, index, checkpoint.metrics, im.args.retention);

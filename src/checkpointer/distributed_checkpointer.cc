@@ -14,10 +14,12 @@
 #include <set>
 #include <thread>
 
+#include "ackpt/async_writer.h"
 #include "ackpt/distributed.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "checkpointer/checkpoint_dir.h"
+#include "checkpointer/checkpoint_file.h"
 #include "checkpointer/metadata_keys.h"
 #include "engine/engine.h"
 #include "format/internal.h"
@@ -227,23 +229,11 @@ class DistributedCheckpointer::Impl {
     world = args.process_group->getSize();
     user_env = base.env ? base.env : Env::Default();
     logger = ResolveLogger(base.log_level, base.logger, "DefaultCheckpointerArguments.log_level");
-    engine::EngineOptions o;
-    o.write.compression = base.compression;
-    o.write.zstd_level = base.zstd_level;
-    o.write.chunk_size = base.chunk_size;
-    o.write.threads = base.writer_threads;
-    o.write.fsync = base.fsync;
-    o.write.metadata = base.metadata;
-    o.writer_threads = base.writer_threads;
-    o.snapshot_threads = base.snapshot_threads;
-    o.staging_budget_bytes = base.staging_budget_bytes;
-    o.pin_host_memory = base.pin_host_memory;
-    o.backpressure = base.backpressure;
-    o.drain_timeout_seconds = base.drain_timeout_seconds;
-    o.env = user_env;
-    o.logger = logger;
-    o.on_save = base.on_save;
-    engine = std::make_unique<engine::Engine>(std::move(o));
+    AsyncWriterOptions w = AsyncWriterOptionsFrom(base);
+    w.env = user_env;
+    w.logger = logger;
+    writer = std::make_unique<AsyncWriter>(std::move(w));
+    engine = &WriterEngine(*writer);
     env = engine->env();
     // This instance's key space in the Store: ranks construct their
     // checkpointers in step, so the k-th instance on every rank gets the
@@ -259,6 +249,9 @@ class DistributedCheckpointer::Impl {
       d.env = env;
       d.logger = logger;
       dir = CheckpointDir::Open(std::move(d));  // the ownership lock, temp hygiene
+      // Before any rank can save: a rank's first save follows collectives
+      // that need rank 0, which is still here.
+      if (base.checkpoint && base.delete_existing_checkpoints) dir->DeleteOwnFiles();
       ScanManifests();
     } else {
       env->CreateDirs(base.save_dir);
@@ -565,10 +558,7 @@ class DistributedCheckpointer::Impl {
       StateDict rep = format::Unflatten(tree, by_name, path);
       for (auto& kv : rep) PutSubtree(&root, SplitPath(kv.first), std::move(kv.second));
     }
-    Checkpoint c;
-    c.module_interface_state = root.at(kGroups[0]).dict();
-    c.trainer_state = root.at(kGroups[1]).dict();
-    c.trainer_backend_state = root.at(kGroups[2]).dict();
+    Checkpoint c = CheckpointFromLayout(std::move(root), path);
     c.metrics = m.metrics;
     return c;
   }
@@ -582,7 +572,8 @@ class DistributedCheckpointer::Impl {
   std::shared_ptr<spdlog::logger> logger;
   std::shared_ptr<Env> env;             // the engine's detachable Env
   std::shared_ptr<CheckpointDir> dir;   // rank 0: the owner of save_dir
-  std::unique_ptr<engine::Engine> engine;
+  std::unique_ptr<AsyncWriter> writer;
+  engine::Engine* engine = nullptr;  // writer's
   std::mutex mu;
   std::map<int64_t, Manifest> manifests;  // rank 0's catalog
   uint64_t max_generation = 0;
@@ -596,8 +587,8 @@ DistributedCheckpointer::DistributedCheckpointer(DistributedCheckpointerArgument
                   [&] { return std::make_unique<Impl>(std::move(args)); })) {}
 
 DistributedCheckpointer::~DistributedCheckpointer() {
-  // The engine (and its drain) goes first: its writers use everything else.
-  impl_->engine.reset();
+  // The writer (and its drain) goes first: its threads use everything else.
+  impl_->writer.reset();
 }
 
 int DistributedCheckpointer::rank() const { return impl_->rank; }
@@ -610,10 +601,7 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
   if (index < 0)
     throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
   Guard(Error::Code::kInvalidArgument, "distributed save of index " + std::to_string(index), [&] {
-    StateDict root;
-    root.set(kGroups[0], checkpoint.module_interface_state);
-    root.set(kGroups[1], checkpoint.trainer_state);
-    root.set(kGroups[2], checkpoint.trainer_backend_state);
+    StateDict root = CheckpointLayout(checkpoint);
     StateDict replicated;
     for (const auto& p : im.args.replicated) {
       if (auto v = TakeSubtree(&root, SplitPath(p))) replicated.set(p, std::move(*v));

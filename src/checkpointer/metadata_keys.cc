@@ -1,6 +1,8 @@
 #include "checkpointer/metadata_keys.h"
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -19,6 +21,18 @@ std::string EncodeMetrics(const std::map<std::string, double>& metrics) {
     }
   }
   return j.dump();
+}
+
+std::map<std::string, std::string> BaseMetadata(const char* kind, int64_t index,
+                                                const std::map<std::string, double>& metrics) {
+  char time[64];
+  std::snprintf(time, sizeof time, "%.6f",
+                std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                    .count());
+  std::map<std::string, std::string> m{
+      {kMetaKind, kind}, {kMetaIndex, std::to_string(index)}, {kMetaTime, time}};
+  if (!metrics.empty()) m[kMetaMetrics] = EncodeMetrics(metrics);
+  return m;
 }
 
 std::map<std::string, double> ParseMetrics(const std::map<std::string, std::string>& metadata) {

@@ -19,6 +19,9 @@ inline constexpr const char* kMetaParent = "ackpt.parent";  // decimal index; ab
 inline constexpr const char* kMetaGeneration = "ackpt.generation";  // decimal, >= 1
 
 std::string EncodeMetrics(const std::map<std::string, double>& metrics);
+// kind ("checkpoint" | "model"), index, the save time now, and the metrics if any.
+std::map<std::string, std::string> BaseMetadata(const char* kind, int64_t index,
+                                                const std::map<std::string, double>& metrics);
 // Unparseable or non-numeric entries are dropped; null reads as NaN.
 std::map<std::string, double> ParseMetrics(const std::map<std::string, std::string>& metadata);
 double ParseSaveTime(const std::map<std::string, std::string>& metadata);  // 0 if absent

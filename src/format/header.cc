@@ -102,12 +102,19 @@ std::string EncodeHeader(const std::vector<FlatTensor>& tensors, const std::stri
     }
     meta[kv.first] = kv.second;
   }
+  // The format version is written in its place below; a caller may raise it
+  // (byte-grouped frames need version 3).
+  std::string version = std::to_string(kFormatVersion);
   for (const auto& kv : internal_metadata) {
     if (kv.first.rfind("ackpt.", 0) != 0)
       throw Error::InvalidArgument("internal metadata key '" + kv.first + "'");
+    if (kv.first == kMetaVersion) {
+      version = kv.second;
+      continue;
+    }
     meta[kv.first] = kv.second;
   }
-  meta[kMetaVersion] = std::to_string(kFormatVersion);
+  meta[kMetaVersion] = version;
   meta[kMetaTree] = tree_json;
   ordered_json sums = ordered_json::object();
   for (const auto& t : tensors) sums[t.name] = Hex64(t.xxh3);
@@ -432,7 +439,7 @@ class ChecksumSax : public json::json_sax_t {
 };
 
 bool IsReadableVersion(const std::string& v) {
-  for (int k = kOldestReadableVersion; k <= kFormatVersion; ++k) {
+  for (int k = kOldestReadableVersion; k <= kNewestReadableVersion; ++k) {
     if (v == std::to_string(k)) return true;
   }
   return false;
@@ -537,7 +544,7 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
     throw Error::Unsupported("'" + path + "' has ackpt format version '" + version->second +
                              "'; this build reads versions " +
                              std::to_string(kOldestReadableVersion) + " to " +
-                             std::to_string(kFormatVersion));
+                             std::to_string(kNewestReadableVersion));
   }
   info->format_version = std::stoi(version->second);
   // The header checksum was checked right after parsing (CheckHeaderChecksum).

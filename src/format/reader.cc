@@ -7,6 +7,8 @@
 #define ZSTD_STATIC_LINKING_ONLY  // ZSTD_decompressBound
 #include <zstd.h>
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -15,6 +17,7 @@
 #include <set>
 
 #include "ackpt/error.h"
+#include "format/codec.h"
 #include "format/internal.h"
 
 namespace ackpt {
@@ -50,6 +53,142 @@ class OpenRegistration {
 
 // Plain files are read in blocks of this size so large tensors load in parallel.
 constexpr uint64_t kReadBlock = 8 << 20;
+// Loading a plain file reads each tensor in blocks of this size straight into
+// its destination and hashes each block right after it lands: 1 MiB stays in
+// a core's L2 (2 MiB here) between the pread's copy and the hash, so the
+// checksum costs no second trip to memory. Larger blocks measured no faster.
+constexpr uint64_t kLoadBlock = 1 << 20;
+// Destinations that cannot take the bytes directly (non-CPU, non-contiguous,
+// conjugate/negative views) are filled through contiguous CPU bounce tensors,
+// in batches of at most this many bytes (one larger tensor goes alone), so a
+// load into such tensors costs the state plus this much.
+constexpr uint64_t kBounceBatch = 64 << 20;
+// A thread keeps its frame buffers for the next frame up to this size.
+constexpr size_t kKeepBuffer = 64 << 20;
+
+// A reusable, uninitialized byte buffer (std::string would zero-fill it: one
+// more pass over every compressed byte).
+class ThreadBuffer {
+ public:
+  uint8_t* Get(size_t n) {
+    if (n > cap_) {
+      data_.reset();
+      data_.reset(new uint8_t[n]);
+      cap_ = n;
+    }
+    return data_.get();
+  }
+  // Frees a buffer grown by an unusually large frame.
+  void Trim() {
+    if (cap_ > kKeepBuffer) {
+      data_.reset();
+      cap_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<uint8_t[]> data_;
+  size_t cap_ = 0;
+};
+
+ThreadBuffer& CompressedBuffer() {
+  thread_local ThreadBuffer b;
+  return b;
+}
+ThreadBuffer& ScratchBuffer() {
+  thread_local ThreadBuffer b;
+  return b;
+}
+
+struct Xxh3StateDeleter {
+  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+};
+
+// Per-tensor XXH3 over bytes that land in any order, from any thread, hashed
+// in order. XXH3 cannot combine partial hashes, so each tensor has one
+// streaming state; the thread that lands the next piece in order becomes the
+// tensor's hasher and also hashes every piece already waiting behind it,
+// while other threads just record theirs and move on. Pieces mostly land in
+// order (work is handed out front to back), so most are hashed by the thread
+// that just wrote them, while they are still in its cache.
+class OrderedHasher {
+ public:
+  explicit OrderedHasher(size_t n) : slots_(n) {}
+
+  void Enable(size_t i, const uint8_t* base) {
+    Slot& s = slots_[i];
+    s.state.reset(XXH3_createState());
+    if (!s.state) throw std::bad_alloc();
+    XXH3_64bits_reset(s.state.get());
+    s.base = base;
+  }
+  bool enabled(size_t i) const { return slots_[i].state != nullptr; }
+
+  // Bytes [b, e) of tensor i are in place.
+  void Landed(size_t i, uint64_t b, uint64_t e) {
+    Slot& s = slots_[i];
+    if (!s.state || b == e) return;
+    std::unique_lock<std::mutex> lock(s.mu);
+    s.ready.emplace(b, e);
+    if (s.busy) return;
+    s.busy = true;
+    for (;;) {
+      auto it = s.ready.find(s.next);
+      if (it == s.ready.end()) break;
+      const uint64_t pb = it->first, pe = it->second;
+      s.ready.erase(it);
+      lock.unlock();
+      XXH3_64bits_update(s.state.get(), s.base + pb, static_cast<size_t>(pe - pb));
+      lock.lock();
+      s.next = pe;
+    }
+    s.busy = false;
+  }
+
+  // The digest once all `n` bytes of tensor i have landed.
+  uint64_t Digest(size_t i, uint64_t n) const {
+    const Slot& s = slots_[i];
+    if (s.next != n) {
+      throw Error(Error::Code::kIOError, "internal: tensor hashed " + std::to_string(s.next) +
+                                             " of " + std::to_string(n) + " bytes");
+    }
+    return XXH3_64bits_digest(s.state.get());
+  }
+
+ private:
+  struct Slot {
+    std::mutex mu;
+    std::unique_ptr<XXH3_state_t, Xxh3StateDeleter> state;
+    const uint8_t* base = nullptr;
+    uint64_t next = 0;  // bytes hashed so far
+    bool busy = false;  // a thread is hashing
+    std::map<uint64_t, uint64_t> ready;  // landed, not yet hashed: begin -> end
+  };
+  std::vector<Slot> slots_;
+};
+
+// "F32 [2, 3]"
+std::string Describe(const std::string& dtype, at::IntArrayRef shape) {
+  std::string s = dtype + " [";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string DtypeNameOrRaw(at::ScalarType t) {
+  try {
+    return DtypeToName(t, "destination");
+  } catch (const Error&) {
+    return c10::toString(t);
+  }
+}
+
+// The destination of one tensor to read, with bytes [0, nbytes) contiguous on the CPU.
+struct Target {
+  const TensorInfo* info;
+  uint8_t* data;
+};
+
+thread_local ScopedReadInto* g_read_into = nullptr;
 
 struct DCtxDeleter {
   void operator()(ZSTD_DCtx* c) const { ZSTD_freeDCtx(c); }
@@ -60,13 +199,6 @@ ZSTD_DCtx* ThreadDCtx() {
   if (!dctx) throw Error(Error::Code::kIOError, "ZSTD_createDCtx failed (out of memory)");
   return dctx.get();
 }
-
-// A destination range of the logical stream.
-struct Dest {
-  uint64_t begin;  // logical offset
-  uint64_t end;
-  uint8_t* data;
-};
 
 // Bytes of compressed input fed per step when only a prefix of a frame is
 // needed (the header of a version-1 file shares frame 0 with tensor data).
@@ -128,6 +260,9 @@ class ReaderImpl final : public CheckpointReader {
     ReadPrefix(8 + n, &region);
     info_.header_bytes = region.size();
     DecodeHeader(region, logical - region.size(), info_.path, &info_, options_);
+    codec::CheckFileCodec(info_);
+    if (info_.compressed && info_.format_version >= codec::kByteGroupedFormatVersion)
+      layout_ = codec::LayoutOf(info_);  // byte-grouped frames are cut by it
     if (info_.compressed && info_.format_version >= 2 &&
         table_.frame(0).decompressed_size != info_.header_bytes) {
       Corrupt("format version " + std::to_string(info_.format_version) +
@@ -140,23 +275,49 @@ class ReaderImpl final : public CheckpointReader {
   const FileInfo& info() const override { return info_; }
 
   StateDict ReadStateDict() override {
-    return Guard(info_.path, "reading the state", [&] {
-      std::vector<std::string> names;
-      names.reserve(info_.tensors.size());
-      for (const auto& t : info_.tensors) names.push_back(t.name);
-      std::map<std::string, at::Tensor> tensors = ReadTensorsImpl(names);
-      if (!info_.written_by_ackpt) {
-        StateDict flat;
-        for (const auto& t : info_.tensors) flat.set(t.name, tensors.at(t.name));
-        return flat;
-      }
-      return Unflatten(info_.metadata.at(kMetaTree), tensors, info_.path,
-                       options_.max_nesting_depth);
-    });
+    ScopedReadInto* scope = g_read_into;
+    if (scope == nullptr || scope->destinations().empty()) {
+      return Guard(info_.path, "reading the state", [&] { return ReadStateDictImpl(nullptr, true); });
+    }
+    // A trainer resuming through a checkpointer: tensors it named go
+    // straight into its tensors where they fit, the rest are allocated.
+    std::vector<std::string> written;
+    try {
+      StateDict out = Guard(info_.path, "reading the state", [&] {
+        return ReadStateDictImpl(&scope->destinations(), /*strict=*/false, &written);
+      });
+      scope->Record(written, /*success=*/true);
+      return out;
+    } catch (...) {
+      scope->Record(written, /*success=*/false);
+      throw;
+    }
+  }
+
+  StateDict ReadStateDictInto(const std::map<std::string, at::Tensor>& destinations,
+                              bool strict) override {
+    return Guard(info_.path, "reading the state",
+                 [&] { return ReadStateDictImpl(&destinations, strict); });
   }
 
   std::map<std::string, at::Tensor> ReadTensors(const std::vector<std::string>& names) override {
-    return Guard(info_.path, "reading tensors", [&] { return ReadTensorsImpl(names); });
+    return Guard(info_.path, "reading tensors", [&] {
+      return Load(Lookup(names), /*destinations=*/nullptr, /*strict=*/true, nullptr);
+    });
+  }
+
+  void ReadInto(const std::map<std::string, at::Tensor>& destinations) override {
+    Guard(info_.path, "reading into tensors", [&] {
+      std::vector<std::string> names;
+      names.reserve(destinations.size());
+      for (const auto& kv : destinations) names.push_back(kv.first);
+      Load(Lookup(names), &destinations, /*strict=*/true, nullptr);
+    });
+  }
+
+  void ReadInto(const StateDict& destinations) override {
+    std::map<std::string, at::Tensor> flat = FlattenTensors(destinations);
+    ReadInto(flat);
   }
 
   void Verify() override {
@@ -168,54 +329,161 @@ class ReaderImpl final : public CheckpointReader {
   }
 
  private:
-  std::map<std::string, at::Tensor> ReadTensorsImpl(const std::vector<std::string>& names) {
+  // The header entries of `names` (unknown ones throw kNotFound), each once.
+  std::vector<const TensorInfo*> Lookup(const std::vector<std::string>& names) const {
     std::map<std::string, const TensorInfo*> by_name;
     for (const auto& t : info_.tensors) by_name[t.name] = &t;
-    std::map<std::string, at::Tensor> out;
-    std::vector<Dest> dests;
-    std::vector<const TensorInfo*> infos;
+    std::vector<const TensorInfo*> out;
+    std::set<std::string> seen;
     for (const auto& name : names) {
       auto it = by_name.find(name);
       if (it == by_name.end())
         throw Error::NotFound("no tensor '" + name + "' in '" + info_.path + "'");
-      if (out.count(name)) continue;
-      const TensorInfo& t = *it->second;
-      at::Tensor dst;
-      try {
-        dst = at::empty(t.shape, at::TensorOptions().dtype(t.scalar_type));
-      } catch (const c10::Error& e) {
-        throw Error::Unsupported("'" + info_.path + "': cannot allocate tensor '" + t.name + "' (" +
-                                 std::to_string(t.nbytes()) +
-                                 " bytes): " + e.what_without_backtrace());
-      }
-      out[name] = dst;
-      infos.push_back(&t);
-      if (t.nbytes() > 0) {
-        dests.push_back({info_.header_bytes + t.begin, info_.header_bytes + t.end,
-                         static_cast<uint8_t*>(dst.data_ptr())});
-      }
-    }
-    std::sort(dests.begin(), dests.end(),
-              [](const Dest& a, const Dest& b) { return a.begin < b.begin; });
-    if (info_.compressed) {
-      ReadFramesInto(dests);
-    } else {
-      ReadPlainInto(dests);
-    }
-    if (options_.verify_checksums) {
-      ParallelFor(infos.size(), options_.threads, [&](size_t i) {
-        const TensorInfo& t = *infos[i];
-        if (!t.has_checksum) return;
-        const at::Tensor& d = out.at(t.name);
-        const uint64_t h =
-            Xxh3(t.nbytes() ? d.data_ptr() : nullptr, static_cast<size_t>(t.nbytes()));
-        if (h != t.xxh3) {
-          throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path +
-                                  "'");
-        }
-      });
+      if (seen.insert(name).second) out.push_back(it->second);
     }
     return out;
+  }
+
+  StateDict ReadStateDictImpl(const std::map<std::string, at::Tensor>* destinations, bool strict,
+                              std::vector<std::string>* written = nullptr) {
+    std::vector<const TensorInfo*> all;
+    all.reserve(info_.tensors.size());
+    for (const auto& t : info_.tensors) all.push_back(&t);
+    if (strict && destinations != nullptr) {
+      std::set<std::string> names;
+      for (const auto* t : all) names.insert(t->name);
+      for (const auto& kv : *destinations) {
+        if (names.count(kv.first) == 0) {
+          throw Error::NotFound("no tensor '" + kv.first + "' in '" + info_.path +
+                                "' for the destination of that name");
+        }
+      }
+    }
+    std::map<std::string, at::Tensor> tensors = Load(all, destinations, strict, written);
+    if (!info_.written_by_ackpt) {
+      StateDict flat;
+      for (const auto& t : info_.tensors) flat.set(t.name, tensors.at(t.name));
+      return flat;
+    }
+    return Unflatten(info_.metadata.at(kMetaTree), tensors, info_.path,
+                     options_.max_nesting_depth);
+  }
+
+  // Why `dst` cannot take tensor t's bytes ("" when it can).
+  std::string Mismatch(const TensorInfo& t, const at::Tensor& dst) const {
+    if (!dst.defined()) return "the destination is an undefined tensor";
+    if (dst.layout() != at::kStrided) {
+      return "the destination is not a dense (strided) tensor";
+    }
+    if (dst.scalar_type() != t.scalar_type || dst.sizes() != at::IntArrayRef(t.shape)) {
+      return "checkpoint " + Describe(t.dtype, t.shape) + " vs destination " +
+             Describe(DtypeNameOrRaw(dst.scalar_type()), dst.sizes());
+    }
+    return "";
+  }
+
+  // Reads `wanted` and returns them by name. A tensor with a destination in
+  // `destinations` is read into it when its dtype and shape match (else:
+  // strict throws kInvalidArgument naming both, lenient allocates a fresh
+  // tensor); the others into fresh CPU tensors. Contiguous CPU destinations
+  // take the bytes directly; others through bounce tensors (kBounceBatch).
+  // Every checksum is checked on the bytes as they land. `written` (when
+  // given) receives the names of destinations whose bytes were (or, on
+  // failure, may have been) overwritten.
+  std::map<std::string, at::Tensor> Load(const std::vector<const TensorInfo*>& wanted,
+                                         const std::map<std::string, at::Tensor>* destinations,
+                                         bool strict, std::vector<std::string>* written) {
+    std::map<std::string, at::Tensor> out;
+    std::vector<Target> direct;
+    std::vector<std::pair<const TensorInfo*, at::Tensor>> bounced;
+    std::vector<at::Tensor> touched;
+    for (const TensorInfo* t : wanted) {
+      if (destinations != nullptr) {
+        auto it = destinations->find(t->name);
+        if (it != destinations->end()) {
+          const std::string why = Mismatch(*t, it->second);
+          if (why.empty()) {
+            const at::Tensor& d = it->second;
+            out[t->name] = d;
+            touched.push_back(d);
+            if (written) written->push_back(t->name);
+            if (d.device().is_cpu() && d.is_contiguous() && !d.is_conj() && !d.is_neg()) {
+              if (t->nbytes() > 0) direct.push_back({t, static_cast<uint8_t*>(d.data_ptr())});
+            } else if (t->nbytes() > 0) {
+              bounced.emplace_back(t, d);
+            }
+            continue;
+          }
+          if (strict) {
+            throw Error::InvalidArgument("cannot read tensor '" + t->name + "' of '" + info_.path +
+                                         "' into its destination: " + why);
+          }
+        }
+      }
+      at::Tensor fresh;
+      try {
+        fresh = at::empty(t->shape, at::TensorOptions().dtype(t->scalar_type));
+      } catch (const c10::Error& e) {
+        throw Error::Unsupported("'" + info_.path + "': cannot allocate tensor '" + t->name +
+                                 "' (" + std::to_string(t->nbytes()) +
+                                 " bytes): " + e.what_without_backtrace());
+      }
+      out[t->name] = fresh;
+      if (t->nbytes() > 0) direct.push_back({t, static_cast<uint8_t*>(fresh.data_ptr())});
+    }
+    ReadTargets(direct);
+    // Bounce batches: read into contiguous CPU tensors, then copy_ (which
+    // handles strides, devices and conj/neg views).
+    for (size_t i = 0; i < bounced.size();) {
+      std::vector<at::Tensor> bufs;
+      std::vector<Target> batch;
+      uint64_t bytes = 0;
+      size_t j = i;
+      for (; j < bounced.size() && (j == i || bytes + bounced[j].first->nbytes() <= kBounceBatch);
+           ++j) {
+        const TensorInfo* t = bounced[j].first;
+        bufs.push_back(at::empty(t->shape, at::TensorOptions().dtype(t->scalar_type)));
+        batch.push_back({t, static_cast<uint8_t*>(bufs.back().data_ptr())});
+        bytes += t->nbytes();
+      }
+      ReadTargets(batch);
+      at::NoGradGuard no_grad;
+      for (size_t k = i; k < j; ++k) bounced[k].second.copy_(bufs[k - i]);
+      i = j;
+    }
+    // Writes through data_ptr() bypass autograd's version counter; bump it
+    // so anything that saved these tensors (autograd, an overlapped
+    // snapshot) sees they changed.
+    for (auto& d : touched) {
+      if (!d.is_inference()) d.unsafeGetTensorImpl()->bump_version();
+    }
+    return out;
+  }
+
+  // Reads every target's bytes into place in one pass, in parallel, and
+  // checks each tensor's XXH3 on the bytes as they land.
+  void ReadTargets(std::vector<Target> targets) {
+    if (targets.empty()) return;
+    std::sort(targets.begin(), targets.end(),
+              [](const Target& a, const Target& b) { return a.info->begin < b.info->begin; });
+    OrderedHasher hasher(targets.size());
+    if (options_.verify_checksums) {
+      for (size_t i = 0; i < targets.size(); ++i) {
+        if (targets[i].info->has_checksum) hasher.Enable(i, targets[i].data);
+      }
+    }
+    if (info_.compressed) {
+      ReadFramesInto(targets, &hasher);
+    } else {
+      ReadPlainInto(targets, &hasher);
+    }
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const TensorInfo& t = *targets[i].info;
+      if (hasher.enabled(i) && hasher.Digest(i, t.nbytes()) != t.xxh3) {
+        throw Error::Corruption("checksum mismatch in tensor '" + t.name + "' of '" + info_.path +
+                                "'");
+      }
+    }
   }
 
   void VerifyImpl() {
@@ -316,24 +584,29 @@ class ReaderImpl final : public CheckpointReader {
     throw Error::Corruption("'" + info_.path + "': " + what);
   }
 
-  // Reads frame i's compressed bytes and checks them against the seek table:
-  // the frame header's content size, the frame's extent, and the most its
-  // blocks can decode to. Only then may a caller allocate its output.
-  std::string LoadFrame(size_t i, const FrameEntry& f) const {
+  // Reads frame i's compressed bytes into this thread's buffer and checks
+  // them against the seek table: the frame header's content size, the
+  // frame's extent, and the most its blocks can decode to. Only then may a
+  // caller allocate its output.
+  const uint8_t* LoadFrame(size_t i, const FrameEntry& f) const {
     const std::string which = "frame " + std::to_string(i);
-    std::string comp(f.compressed_size, '\0');
-    file_->Read(f.compressed_offset, comp.size(), comp.data());
-    const unsigned long long content = ZSTD_getFrameContentSize(comp.data(), comp.size());
+    uint8_t* comp = CompressedBuffer().Get(f.compressed_size);
+    file_->Read(f.compressed_offset, f.compressed_size, comp);
+    // Byte-grouped frames (format version 3, data frames only) are checked
+    // by codec::DecodeGroupedFrame before it writes anything.
+    if (GroupedFrame(i, comp, f.compressed_size)) return comp;
+    const unsigned long long content = ZSTD_getFrameContentSize(comp, f.compressed_size);
     if (content == ZSTD_CONTENTSIZE_ERROR) Corrupt(which + " is not a zstd frame");
     if (content != ZSTD_CONTENTSIZE_UNKNOWN && content != f.decompressed_size) {
       Corrupt(which + " holds " + std::to_string(content) + " bytes but the seek table says " +
               std::to_string(f.decompressed_size));
     }
-    const size_t frame_size = ZSTD_findFrameCompressedSize(comp.data(), comp.size());
-    if (ZSTD_isError(frame_size) || frame_size != comp.size()) {
-      Corrupt(which + " does not span exactly its " + std::to_string(comp.size()) + " bytes");
+    const size_t frame_size = ZSTD_findFrameCompressedSize(comp, f.compressed_size);
+    if (ZSTD_isError(frame_size) || frame_size != f.compressed_size) {
+      Corrupt(which + " does not span exactly its " + std::to_string(f.compressed_size) +
+              " bytes");
     }
-    const unsigned long long bound = ZSTD_decompressBound(comp.data(), comp.size());
+    const unsigned long long bound = ZSTD_decompressBound(comp, f.compressed_size);
     if (bound == ZSTD_CONTENTSIZE_ERROR || bound < f.decompressed_size) {
       Corrupt(which + " cannot hold the " + std::to_string(f.decompressed_size) +
               " bytes the seek table says");
@@ -343,20 +616,45 @@ class ReaderImpl final : public CheckpointReader {
 
   // Decompresses frame i and checks it; alloc(n) supplies the n-byte output
   // and is called only after LoadFrame has validated n against the frame.
+  // A frame that carries its content checksum (ackpt's always do) is checked
+  // by zstd while it decodes, on the bytes it just wrote; the seek table's
+  // copy is then compared with the frame's, so the output is not hashed a
+  // second time. Frames without one are hashed here.
   template <typename Alloc>
   void DecompressFrame(size_t i, Alloc&& alloc) const {
     const FrameEntry f = table_.frame(i);
-    const std::string comp = LoadFrame(i, f);
+    const uint8_t* comp = LoadFrame(i, f);
     uint8_t* dst = alloc(uint64_t{f.decompressed_size});
     const std::string which = "frame " + std::to_string(i);
-    const size_t r =
-        ZSTD_decompressDCtx(ThreadDCtx(), dst, f.decompressed_size, comp.data(), comp.size());
+    if (GroupedFrame(i, comp, f.compressed_size)) {
+      const uint32_t sum = codec::DecodeGroupedFrame(
+          comp, f.compressed_size,
+          codec::SegmentsOf(layout_, f.decompressed_offset, f.decompressed_size), dst,
+          f.decompressed_size, "'" + info_.path + "': " + which, options_.verify_checksums);
+      if (options_.verify_checksums && table_.has_checksums && sum != f.checksum)
+        Corrupt(which + " does not match its seek-table checksum");
+      return;
+    }
+    ZSTD_DCtx* dctx = ThreadDCtx();
+    ZSTD_DCtx_setParameter(dctx, ZSTD_d_forceIgnoreChecksum,
+                           options_.verify_checksums ? ZSTD_d_validateChecksum
+                                                     : ZSTD_d_ignoreChecksum);
+    const size_t r = ZSTD_decompressDCtx(dctx, dst, f.decompressed_size, comp, f.compressed_size);
     if (ZSTD_isError(r)) Corrupt(which + ": " + ZSTD_getErrorName(r));
     if (r != f.decompressed_size) Corrupt(which + " decompressed to the wrong size");
-    if (options_.verify_checksums && table_.has_checksums &&
-        static_cast<uint32_t>(XXH64(dst, r, 0) & 0xffffffffu) != f.checksum) {
-      Corrupt(which + " does not match its seek-table checksum");
+    if (!options_.verify_checksums || !table_.has_checksums) return;
+    ZSTD_frameHeader header;
+    const bool has_content_checksum =
+        ZSTD_getFrameHeader(&header, comp, f.compressed_size) == 0 && header.checksumFlag &&
+        f.compressed_size >= 4;
+    uint32_t actual;
+    if (has_content_checksum) {
+      const uint8_t* c = comp + f.compressed_size - 4;  // verified by zstd above
+      actual = uint32_t{c[0]} | uint32_t{c[1]} << 8 | uint32_t{c[2]} << 16 | uint32_t{c[3]} << 24;
+    } else {
+      actual = static_cast<uint32_t>(XXH64(dst, r, 0) & 0xffffffffu);
     }
+    if (actual != f.checksum) Corrupt(which + " does not match its seek-table checksum");
   }
 
   // Sets *out to logical bytes [0, want). Compressed: frames wholly inside are
@@ -428,63 +726,88 @@ class ReaderImpl final : public CheckpointReader {
     }
   }
 
-  void ReadPlainInto(const std::vector<Dest>& dests) {
+  // Plain file: each target in kLoadBlock preads straight into place, in
+  // parallel, each block hashed as soon as it lands.
+  void ReadPlainInto(const std::vector<Target>& targets, OrderedHasher* hasher) {
     struct Block {
-      uint64_t offset;
+      size_t target;
+      uint64_t offset;  // in the tensor
       size_t n;
-      uint8_t* dst;
     };
     std::vector<Block> blocks;
-    for (const auto& d : dests) {
-      for (uint64_t off = d.begin; off < d.end; off += kReadBlock) {
-        blocks.push_back({off, static_cast<size_t>(std::min<uint64_t>(kReadBlock, d.end - off)),
-                          d.data + (off - d.begin)});
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const uint64_t size = targets[i].info->nbytes();
+      for (uint64_t off = 0; off < size; off += kLoadBlock) {
+        blocks.push_back({i, off, static_cast<size_t>(std::min<uint64_t>(kLoadBlock, size - off))});
       }
     }
-    ParallelFor(blocks.size(), options_.threads,
-                [&](size_t i) { file_->Read(blocks[i].offset, blocks[i].n, blocks[i].dst); });
+    ParallelFor(blocks.size(), options_.threads, [&](size_t k) {
+      const Block& b = blocks[k];
+      const Target& t = targets[b.target];
+      file_->Read(info_.header_bytes + t.info->begin + b.offset, b.n, t.data + b.offset);
+      hasher->Landed(b.target, b.offset, b.offset + b.n);
+    });
   }
 
-  // Decompresses only the frames overlapping `dests` (sorted, disjoint). A frame
-  // that lies inside one destination is decompressed straight into it; a frame
-  // shared by several goes through a frame-sized scratch buffer.
-  void ReadFramesInto(const std::vector<Dest>& dests) {
+  // Compressed file: decompresses only the frames overlapping the targets,
+  // in parallel, front to back. A frame that lies inside one target is
+  // decompressed straight into it; a frame shared with other tensors (or
+  // holding bytes nobody asked for) goes through this thread's frame-sized
+  // scratch buffer. Each piece is hashed as soon as it lands.
+  void ReadFramesInto(const std::vector<Target>& targets, OrderedHasher* hasher) {
     struct Piece {
+      size_t target;
       uint64_t frame_offset;
+      uint64_t tensor_offset;
       uint64_t n;
-      uint8_t* dst;
     };
     struct Job {
       size_t frame;
       std::vector<Piece> pieces;
     };
     std::vector<Job> jobs;
-    for (const auto& d : dests) {
-      if (d.end > table_.logical_bytes) Corrupt("tensor data beyond the end of the stream");
-      for (size_t i = table_.FrameAt(d.begin); i < table_.num_frames(); ++i) {
+    for (size_t k = 0; k < targets.size(); ++k) {
+      const TensorInfo& t = *targets[k].info;
+      const uint64_t begin = info_.header_bytes + t.begin, end = info_.header_bytes + t.end;
+      if (end > table_.logical_bytes) Corrupt("tensor data beyond the end of the stream");
+      for (size_t i = table_.FrameAt(begin); i < table_.num_frames(); ++i) {
         const FrameEntry f = table_.frame(i);
-        if (f.decompressed_offset >= d.end) break;
-        const uint64_t b = std::max(d.begin, f.decompressed_offset);
-        const uint64_t e = std::min(d.end, f.decompressed_offset + f.decompressed_size);
+        if (f.decompressed_offset >= end) break;
+        const uint64_t b = std::max(begin, f.decompressed_offset);
+        const uint64_t e = std::min(end, f.decompressed_offset + f.decompressed_size);
         if (b >= e) continue;
         if (jobs.empty() || jobs.back().frame != i) jobs.push_back({i, {}});
-        jobs.back().pieces.push_back({b - f.decompressed_offset, e - b, d.data + (b - d.begin)});
+        jobs.back().pieces.push_back({k, b - f.decompressed_offset, b - begin, e - b});
       }
     }
     ParallelFor(jobs.size(), options_.threads, [&](size_t j) {
       const Job& job = jobs[j];
       const uint32_t size = table_.frame(job.frame).decompressed_size;
-      if (job.pieces.size() == 1 && job.pieces[0].frame_offset == 0 && job.pieces[0].n == size) {
-        DecompressFrame(job.frame, [&](uint64_t) { return job.pieces[0].dst; });
-        return;
+      const Piece& first = job.pieces[0];
+      if (job.pieces.size() == 1 && first.frame_offset == 0 && first.n == size) {
+        DecompressFrame(job.frame,
+                        [&](uint64_t) { return targets[first.target].data + first.tensor_offset; });
+      } else {
+        ThreadBuffer& scratch = ScratchBuffer();
+        uint8_t* buf = nullptr;
+        DecompressFrame(job.frame, [&](uint64_t n) { return buf = scratch.Get(n); });
+        for (const auto& p : job.pieces) {
+          std::memcpy(targets[p.target].data + p.tensor_offset, buf + p.frame_offset, p.n);
+        }
+        scratch.Trim();
       }
-      std::string scratch;
-      DecompressFrame(job.frame, [&](uint64_t n) {
-        scratch.resize(static_cast<size_t>(n));
-        return reinterpret_cast<uint8_t*>(scratch.data());
-      });
-      for (const auto& p : job.pieces) std::memcpy(p.dst, scratch.data() + p.frame_offset, p.n);
+      CompressedBuffer().Trim();
+      for (const auto& p : job.pieces) {
+        hasher->Landed(p.target, p.tensor_offset, p.tensor_offset + p.n);
+      }
     });
+  }
+
+  // A data frame of a version-3 file that starts with the byte-grouped magic
+  // (before the header is decoded format_version is 0: frame 0 is zstd).
+  bool GroupedFrame(size_t i, const uint8_t* comp, size_t n) const {
+    return i > 0 && info_.format_version >= codec::kByteGroupedFormatVersion &&
+           codec::IsGroupedFrame(comp, n);
   }
 
   OpenRegistration registration_;
@@ -492,6 +815,7 @@ class ReaderImpl final : public CheckpointReader {
   ReadOptions options_;
   FileInfo info_;
   SeekTable table_;
+  codec::Layout layout_;  // version 3: the tensors' spans
 };
 
 }  // namespace
@@ -503,6 +827,40 @@ std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path
   return format::Guard(path, "opening", [&]() -> std::unique_ptr<CheckpointReader> {
     return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
   });
+}
+
+namespace format {
+
+ScopedReadInto::ScopedReadInto(std::map<std::string, at::Tensor> destinations)
+    : destinations_(std::move(destinations)), previous_(g_read_into) {
+  g_read_into = this;
+}
+
+ScopedReadInto::~ScopedReadInto() { g_read_into = previous_; }
+
+void ScopedReadInto::Record(const std::vector<std::string>& names, bool success) {
+  for (const auto& n : names) {
+    if (success) {
+      damaged_.erase(n);
+    } else {
+      damaged_.insert(n);
+    }
+  }
+}
+
+std::vector<std::string> ScopedReadInto::damaged() const {
+  return std::vector<std::string>(damaged_.begin(), damaged_.end());
+}
+
+}  // namespace format
+
+std::map<std::string, at::Tensor> FlattenTensors(const StateDict& state) {
+  std::vector<format::FlatTensor> flat;
+  std::string tree;
+  format::Flatten(state, &flat, &tree);
+  std::map<std::string, at::Tensor> out;
+  for (auto& t : flat) out.emplace(std::move(t.name), std::move(t.tensor));
+  return out;
 }
 
 bool IsOpenForReading(const std::string& path) {

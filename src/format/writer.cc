@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "ackpt/error.h"
+#include "format/codec.h"
 #include "format/internal.h"
 
 namespace ackpt {
@@ -43,6 +44,7 @@ void CheckZstd(size_t rc, const char* call) {
 struct Logical {
   const std::string& header;
   const DataSource& data;
+  const codec::Layout* layout = nullptr;  // tensors' spans, for codec::EncodeDataFrame
   uint64_t size() const { return header.size() + data.size(); }
   void Visit(uint64_t offset, uint64_t n, const std::function<void(const void*, size_t)>& fn) const {
     const uint64_t h = header.size();
@@ -143,7 +145,7 @@ class BufferedAppender {
 }  // namespace
 
 void ValidateWriteOptions(const WriteOptions& o) {
-  if (o.compression == Compression::kZstd) {
+  if (o.compression != Compression::kNone) {
     if (o.chunk_size < kMinChunkSize || o.chunk_size > kMaxFrameDecompressedSize) {
       throw Error::InvalidArgument("chunk_size " + std::to_string(o.chunk_size) +
                                    " is outside [64 KiB, 1 GiB]");
@@ -256,8 +258,16 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
     parallel_for(count, [&](size_t j) {
       const auto c0 = Clock::now();
       const auto& r = ranges[first + j];
-      sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second), options.zstd_level,
-                              &frames[j]);
+      if (first + j > 0 && codec::UsesCodec(options.compression)) {  // data frames only
+        sums[j] = codec::EncodeDataFrame(
+            [&](uint64_t o, uint64_t n, const std::function<void(const void*, size_t)>& fn) {
+              stream.Visit(o, n, fn);
+            },
+            r.first, static_cast<size_t>(r.second), *stream.layout, options, &frames[j]);
+      } else {
+        sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second),
+                                options.zstd_level, &frames[j]);
+      }
       compress_ns +=
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
     });
@@ -324,12 +334,15 @@ EncodeResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
       throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
   };
   EncodeResult result;
-  const std::string header = EncodeHeader(tensors, tree_json, options.metadata, internal_metadata);
+  std::map<std::string, std::string> internal = internal_metadata;
+  codec::AddCodecMetadata(options, &internal);  // ackpt.codec, version 3
+  const std::string header = EncodeHeader(tensors, tree_json, options.metadata, internal);
   result.header_xxh3 = HeaderChecksumOf(header);
   for (const auto& t : tensors) result.tensor_bytes += t.nbytes;
   if (result.tensor_bytes != source->size())
     throw Error::InvalidArgument("the data source does not hold the tensors' bytes");
-  const Logical stream{header, *source};
+  const codec::Layout layout = codec::LayoutOf(tensors, header.size());
+  const Logical stream{header, *source, &layout};
   result.logical_bytes = stream.size();
   const auto t0 = Clock::now();
   AtomicWrite(env, path, options.fsync, [&](WritableFile* file) {
@@ -340,6 +353,7 @@ EncodeResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
     }
   });
   result.write_seconds = SecondsSince(t0);
+  codec::RecordSave(options, result.file_bytes, result.write_seconds, result.compress_seconds);
   return result;
 }
 

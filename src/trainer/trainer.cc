@@ -99,11 +99,12 @@ bool SingleProcess::stop_requested() const {
 double SingleProcess::train_epoch(int64_t epoch) {
   if (args_.module == nullptr) throw Error::InvalidArgument("SingleProcess::init() was not called");
   ModuleInterface& m = *args_.module;
-  const int64_t n = m.num_train_batches(epoch);
+  const int64_t n = shard_batches(m.num_train_batches(epoch));
   const int64_t accumulation = args_.gradient_accumulation;
   int64_t steps = 0, in_step = 0, epoch_batches = 0;
   double step_sum = 0, epoch_sum = 0;
-  for (int64_t b = 0; b < n; ++b) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = shard_batch(i);
     if (args_.max_train_steps_per_epoch > 0 && steps >= args_.max_train_steps_per_epoch) break;
     if (stop_requested()) break;
     torch::Tensor loss = m.train_step(global_step_completed_ + 1, epoch, b);
@@ -143,6 +144,7 @@ double SingleProcess::train_epoch(int64_t epoch) {
 
 void SingleProcess::process_global_step(double mean_loss) {
   ModuleInterface& m = *args_.module;
+  reduce_gradients();
   if (args_.clip_grads) {
     torch::nn::utils::clip_grad_norm_(m.module().parameters(), args_.max_grad_norm);
   }
