@@ -229,13 +229,17 @@ void BM_SnapshotCopy(benchmark::State& state) {
   for (int i = 0; i < 16; ++i) flat.push_back({"t" + std::to_string(i), at::randn({1 << 20})});
   bool cuda = false;
   const uint64_t bytes = engine::PlanSnapshot(&flat, &cuda);
-  std::vector<uint8_t> buf(bytes);
+  engine::StagingOptions so;
+  so.budget = 2 * bytes;
+  engine::StagingPool staging(so);  // 4 MiB chunks, reused across iterations
   std::unique_ptr<engine::TaskPool> pool;
   if (state.range(0) > 1)
     pool = std::make_unique<engine::TaskPool>(static_cast<int>(state.range(0)) - 1);
   for (auto _ : state) {
     std::vector<format::FlatTensor> planned = flat;  // CopySnapshot drops the tensor refs
-    engine::CopySnapshot(&planned, buf.data(), pool.get());
+    engine::SnapshotStream stream(&staging, bytes, false);
+    stream.TryTakeAll();
+    engine::CopySnapshot(&planned, &stream, pool.get(), nullptr, 0);
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));

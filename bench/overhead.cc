@@ -41,7 +41,8 @@
 // overhead ~ 1 / K).
 //
 //   ackpt_bench_overhead [--size 64M] [--step-ms 25] [--steps 80] [--ks 5,10,40]
-//       [--configs 1:1,all:0] [--reps 3] [--modes none,ackpt,ackpt_none,ackpt_idle,ackpt_overlap,torch_save]
+//       [--configs 1:1,all:0] [--reps 3] [--modes
+//       none,ackpt,ackpt_none,ackpt_idle,ackpt_overlap,torch_save]
 //       [--dir DIR] [--json FILE] [--quick] [--demo PATH [--demo-steps 60] [--demo-ks 10]]
 // --configs: comma-separated compute_threads:writer_threads pairs ("all" =
 // hardware threads; writer_threads 0 = ackpt's default, hardware threads).
@@ -257,7 +258,8 @@ bool RunDemo(const std::string& demo, int steps, int k, bool sync, const std::st
 int main(int argc, char** argv) {
   Args a(argc, argv,
          "usage: ackpt_bench_overhead [--size 64M] [--step-ms 25] [--steps 80] [--ks 5,10,40] "
-         "[--configs 1:1,all:0] [--reps 3] [--modes none,ackpt,ackpt_none,ackpt_idle,ackpt_overlap,torch_save] [--dir DIR] "
+         "[--configs 1:1,all:0] [--reps 3] [--modes "
+         "none,ackpt,ackpt_none,ackpt_idle,ackpt_overlap,torch_save] [--dir DIR] "
          "[--json FILE] [--quick] [--demo PATH [--demo-steps 60] [--demo-ks 10]]",
          {"quick"});
   const bool quick = a.Flag("quick");

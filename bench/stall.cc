@@ -56,7 +56,7 @@ void Spin(double seconds) {
 }
 
 json RunOne(uint64_t target, torch::ScalarType dtype, int reps, double overlap_compute,
-           const std::string& dir) {
+            const std::string& dir) {
   ModelState st = MakeModelState(target, dtype, 1);
   const int hw = HardwareThreads();
   std::printf("\n== state %s %s: %zu tensors, %.1f MiB (transformer + Adam), %d reps ==\n",

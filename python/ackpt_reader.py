@@ -47,13 +47,17 @@ XXH64 checksums of the zstd frames it decodes (unless
 ``verify_checksums=False``); ``verify()`` checks every checksum in the file
 while holding at most one frame (or 16 MiB) in memory. Failures raise
 ``CorruptionError`` (a damaged or truncated file) or ``UnsupportedError``
-(an unknown dtype, an ackpt format version other than 1 and 2), both
+(an unknown dtype, an ackpt format version other than 1 to 3, a codec other
+than ``bytegroup1``), both
 subclasses of ``AckptError``, with the path and what is wrong.
 
-Format versions: ``__metadata__["ackpt.version"]`` ``"1"`` and ``"2"`` are
-read. Version 2 puts the header region of a compressed file in its own first
-zstd frame; this reader never assumes where frames start or how large they
-are, it follows the seek table.
+Format versions: ``__metadata__["ackpt.version"]`` ``"1"``, ``"2"`` and
+``"3"`` are read. Version 2 puts the header region of a compressed file in its
+own first zstd frame; version 3 (``ackpt.codec`` ``"bytegroup1"``, written by
+``Compression::kZstdByteGrouped`` / ``kAuto``) may store data frames as
+byte-grouped frames (docs/FORMAT.md section 14), which this reader decodes
+with numpy and zstandard. This reader never assumes where frames start or how
+large they are, it follows the seek table.
 
 Command line: ``python3 ackpt_reader.py FILE... [--verify] [--json]`` lists
 the tensors of each file (and with ``--verify`` checks every checksum);
@@ -82,7 +86,7 @@ __all__ = [
 __version__ = "1.0"
 
 # Format versions this reader understands (__metadata__["ackpt.version"]).
-SUPPORTED_VERSIONS = ("1", "2")
+SUPPORTED_VERSIONS = ("1", "2", "3")
 
 # Limits of docs/FORMAT.md (src/format/internal.h).
 MAX_HEADER_BYTES = 100_000_000
@@ -93,6 +97,10 @@ MAX_TREE_DEPTH = 256
 ZSTD_FRAME_MAGIC = 0xFD2FB528
 SEEKABLE_SKIPPABLE_MAGIC = 0x184D2A5E
 SEEKABLE_FOOTER_MAGIC = 0x8F92EAB1
+# Byte-grouped frames (format version 3, docs/FORMAT.md section 14).
+GROUPED_FRAME_MAGIC = b"AKBG"
+GROUPED_FRAME_VERSION = 1
+CODEC_BYTE_GROUPED = "bytegroup1"
 READ_BLOCK = 16 << 20
 
 # safetensors dtype name -> (numpy dtype of the stored bytes, element size)
@@ -334,6 +342,8 @@ class Checkpoint:
         self._file.seek(0, os.SEEK_END)
         self.file_bytes = self._file.tell()
         self._frames = []
+        self.version = None  # known once the header is read
+        self._layout = []
         head = self._pread(0, min(4, self.file_bytes))
         self.compressed = len(head) == 4 and struct.unpack("<I", head)[0] == ZSTD_FRAME_MAGIC
         if self.compressed:
@@ -411,6 +421,16 @@ class Checkpoint:
             self._corrupt("tensors cover %d bytes but the data section holds %d" % (pos, data_bytes))
         self.infos = infos
         self._by_name = {t.name: t for t in infos}
+        if version is not None and int(version) >= 3:
+            codec = meta.get("ackpt.codec")
+            if codec != CODEC_BYTE_GROUPED:
+                raise UnsupportedError("'%s': format version %s with codec %r (this reader reads %r)"
+                                       % (self.path, version, codec, CODEC_BYTE_GROUPED))
+            # Byte-grouped frames are cut by the tensors: (begin, end, element
+            # size) in logical-stream offsets, in data order.
+            self._layout = [(self.header_bytes + t.begin, self.header_bytes + t.end,
+                             _DTYPES[t.dtype][1]) for t in infos if t.nbytes]
+            self._layout_ends = [e for _, e, _ in self._layout]
 
         if version is None:
             bad = [k for k in meta if k.startswith("ackpt.")]
@@ -566,6 +586,11 @@ class Checkpoint:
         zstandard = _zstandard(self.path)
         comp = self._pread(f.coffset, f.csize)
         which = "frame %d" % i
+        if i > 0 and self.version == "3" and comp[:4] == GROUPED_FRAME_MAGIC:
+            raw = self._decode_grouped(which, f, comp)
+            if check and f.checksum is not None and f.checksum != struct.unpack("<I", comp[-4:])[0]:
+                self._corrupt("%s does not match its seek-table checksum" % which)
+            return self._cache(i, raw, cache)
         try:
             content = zstandard.frame_content_size(comp)
         except zstandard.ZstdError:
@@ -585,12 +610,124 @@ class Checkpoint:
             got = _xxhash().xxh64_intdigest(raw) & 0xFFFFFFFF
             if got != f.checksum:
                 self._corrupt("%s does not match its seek-table checksum" % which)
+        return self._cache(i, raw, cache)
+
+    def _cache(self, i, raw, cache):
         if cache:
             # Small tensors share frames: keep the two most recent ones.
             if len(self._frame_cache) >= 2:
                 self._frame_cache.pop(next(iter(self._frame_cache)))
             self._frame_cache[i] = raw
         return raw
+
+    def _segments(self, offset, n):
+        """[(size, element size)] of logical bytes [offset, offset + n): runs inside
+        one tensor, or outside every tensor (element size 1)."""
+        out, pos, end = [], offset, offset + n
+        j = bisect.bisect_right(self._layout_ends, offset)
+        while j < len(self._layout) and self._layout[j][0] < end and pos < end:
+            b, e, k = self._layout[j]
+            if b > pos:
+                out.append([b - pos, 1])
+                pos = b
+            e = min(e, end)
+            if e > pos:
+                out.append([e - pos, k if k in (2, 4, 8) else 1])
+                pos = e
+            j += 1
+        if pos < end:
+            out.append([end - pos, 1])
+        merged = []
+        for size, k in out:  # adjacent ungrouped bytes form one segment
+            if merged and k == 1 and merged[-1][1] == 1:
+                merged[-1][0] += size
+            else:
+                merged.append([size, k])
+        return merged
+
+    def _decode_grouped(self, which, f, comp):
+        """Decodes a byte-grouped frame (docs/FORMAT.md section 14) to its f.dsize
+        original bytes, checking every size before decoding and its checksum."""
+        which += " (byte-grouped)"
+        segs = self._segments(f.doffset, f.dsize)
+        elems, rest = {8: 0, 4: 0, 2: 0}, 0
+        for size, k in segs:
+            if k in elems:
+                elems[k] += size // k
+                rest += size % k
+            else:
+                rest += size
+        sizes = []
+        for k in (8, 4, 2):
+            sizes += [elems[k]] * k if elems[k] else []
+        if rest:
+            sizes.append(rest)
+        if len(comp) < 14:
+            self._corrupt("%s: only %d bytes" % (which, len(comp)))
+        _, version, nstreams, n = struct.unpack_from("<4sBBI", comp, 0)
+        if version != GROUPED_FRAME_VERSION:
+            raise UnsupportedError("'%s': %s: frame version %d" % (self.path, which, version))
+        if nstreams != len(sizes):
+            self._corrupt("%s: has %d streams, its tensors make %d" % (which, nstreams, len(sizes)))
+        if n != f.dsize:
+            self._corrupt("%s: holds %d bytes but the seek table says %d" % (which, n, f.dsize))
+        pos = 10 + 5 * nstreams
+        if pos + 4 > len(comp):
+            self._corrupt("%s: its stream table runs past its end" % which)
+        descs = [struct.unpack_from("<BI", comp, 10 + 5 * s) for s in range(nstreams)]
+        if pos + sum(sz for _, sz in descs) + 4 != len(comp):
+            self._corrupt("%s: its stream sizes do not add up to its %d bytes" % (which, len(comp)))
+        streams = []
+        for s, (mode, sz) in enumerate(descs):
+            data = comp[pos:pos + sz]
+            pos += sz
+            if mode == 0:
+                if sz != sizes[s]:
+                    self._corrupt("%s: stream %d stores %d bytes raw, expected %d"
+                                  % (which, s, sz, sizes[s]))
+                streams.append(data)
+            elif mode == 1:
+                zstandard = _zstandard(self.path)
+                try:
+                    content = zstandard.frame_content_size(data)
+                    if content != sizes[s]:
+                        self._corrupt("%s: stream %d is not a zstd frame of %d bytes"
+                                      % (which, s, sizes[s]))
+                    raw = zstandard.ZstdDecompressor().decompress(
+                        data, max_output_size=sizes[s], allow_extra_data=False)
+                except zstandard.ZstdError as e:
+                    self._corrupt("%s: stream %d: %s" % (which, s, e))
+                if len(raw) != sizes[s]:
+                    self._corrupt("%s: stream %d decompressed to the wrong size" % (which, s))
+                streams.append(raw)
+            else:
+                self._corrupt("%s: stream %d has unknown mode %d" % (which, s, mode))
+        # Planes back to elements: k planes of m bytes are an (k, m) array
+        # whose transpose, read row by row, is the m elements in order.
+        elements, si = {}, 0
+        for k in (8, 4, 2):
+            if elems[k]:
+                planes = np.frombuffer(b"".join(streams[si:si + k]), dtype=np.uint8)
+                elements[k] = np.ascontiguousarray(planes.reshape(k, elems[k]).T).tobytes()
+                si += k
+        rest_bytes = streams[si] if rest else b""
+        out, at, taken, rpos = bytearray(f.dsize), 0, {8: 0, 4: 0, 2: 0}, 0
+        for size, k in segs:
+            tail = size
+            if k in elements:
+                whole = size // k * k
+                out[at:at + whole] = elements[k][taken[k]:taken[k] + whole]
+                taken[k] += whole
+                at += whole
+                tail = size - whole
+            if tail:
+                out[at:at + tail] = rest_bytes[rpos:rpos + tail]
+                rpos += tail
+                at += tail
+        (stored,) = struct.unpack("<I", comp[-4:])
+        if _xxhash().xxh64_intdigest(out) & 0xFFFFFFFF != stored:
+            self._corrupt("%s: content checksum mismatch" % which)
+        return bytes(out)
 
     def _read_logical(self, offset, n):
         """Bytes [offset, offset + n) of the plain stream."""

@@ -50,7 +50,7 @@ T_START=$(date +%s)
 if [ "$BUILD" = 1 ]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
   TARGETS=(ackpt_bench_stall ackpt_bench_overhead ackpt_bench_throughput ackpt_bench_compression
-           ackpt_bench_memory ackpt_bench_micro)
+           ackpt_bench_memory ackpt_bench_micro ackpt_bench_load)
   # The demo model (trainer layer) is measured too when it builds.
   if grep -q "ackpt_demo" examples/CMakeLists.txt 2>/dev/null; then TARGETS+=(ackpt_demo); fi
   for t in "${TARGETS[@]}"; do
@@ -101,6 +101,7 @@ run overhead "$B/ackpt_bench_overhead" "${Q[@]}" \
   "${DEMO[@]}" --dir "$WORK/overhead" --json "$RESULTS/overhead.json"
 run compression "$B/ackpt_bench_compression" "${Q[@]}" --dir "$WORK/compression" --json "$RESULTS/compression.json"
 run memory "$B/ackpt_bench_memory" "${Q[@]}" --dir "$WORK/memory" --json "$RESULTS/memory.json"
+run load "$B/ackpt_bench_load" "${Q[@]}" --dir "$WORK/load" --json "$RESULTS/load.json"
 T_RAN=$(date +%s)
 
 {
@@ -110,7 +111,7 @@ T_RAN=$(date +%s)
   echo "  \"run_seconds\": $((T_RAN - T_BUILT)),"
   echo "  \"phases\": {"
   first=1
-  for k in micro stall throughput overhead compression memory; do
+  for k in micro stall throughput overhead compression memory load; do
     [ $first = 1 ] || echo ","
     first=0
     printf '    "%s": %s' "$k" "${PHASE_SECONDS[$k]:-0}"

@@ -12,6 +12,8 @@ BUILD_DIR=${ACKPT_BUILD_DIR:-build}
 JOBS=$(nproc)
 LAUNCHER=()
 if command -v ccache >/dev/null; then LAUNCHER=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+# Let ccache hit across checkouts in other folders (CI clones afresh).
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${LAUNCHER[@]}"
 cmake --build "$BUILD_DIR" -j"$JOBS"
 scripts/check-install.sh "$BUILD_DIR"

@@ -11,8 +11,8 @@
 
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
-#include "io/atomic_file.h"
 #include "ackpt/format.h"
+#include "io/atomic_file.h"
 #include "test_util.h"
 
 namespace ackpt {
@@ -611,7 +611,8 @@ TEST(StagingRingTest, StateTenTimesTheBudgetSavesAndLoadsBitExact) {
       Checkpoint expected = RingState(1);
       for (int64_t index = 1; index <= 3; ++index) {
         std::string why;
-        EXPECT_TRUE(SameCheckpoint(reader.load_index(index), expected, &why)) << index << ": " << why;
+        EXPECT_TRUE(SameCheckpoint(reader.load_index(index), expected, &why))
+            << index << ": " << why;
         expected.module_interface_state.at("embed").tensor().add_(1);
         expected.module_interface_state.at("proj").tensor().mul_(2);
       }
@@ -626,7 +627,8 @@ TEST(StagingRingTest, StateTenTimesTheBudgetSavesAndLoadsBitExact) {
       // One info line per streaming save, with the reason.
       const std::string text = log.text();
       size_t lines = 0;
-      for (size_t pos = 0; (pos = text.find("streams through the staging ring", pos)) != std::string::npos; ++pos)
+      for (size_t pos = 0;
+           (pos = text.find("streams through the staging ring", pos)) != std::string::npos; ++pos)
         ++lines;
       EXPECT_EQ(lines, 3u) << text;
       EXPECT_NE(text.find("is larger than the staging budget"), std::string::npos) << text;

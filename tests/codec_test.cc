@@ -102,10 +102,10 @@ TEST(CodecTest, SegmentsOfCutsTensorsAtFrameBorders) {
 }
 
 TEST(CodecTest, FramesRoundTripForEveryCoder) {
-  std::vector<uint8_t> frame = FloatBytes(20000, 1);           // 80000 bytes of fp32
-  const std::vector<uint8_t> tail = RandomBytes(20011, 2);     // odd sizes: tails
+  std::vector<uint8_t> frame = FloatBytes(20000, 1);        // 80000 bytes of fp32
+  const std::vector<uint8_t> tail = RandomBytes(20011, 2);  // odd sizes: tails
   frame.insert(frame.end(), tail.begin(), tail.end());
-  frame.insert(frame.end(), 30000, 0);                         // runs of zeros
+  frame.insert(frame.end(), 30000, 0);  // runs of zeros
   const std::vector<Segment> segs = {{80000, 4}, {10001, 2}, {10010, 8}, {30000, 4}};
   for (PlaneCoder c :
        {PlaneCoder::kAdaptive, PlaneCoder::kZstd, PlaneCoder::kHuffman, PlaneCoder::kRaw}) {
@@ -130,7 +130,7 @@ TEST(CodecTest, FramesRoundTripForEveryCoder) {
   format::codec::EncodeGroupedFrame(nullptr, 0, {}, 1, &enc);
   EXPECT_EQ(format::codec::DecodeGroupedFrame(reinterpret_cast<const uint8_t*>(enc.data()),
                                               enc.size(), {}, nullptr, 0, "t"),
-            0x02cc5d05u);  // XXH64 of nothing, low 32 bits
+            0x51d8e999u);  // XXH64 of nothing, low 32 bits
 }
 
 TEST(CodecTest, StoredFramesAreZstdFrames) {
@@ -150,6 +150,7 @@ TEST(CodecTest, StoredFramesAreZstdFrames) {
 // Every dtype, odd shapes, tensors straddling frames; with the default
 // chunk and with a chunk size that cuts elements apart.
 StateDict EveryDtypeState() {
+  at::manual_seed(17);
   StateDict s;
   const std::pair<const char*, at::ScalarType> types[] = {
       {"bool", at::kBool}, {"u8", at::kByte},    {"i8", at::kChar},  {"i16", at::kShort},
@@ -204,7 +205,7 @@ TEST_P(ByteGroupedFileTest, RoundTripsPartialLoadsVerifiesAndExports) {
   EXPECT_EQ(info.format_version, 3);
   EXPECT_EQ(info.metadata.at("ackpt.version"), "3");
   EXPECT_EQ(info.metadata.at("ackpt.codec"), "bytegroup1");
-  EXPECT_GT(info.num_frames, 5u);
+  EXPECT_GT(info.num_frames, GetParam() < (1u << 20) ? 5u : 1u);
   EXPECT_EQ(w.file_bytes, info.file_bytes);
   ExpectSameState(reader->ReadStateDict(), state);
   // Partial loads: each tensor alone, through only its frames.
@@ -221,11 +222,14 @@ TEST_P(ByteGroupedFileTest, RoundTripsPartialLoadsVerifiesAndExports) {
   auto exported = CheckpointReader::Open(plain);
   EXPECT_FALSE(exported->info().compressed);
   ExpectSameState(exported->ReadStateDict(), state);
-  // Smaller than plain zstd on this float-heavy state.
+  // Never larger than plain zstd (up to the header's extra codec key): with
+  // one 4 MiB frame this state, mostly zeros cast to integers, stays a plain
+  // zstd frame (docs/FORMAT.md 14.5); cut finer, its float frames group.
   WriteOptions z = Options();
   z.compression = Compression::kZstd;
   const WriteResult wz = WriteStateDict(state, dir_.file("z.safetensors.zst"), z);
-  EXPECT_LT(w.file_bytes, wz.file_bytes);
+  EXPECT_LE(w.file_bytes, wz.file_bytes + 64);
+  if (GetParam() < (1u << 20)) EXPECT_LT(w.file_bytes, wz.file_bytes);
   EXPECT_EQ(CheckpointReader::Open(dir_.file("z.safetensors.zst"))->info().format_version, 2);
 }
 
@@ -314,8 +318,7 @@ TEST(ByteGroupedDamageTest, HostileFramesFailCleanly) {
   EXPECT_THROW(decode(e), Error);
   // The same frame read with other segments (a lying header) fails too.
   EXPECT_THROW(format::codec::DecodeGroupedFrame(reinterpret_cast<const uint8_t*>(enc.data()),
-                                                 enc.size(), {{20000, 2}}, out.data(), 20000,
-                                                 "x"),
+                                                 enc.size(), {{20000, 2}}, out.data(), 20000, "x"),
                Error);
 }
 
@@ -348,13 +351,17 @@ TEST(AutoTest, DecisionRule) {
   e.grouped_bytes_per_s = 600e6;
   e.disk_bytes_per_s = 0;  // unknown: store
   EXPECT_EQ(format::codec::Decide(e), AutoChoice::kStore);
-  e.disk_bytes_per_s = 200e6;  // slow disk: the smaller output
+  // 200 MB/s: compressing at 2 x 500 MB/s to save 8 % of the writes costs
+  // more than it saves.
+  e.disk_bytes_per_s = 200e6;
+  EXPECT_EQ(format::codec::Decide(e), AutoChoice::kStore);
+  e.disk_bytes_per_s = 50e6;  // slow disk: the smaller output
   EXPECT_EQ(format::codec::Decide(e), AutoChoice::kGrouped);
   e.grouped_ratio = 1.05;
   EXPECT_EQ(format::codec::Decide(e), AutoChoice::kZstd);
   e.disk_bytes_per_s = 5e9;  // fast disk: compressing costs more than it saves
   EXPECT_EQ(format::codec::Decide(e), AutoChoice::kStore);
-  e.disk_bytes_per_s = 200e6;
+  e.disk_bytes_per_s = 50e6;
   e.zstd_ratio = e.grouped_ratio = 1.0;  // incompressible
   EXPECT_EQ(format::codec::Decide(e), AutoChoice::kStore);
 }
@@ -371,7 +378,7 @@ TEST(AutoTest, WritesReadableFilesWhateverItChooses) {
   o.fsync = false;
   o.threads = 1;
   const std::pair<double, format::codec::AutoChoice> cases[] = {
-      {1e12, format::codec::AutoChoice::kStore},  // "disk" faster than any codec
+      {1e12, format::codec::AutoChoice::kStore},    // "disk" faster than any codec
       {20e6, format::codec::AutoChoice::kGrouped},  // slow disk: compress (the last frame: bf16)
   };
   for (const auto& [speed, expect] : cases) {

@@ -743,5 +743,32 @@ TEST(FormatTest, MissingFileIsNotFound) {
   EXPECT_TRUE(Contains(e.what(), "nope.safetensors")) << e.what();
 }
 
+// kZstd files stay format version 2 (older readers open them); only the
+// byte-grouped modes write version 3 and name their codec.
+TEST(FormatTest, CompressionModesAndFormatVersions) {
+  TempDir dir;
+  const StateDict state = SampleState(3);
+  const std::pair<Compression, int> modes[] = {{Compression::kNone, 2},
+                                               {Compression::kZstd, 2},
+                                               {Compression::kZstdByteGrouped, 3},
+                                               {Compression::kAuto, 3}};
+  for (const auto& [mode, version] : modes) {
+    WriteOptions o;
+    o.compression = mode;
+    o.fsync = false;
+    const std::string path = dir.file("m" + std::to_string(static_cast<int>(mode)));
+    WriteStateDict(state, path, o);
+    auto reader = CheckpointReader::Open(path);
+    EXPECT_EQ(reader->info().format_version, version);
+    EXPECT_EQ(reader->info().compressed, mode != Compression::kNone);
+    EXPECT_EQ(reader->info().metadata.count("ackpt.codec"), version == 3 ? 1u : 0u);
+    const StateDict back = reader->ReadStateDict();
+    EXPECT_TRUE(at::equal(back.at("model").dict().at("encoder.weight").tensor(),
+                          state.at("model").dict().at("encoder.weight").tensor()));
+    EXPECT_TRUE(at::equal(back.at("model").dict().at("head.weight").tensor(),
+                          state.at("model").dict().at("head.weight").tensor()));
+  }
+}
+
 }  // namespace
 }  // namespace ackpt

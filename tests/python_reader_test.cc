@@ -133,6 +133,9 @@ class PythonReaderTest : public ::testing::Test {
     zstd.compression = Compression::kZstd;
     zstd.chunk_size = 64 * 1024;
     WriteStateDict(state_, zst_, zstd);
+    WriteOptions grouped = zstd;
+    grouped.compression = Compression::kZstdByteGrouped;
+    WriteStateDict(state_, grouped_, grouped);
 
     nlohmann::json expect;
     expect["tree"] = DescribeDict(state_);
@@ -163,6 +166,7 @@ class PythonReaderTest : public ::testing::Test {
   StateDict state_;
   const std::string plain_ = dir_.file("model_1.safetensors");
   const std::string zst_ = dir_.file("model_2.safetensors.zst");
+  const std::string grouped_ = dir_.file("model_3.safetensors.zst");  // format version 3
   const std::string expect_ = dir_.file("expect.json");
 };
 
@@ -173,6 +177,25 @@ TEST_F(PythonReaderTest, ReadsEveryValueOfPlainAndCompressedFiles) {
       << out;
   EXPECT_NE(out.find("OK " + plain_), std::string::npos) << out;
   EXPECT_NE(out.find("OK " + zst_), std::string::npos) << out;
+}
+
+TEST_F(PythonReaderTest, ReadsByteGroupedFiles) {
+  ASSERT_EQ(CheckpointReader::Open(grouped_)->info().format_version, 3);
+  std::string out;
+  ASSERT_EQ(Check("check " + Quote(expect_) + " " + Quote(grouped_), &out), 0) << out;
+  EXPECT_NE(out.find("OK " + grouped_), std::string::npos) << out;
+  EXPECT_NE(out.find("byte-grouped frames: "), std::string::npos) << out;
+  // Damage inside a byte-grouped frame (the middle of the file) and in its
+  // last frame is detected by the Python reader too.
+  const std::string b = ReadFileBytes(grouped_);
+  std::string args = "corrupt";
+  for (int64_t pos : {static_cast<int64_t>(b.size() / 2), static_cast<int64_t>(b.size() / 3),
+                      int64_t{-60}}) {
+    const std::string bad = dir_.file("badg_" + std::to_string(pos) + ".safetensors.zst");
+    CorruptCopy(grouped_, bad, pos);
+    args += " " + Quote(bad);
+  }
+  EXPECT_EQ(Check(args, &out), 0) << out;
 }
 
 TEST_F(PythonReaderTest, DamageRaisesCorruptionError) {

@@ -101,7 +101,14 @@ struct DefaultCheckpointerArguments {
   std::string log_level = "INFO";
 
   // ---- ackpt's fields -------------------------------------------------------
-  // kZstd (seekable zstd frames) or kNone (plain safetensors). Default: kZstd.
+  // kZstd (seekable zstd frames), kNone (plain safetensors),
+  // kZstdByteGrouped (float-aware: ~10 % smaller than kZstd on fp32 and ~14 %
+  // on bf16 weights at the same or better speed, but format version 3, which
+  // `zstd -d` and ackpt readers before it cannot read) or kAuto (per frame,
+  // whatever a sample and the measured disk speed say cannot make the save
+  // slower than writing uncompressed; also version 3). docs/FORMAT.md 14,
+  // docs/BENCHMARKS.md. Default: kZstd, so every file stays readable by any
+  // zstd decoder and by older ackpt readers.
   Compression compression = Compression::kZstd;
   // zstd level; higher costs writer CPU time. Default: 1.
   int zstd_level = 1;
@@ -114,13 +121,29 @@ struct DefaultCheckpointerArguments {
   // states over 16 MiB. Default: 0.
   int snapshot_threads = 0;
   // Upper bound on host staging memory (bytes), shared by all saves queued
-  // or being written. 0 = twice the largest checkpoint seen so far (one being
-  // written, one being staged). A single checkpoint larger than an explicit
-  // budget is an error. Default: 0.
+  // or being written. Staging is a ring of fixed-size chunks (one zstd frame,
+  // chunk_size, up to 64 MiB; at most an eighth of an explicit budget, at
+  // least 64 KiB), allocated once and reused: save() copies the state into
+  // chunks, the writers hash, compress and write a chunk and return it.
+  // A state that fits the free budget is copied at memcpy speed and save()
+  // returns. One that does not (larger than the budget, or earlier saves
+  // still hold chunks) streams: its checksums are computed from the live
+  // tensors first (the header, written first, holds them), then save()
+  // copies chunk by chunk into chunks the writers free, and returns once the
+  // last chunk is copied, so its stall grows to about the time to write the
+  // bytes that did not fit (logged once at info level, with the reason;
+  // SaveStats::streamed_bytes). With overlap_snapshot, wait_snapshot() takes
+  // that wait instead. Any budget of at least two 64 KiB chunks works.
+  // 0 = automatic: twice the largest checkpoint seen so far (one being
+  // written, one being staged, so neither waits), but at most a quarter of
+  // the memory the process may use (physical memory, or the cgroup limit if
+  // lower): the live state and the trainer's own memory need the rest; a
+  // larger state streams. Default: 0.
   uint64_t staging_budget_bytes = 0;
-  // Page-lock staging memory (mlock; pinned CUDA host memory when saving
-  // CUDA tensors). Falls back to pageable memory with one warning when the
-  // system does not permit it. Default: true.
+  // Page-lock staging chunks (mlock; pinned CUDA host memory when saving
+  // CUDA tensors, allocated once and reused), up to RLIMIT_MEMLOCK: beyond
+  // it, or when the system refuses, chunks stay pageable, with one warning.
+  // Default: true.
   bool pin_host_memory = true;
   // What a save does when the staging budget is full. Forced saves always
   // block. Default: kBlock.

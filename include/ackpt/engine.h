@@ -54,8 +54,8 @@ struct SaveStats {
   size_t staging_chunks_peak = 0;
   uint64_t chunk_waits = 0;
   uint64_t streamed_bytes = 0;
-  uint64_t skipped_total = 0;     // saves dropped by kSkip so far
-  uint64_t replaced_total = 0;    // saves dropped by kReplacePending so far
+  uint64_t skipped_total = 0;   // saves dropped by kSkip so far
+  uint64_t replaced_total = 0;  // saves dropped by kReplacePending so far
 };
 
 // Counters of the save engine over its lifetime.
@@ -63,18 +63,18 @@ struct EngineCounters {
   uint64_t saves_requested = 0;  // save() calls that passed the period check
   uint64_t saves_completed = 0;  // durable
   uint64_t saves_failed = 0;
-  uint64_t saves_skipped = 0;           // kSkip
-  uint64_t saves_replaced = 0;          // kReplacePending
-  uint64_t saves_torn = 0;  // failed: a tensor was modified before its snapshot copy finished
+  uint64_t saves_skipped = 0;   // kSkip
+  uint64_t saves_replaced = 0;  // kReplacePending
+  uint64_t saves_torn = 0;      // failed: a tensor was modified before its snapshot copy finished
   uint64_t staging_bytes_reserved = 0;  // current staging memory held
   uint64_t staging_bytes_peak = 0;
   uint64_t staging_budget_bytes = 0;
-  uint64_t staging_chunk_bytes = 0;   // size of every staging chunk
+  uint64_t staging_chunk_bytes = 0;    // size of every staging chunk
   uint64_t staging_chunks_in_use = 0;  // lent to saves being copied or written
   uint64_t staging_chunks_peak = 0;    // most in use at once
   uint64_t staging_chunk_waits = 0;    // times a copy waited for a free chunk
-  uint64_t saves_streamed = 0;  // saves that did not fit the free budget and streamed
-  uint64_t streamed_bytes = 0;  // bytes those copied into chunks they had to wait for
+  uint64_t saves_streamed = 0;         // saves that did not fit the free budget and streamed
+  uint64_t streamed_bytes = 0;         // bytes those copied into chunks they had to wait for
 };
 
 }  // namespace ackpt

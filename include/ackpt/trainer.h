@@ -139,6 +139,10 @@ struct TrainerBackendArguments {
   double max_grad_norm = 1.0;
   // Set by Trainer::request_stop(); backends stop after the current batch.
   const std::atomic<bool>* stop_requested = nullptr;
+  // Set by the Trainer: backends call its wait_snapshot() (the snapshot
+  // fence) right before the optimizer step, the first in-place write to the
+  // saved tensors. May be null.
+  AbstractCheckpointer* checkpointer = nullptr;
 };
 
 // How epochs are run (pymarlin's TrainerBackend).

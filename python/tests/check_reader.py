@@ -176,21 +176,44 @@ def main(argv):
         tmp = tempfile.mkdtemp()
         for path in argv[3:]:
             check_file(path, exp)
-            for version in ("1", "2"):
+            with ackpt_reader.open(path) as c:
+                grouped = sum(1 for f in c._frames
+                              if c._pread(f.coffset, 4) == ackpt_reader.GROUPED_FRAME_MAGIC)
+                if c.version == "3":
+                    # Written by kZstdByteGrouped: its data frames are byte-grouped.
+                    expect(c.metadata.get("ackpt.codec") == "bytegroup1", "ackpt.codec")
+                    expect(grouped > 0, "%s: version 3 without byte-grouped frames" % path)
+                    print("byte-grouped frames: %d of %d" % (grouped, c.num_frames))
+                else:
+                    expect(grouped == 0, "%s: byte-grouped frames in version %s" % (path, c.version))
+                codec = c.metadata.get("ackpt.codec")
+            # Version 3 keeps its codec key when re-framed; without it, a
+            # version-3 file is refused (a codec this reader does not know).
+            versions = ("1", "2", "3") if codec else ("1", "2")
+            for version in versions:
                 out = os.path.join(tmp, "reframed_v%s.safetensors.zst" % version)
                 n = reframe(path, version, out)
                 with ackpt_reader.open(out) as c:
                     expect(c.version == version and c.num_frames == n, "reframed file: %r" % c)
                 check_file(out, exp)
+            if not codec:
+                out = os.path.join(tmp, "reframed_v3.safetensors.zst")
+                reframe(path, "3", out)
+                try:
+                    ackpt_reader.open(out)
+                    raise Mismatch("version 3 without ackpt.codec was accepted")
+                except ackpt_reader.UnsupportedError:
+                    pass
             # An unknown format version is refused, not guessed at.
-            out = os.path.join(tmp, "reframed_v3.safetensors.zst")
-            reframe(path, "3", out)
+            out = os.path.join(tmp, "reframed_v4.safetensors.zst")
+            reframe(path, "4", out)
             try:
                 ackpt_reader.open(out)
-                raise Mismatch("ackpt.version 3 was accepted")
+                raise Mismatch("ackpt.version 4 was accepted")
             except ackpt_reader.UnsupportedError:
                 pass
-            print("OK %s (and re-framed into irregular frames, versions 1 and 2)" % path)
+            print("OK %s (and re-framed into irregular frames, versions %s)"
+                  % (path, ", ".join(versions)))
         return 0
     if mode == "corrupt":
         for path in argv[2:]:

@@ -49,23 +49,8 @@ Checkpoint CheckpointFromLayout(StateDict root, const std::string& path) {
 
 WriteResult WriteCheckpointFile(const Checkpoint& checkpoint, const std::string& path,
                                 const WriteOptions& options, Env* env) {
-  std::vector<format::FlatTensor> tensors;
-  std::string tree;
-  format::Flatten(CheckpointLayout(checkpoint), &tensors, &tree);
-  std::vector<at::Tensor> keep_alive;
-  format::PrepareContiguous(&tensors, &keep_alive);
-  const int threads = options.threads;
-  const format::EncodeResult r = format::EncodeAndCommit(
-      &tensors, tree, options, BaseMetadata("checkpoint", 0, checkpoint.metrics), path, env,
-      [threads](size_t n, const std::function<void(size_t)>& fn) {
-        format::ParallelFor(n, threads, fn);
-      });
-  WriteResult result;
-  result.path = path;
-  result.tensor_bytes = r.tensor_bytes;
-  result.logical_bytes = r.logical_bytes;
-  result.file_bytes = r.file_bytes;
-  return result;
+  return format::WriteStateDictSync(CheckpointLayout(checkpoint), path, options,
+                                    BaseMetadata("checkpoint", 0, checkpoint.metrics), env);
 }
 
 Checkpoint ReadCheckpointFile(const std::string& path, const ReadOptions& options, Env* env) {

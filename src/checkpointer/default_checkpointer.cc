@@ -13,6 +13,7 @@
 #include "ackpt/file_names.h"
 #include "checkpointer/checkpoint_dir.h"
 #include "checkpointer/checkpoint_file.h"
+#include "checkpointer/guard.h"
 #include "checkpointer/metadata_keys.h"
 #include "engine/engine.h"
 #include "util/logger.h"
@@ -56,24 +57,6 @@ void Validate(const DefaultCheckpointerArguments& a) {
   }
 }
 
-// Only ackpt::Error leaves a public call: LibTorch's and JSON's exceptions
-// are wrapped with what was being done.
-template <typename F>
-auto Guard(Error::Code code, const std::string& what, F&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const Error&) {
-    throw;
-  } catch (const c10::Error& e) {
-    throw Error(code, what + ": " + e.what_without_backtrace());
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(code, what + ": " + e.what());
-  } catch (const std::bad_alloc&) {
-    throw Error(code, what + ": out of memory");
-  } catch (const std::exception& e) {
-    throw Error(code, what + ": " + e.what());
-  }
-}
 
 std::shared_ptr<CheckpointDir> OpenDir(const std::string& dir, const DefaultCheckpointerArguments& a,
                                        bool writer, std::shared_ptr<Env> env,

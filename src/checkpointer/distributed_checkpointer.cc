@@ -20,6 +20,7 @@
 #include "ackpt/file_names.h"
 #include "checkpointer/checkpoint_dir.h"
 #include "checkpointer/checkpoint_file.h"
+#include "checkpointer/guard.h"
 #include "checkpointer/metadata_keys.h"
 #include "engine/engine.h"
 #include "format/internal.h"
@@ -115,19 +116,6 @@ std::vector<int> AssignOwners(const std::vector<format::FlatTensor>& tensors, in
 std::string Bytes(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
 std::vector<uint8_t> Bytes(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
-// Only ackpt::Error leaves a public call.
-template <typename F>
-auto Guard(Error::Code code, const std::string& what, F&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const Error&) {
-    throw;
-  } catch (const c10::Error& e) {
-    throw Error(code, what + ": " + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    throw Error(code, what + ": " + e.what());
-  }
-}
 
 struct Manifest {
   int64_t index = 0;

@@ -50,7 +50,8 @@ void CopyElements(const at::Tensor& t, int64_t e0, int64_t e1, uint8_t* dst, boo
     return;
   }
   if (t.is_contiguous()) {
-    at::from_blob(dst, {e1 - e0}, options).copy_(t.reshape({-1}).narrow(0, e0, e1 - e0), non_blocking);
+    at::from_blob(dst, {e1 - e0}, options)
+        .copy_(t.reshape({-1}).narrow(0, e0, e1 - e0), non_blocking);
     return;
   }
   const int64_t row = t.numel() / t.size(0);
@@ -144,12 +145,14 @@ bool SnapshotStream::TryTakeAll() {
 }
 
 std::vector<uint8_t*> SnapshotStream::Take(size_t first, size_t max_chunks) {
-  const size_t limit = max_chunks == 0 ? chunks_.size() : std::min(chunks_.size(), first + max_chunks);
+  const size_t limit =
+      max_chunks == 0 ? chunks_.size() : std::min(chunks_.size(), first + max_chunks);
   std::vector<uint8_t*> bases;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (consumer_error_) std::rethrow_exception(consumer_error_);
-    for (size_t k = first; k < limit && chunks_[k] != nullptr; ++k) bases.push_back(chunks_[k]->data);
+    for (size_t k = first; k < limit && chunks_[k] != nullptr; ++k)
+      bases.push_back(chunks_[k]->data);
   }
   if (!bases.empty() || first >= limit) return bases;
   // None held: one chunk, waiting for a writer to free one if need be...
@@ -228,8 +231,9 @@ void SnapshotStream::Release(uint64_t end) {
   std::vector<StagingChunk*> back;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const size_t upto =
-        end >= size() ? chunks_.size() : static_cast<size_t>(std::min<uint64_t>(end, published_) / chunk_);
+    const size_t upto = end >= size()
+                            ? chunks_.size()
+                            : static_cast<size_t>(std::min<uint64_t>(end, published_) / chunk_);
     for (; released_ < upto; ++released_) {
       if (chunks_[released_] != nullptr) back.push_back(chunks_[released_]);
       chunks_[released_] = nullptr;
@@ -238,13 +242,19 @@ void SnapshotStream::Release(uint64_t end) {
   for (StagingChunk* c : back) pool_->Release(c);
 }
 
+uint64_t SnapshotStream::capacity() const {
+  const size_t chunks = pool_->budget_chunks();
+  return chunks > 2 ? (chunks - 2) * chunk_ : 0;
+}
+
 void SnapshotStream::Abort(std::exception_ptr why) {
   std::vector<StagingChunk*> back;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!consumer_error_) consumer_error_ = why;
     // Only published chunks: the producer may be filling the others.
-    const size_t upto = published_ >= size() ? chunks_.size() : static_cast<size_t>(published_ / chunk_);
+    const size_t upto =
+        published_ >= size() ? chunks_.size() : static_cast<size_t>(published_ / chunk_);
     for (size_t k = released_; k < upto; ++k) {
       if (chunks_[k] != nullptr) back.push_back(chunks_[k]);
       chunks_[k] = nullptr;
@@ -399,8 +409,9 @@ void CopySnapshot(std::vector<format::FlatTensor>* tensors, SnapshotStream* stre
     auto copy_range = [&](size_t r) {
       const uint64_t rb = contiguous_bytes * r / ranges;
       const uint64_t re = contiguous_bytes * (r + 1) / ranges;
-      size_t k = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), rb) -
-                                     starts.begin()) - 1;
+      size_t k =
+          static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), rb) - starts.begin()) -
+          1;
       for (; k < contiguous.size() && starts[k] < re; ++k) {
         const Piece& p = contiguous[k];
         const format::FlatTensor& f = ts[p.tensor];

@@ -81,6 +81,9 @@ class SnapshotStream : public format::DataSource {
   void Visit(uint64_t offset, uint64_t n,
              const std::function<void(const void*, size_t)>& fn) const override;
   void Release(uint64_t end) override;
+  // What the ring surely holds at once: the budget less two chunks (a
+  // range that is not chunk-aligned touches one more at either end).
+  uint64_t capacity() const override;
   // The consumer gives up (its write failed): published chunks go back to
   // the pool now, and the producer's next Take throws `why`.
   void Abort(std::exception_ptr why);

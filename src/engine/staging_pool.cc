@@ -201,8 +201,8 @@ StagingChunk* StagingPool::TakeLocked(bool cuda_pinned, std::unique_lock<std::mu
     StagingChunk* victim = *other;
     free_.erase(other);
     --allocated_;
-    auto owned = std::find_if(all_.begin(), all_.end(),
-                              [&](const auto& p) { return p.get() == victim; });
+    auto owned =
+        std::find_if(all_.begin(), all_.end(), [&](const auto& p) { return p.get() == victim; });
     std::unique_ptr<StagingChunk> gone = std::move(*owned);
     all_.erase(owned);
     lock->unlock();

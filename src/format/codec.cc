@@ -112,7 +112,9 @@ void UngroupScalar(const uint8_t* const* p, size_t m, uint8_t* dst) {
 }
 
 #if defined(__SSE2__)
-inline __m128i Load(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m128i Load(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
 inline void Store(uint8_t* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
 
 // Even and odd bytes of 32 bytes.
@@ -305,13 +307,21 @@ void Transpose(const Plan& plan, const std::vector<Segment>& segments, uint8_t* 
 // Order-0 statistics of a sample of the plane (4 slices of 4 KiB, or all of
 // a small plane): cheap enough to run on every plane.
 struct PlaneStats {
-  double entropy = 8;  // bits per byte
-  double top = 0;      // share of the most frequent byte value
+  double entropy = 8;            // bits per byte
+  double repeats = 0;            // share of bytes equal to the one before
+  double iid_repeats = 0;        // what `repeats` would be without structure: sum p^2
+  double max_slice_repeats = 0;  // of the 4 KiB slices: a run region shows as ~1
 };
 
 PlaneStats StatsOf(const uint8_t* p, size_t n) {
   uint32_t h[4][256] = {};
+  size_t repeats = 0;
+  double max_slice = 0;
   auto count = [&](const uint8_t* q, size_t len) {
+    size_t r = 0;
+    for (size_t i = 1; i < len; ++i) r += q[i] == q[i - 1];
+    repeats += r;
+    if (len > 0) max_slice = std::max(max_slice, static_cast<double>(r) / static_cast<double>(len));
     size_t i = 0;
     for (; i + 4 <= len; i += 4) {
       ++h[0][q[i]];
@@ -334,28 +344,35 @@ PlaneStats StatsOf(const uint8_t* p, size_t n) {
   }
   PlaneStats st;
   if (total == 0) return st;
-  double e = 0;
-  uint32_t top = 0;
+  double e = 0, sq = 0;
   for (int v = 0; v < 256; ++v) {
     const uint32_t c = h[0][v] + h[1][v] + h[2][v] + h[3][v];
     if (c == 0) continue;
-    top = std::max(top, c);
     const double q = static_cast<double>(c) / static_cast<double>(total);
     e -= q * std::log2(q);
+    sq += q * q;
   }
   st.entropy = e;
-  st.top = static_cast<double>(top) / static_cast<double>(total);
+  st.repeats = static_cast<double>(repeats) / static_cast<double>(total);
+  st.iid_repeats = sq;
+  st.max_slice_repeats = max_slice;
   return st;
 }
 
 // Planes whose order-0 entropy is above this cannot save 4 % with any
 // entropy coder; they are stored raw (the low mantissa bytes of floats).
 constexpr double kRawEntropy = 7.68;
-// A plane where one byte value dominates this much is mostly runs (zeros of
-// untouched embedding rows, exponents of sparse Adam state): zstd's matches
-// beat Huffman's floor of 1 bit per byte.
-constexpr double kRunsShare = 0.5;
-constexpr double kRunsEntropy = 1.5;
+// A plane with runs (zeros of untouched embedding rows, exponents of sparse
+// Adam state, zero tensors next to dense ones) repeats its previous byte far
+// more often than independent bytes of its histogram would (sum p^2): then
+// zstd's matches beat Huffman's floor of 1 bit per byte. Likewise when the
+// entropy is so low that Huffman's floor dominates.
+constexpr double kRunsExcess = 0.3;
+constexpr double kRunsEntropy = 0.8;
+constexpr double kRunSlice = 0.9;
+// A whole frame whose bytes repeat their predecessor this often is mostly
+// runs: see EncodeByteGroupedDataFrame.
+constexpr double kPlainZstdRepeats = 0.5;
 
 // Literals-only zstd frame: zstd's Huffman stage without its match finder,
 // via explicit sequences that are all literals (one per 128 KiB block).
@@ -375,8 +392,7 @@ size_t HuffmanFrame(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) {
   return r;
 }
 
-size_t ZstdFrame(const uint8_t* src, size_t n, int level, bool checksum, uint8_t* dst,
-                 size_t cap) {
+size_t ZstdFrame(const uint8_t* src, size_t n, int level, bool checksum, uint8_t* dst, size_t cap) {
   ZSTD_CCtx* cctx = ThreadCCtx();
   CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
   CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
@@ -396,9 +412,13 @@ std::pair<uint8_t, size_t> EncodeStream(const uint8_t* src, size_t n, int level,
   PlaneCoder c = coder;
   if (c == PlaneCoder::kAdaptive) {
     const PlaneStats st = StatsOf(src, n);
-    if (n < 64 || st.entropy > kRawEntropy) {
+    // Runs anywhere (one slice nearly constant: zero tensors or rows next to
+    // dense ones) cost Huffman 1 bit per byte and zstd almost nothing.
+    const bool runs = st.repeats > st.iid_repeats + kRunsExcess || st.entropy < kRunsEntropy ||
+                      st.max_slice_repeats > kRunSlice;
+    if (n < 64 || (st.entropy > kRawEntropy && !runs)) {
       c = PlaneCoder::kRaw;
-    } else if (st.top > kRunsShare || st.entropy < kRunsEntropy) {
+    } else if (runs) {
       c = PlaneCoder::kZstd;
     } else {
       c = PlaneCoder::kHuffman;
@@ -454,19 +474,33 @@ std::vector<uint64_t> StreamSizes(const std::vector<Segment>& segments) {
 
 void Group(const uint8_t* src, size_t m, size_t k, uint8_t* const* planes) {
   switch (k) {
-    case 2: GroupK<2>(src, m, planes); break;
-    case 4: GroupK<4>(src, m, planes); break;
-    case 8: GroupK<8>(src, m, planes); break;
-    default: throw Error::InvalidArgument("byte grouping needs element size 2, 4 or 8");
+    case 2:
+      GroupK<2>(src, m, planes);
+      break;
+    case 4:
+      GroupK<4>(src, m, planes);
+      break;
+    case 8:
+      GroupK<8>(src, m, planes);
+      break;
+    default:
+      throw Error::InvalidArgument("byte grouping needs element size 2, 4 or 8");
   }
 }
 
 void Ungroup(const uint8_t* const* planes, size_t m, size_t k, uint8_t* dst) {
   switch (k) {
-    case 2: UngroupK<2>(planes, m, dst); break;
-    case 4: UngroupK<4>(planes, m, dst); break;
-    case 8: UngroupK<8>(planes, m, dst); break;
-    default: throw Error::InvalidArgument("byte grouping needs element size 2, 4 or 8");
+    case 2:
+      UngroupK<2>(planes, m, dst);
+      break;
+    case 4:
+      UngroupK<4>(planes, m, dst);
+      break;
+    case 8:
+      UngroupK<8>(planes, m, dst);
+      break;
+    default:
+      throw Error::InvalidArgument("byte grouping needs element size 2, 4 or 8");
   }
 }
 
@@ -563,7 +597,8 @@ uint32_t DecodeGroupedFrame(const uint8_t* comp, size_t comp_size,
       }
     } else if (d[0] == kStreamZstd) {
       const unsigned long long content = ZSTD_getFrameContentSize(comp + pos, size);
-      if (content != want) corrupt(which + " is not a zstd frame of " + std::to_string(want) + " bytes");
+      if (content != want)
+        corrupt(which + " is not a zstd frame of " + std::to_string(want) + " bytes");
       const size_t span = ZSTD_findFrameCompressedSize(comp + pos, size);
       if (ZSTD_isError(span) || span != size)
         corrupt(which + " does not span exactly its " + std::to_string(size) + " bytes");
@@ -704,7 +739,8 @@ Sample TakeSample(const uint8_t* src, size_t n, const std::vector<Segment>& segm
     // Segments overlapping [start, start + kSlice), phase-aligned to elements.
     uint64_t pos = 0;
     for (const auto& seg : segments) {
-      const uint64_t b = std::max<uint64_t>(pos, start), e = std::min<uint64_t>(pos + seg.size, start + kSlice);
+      const uint64_t b = std::max<uint64_t>(pos, start),
+                     e = std::min<uint64_t>(pos + seg.size, start + kSlice);
       if (b < e) {
         const uint32_t k = seg.elem_size;
         const uint64_t skip = (k - (b - pos) % k) % k;  // to the next element start
@@ -753,6 +789,20 @@ AutoEstimate LastAutoEstimateForTesting(AutoChoice* choice) {
   return Model().last;
 }
 
+uint32_t EncodeByteGroupedDataFrame(const uint8_t* src, size_t n,
+                                    const std::vector<Segment>& segments, int level,
+                                    std::string* out, FrameStats* stats) {
+  // A frame that is mostly runs (zeros of untouched rows in sparse Adam
+  // state: zstd -1 already reaches 20x) gains a few percent of an already
+  // tiny output from grouping but costs a third more time in both
+  // directions (measured, docs/BENCHMARKS.md): such frames stay plain zstd.
+  if (StatsOf(src, n).repeats > kPlainZstdRepeats) {
+    if (stats) ++stats->plain_zstd_frames;
+    return EncodeZstdFrame(src, n, level, out);
+  }
+  return EncodeGroupedFrame(src, n, segments, level, out, PlaneCoder::kAdaptive, stats);
+}
+
 uint32_t EncodeDataFrame(const VisitFn& visit, uint64_t offset, size_t n, const Layout& layout,
                          const WriteOptions& options, std::string* out) {
   // The frame's bytes in one piece: in place when the source holds them so
@@ -774,7 +824,7 @@ uint32_t EncodeDataFrame(const VisitFn& visit, uint64_t offset, size_t n, const 
   }
   const std::vector<Segment> segments = SegmentsOf(layout, offset, n);
   if (options.compression == Compression::kZstdByteGrouped)
-    return EncodeGroupedFrame(src, n, segments, options.zstd_level, out);
+    return EncodeByteGroupedDataFrame(src, n, segments, options.zstd_level, out);
 
   // kAuto: estimate both codecs on a sample of this frame; speeds from the
   // frames encoded so far (the sample's own timing the first time).
@@ -798,7 +848,8 @@ uint32_t EncodeDataFrame(const VisitFn& visit, uint64_t offset, size_t n, const 
                                 reinterpret_cast<uint8_t*>(tmp.data()), zs);
     const double zt = Since(t0);
     t0 = Clock::now();
-    EncodeGroupedFrame(s.bytes.data(), s.bytes.size(), s.segments, options.zstd_level, &tmp);
+    EncodeByteGroupedDataFrame(s.bytes.data(), s.bytes.size(), s.segments, options.zstd_level,
+                               &tmp);
     const double gt = Since(t0);
     const double len = static_cast<double>(s.bytes.size());
     e.zstd_ratio = len / static_cast<double>(std::max<size_t>(zr, 1));
@@ -810,9 +861,15 @@ uint32_t EncodeDataFrame(const VisitFn& visit, uint64_t offset, size_t n, const 
   const auto t0 = Clock::now();
   uint32_t sum;
   switch (choice) {
-    case AutoChoice::kStore: sum = EncodeStoredFrame(src, n, out); break;
-    case AutoChoice::kZstd: sum = EncodeZstdFrame(src, n, options.zstd_level, out); break;
-    default: sum = EncodeGroupedFrame(src, n, segments, options.zstd_level, out); break;
+    case AutoChoice::kStore:
+      sum = EncodeStoredFrame(src, n, out);
+      break;
+    case AutoChoice::kZstd:
+      sum = EncodeZstdFrame(src, n, options.zstd_level, out);
+      break;
+    default:
+      sum = EncodeByteGroupedDataFrame(src, n, segments, options.zstd_level, out);
+      break;
   }
   const double took = Since(t0);
   std::lock_guard<std::mutex> lock(m.mu);

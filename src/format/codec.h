@@ -75,6 +75,7 @@ enum class PlaneCoder { kAdaptive, kZstd, kHuffman, kRaw };
 
 struct FrameStats {
   uint64_t raw_streams = 0, zstd_streams = 0, huffman_streams = 0;
+  uint64_t plain_zstd_frames = 0;  // EncodeByteGroupedDataFrame's fallback
 };
 
 // Encodes the n bytes at `src` (one frame of the logical stream, cut into
@@ -84,6 +85,13 @@ struct FrameStats {
 uint32_t EncodeGroupedFrame(const uint8_t* src, size_t n, const std::vector<Segment>& segments,
                             int level, std::string* out, PlaneCoder coder = PlaneCoder::kAdaptive,
                             FrameStats* stats = nullptr);
+
+// What kZstdByteGrouped writes for a data frame: a byte-grouped frame, or a
+// plain zstd frame when the frame is mostly runs (sparse state: zstd alone
+// is as small within a few percent of a tiny output, and faster).
+uint32_t EncodeByteGroupedDataFrame(const uint8_t* src, size_t n,
+                                    const std::vector<Segment>& segments, int level,
+                                    std::string* out, FrameStats* stats = nullptr);
 
 // True if `p` (at least 4 bytes) starts with kGroupedFrameMagic.
 bool IsGroupedFrame(const void* p, size_t n);
@@ -132,9 +140,9 @@ void RecordSave(const WriteOptions& options, uint64_t file_bytes, double write_s
 // What kAuto chose for a frame, and the model behind it (docs/FORMAT.md 14.5).
 enum class AutoChoice { kStore, kZstd, kGrouped };
 struct AutoEstimate {
-  double disk_bytes_per_s = 0;      // measured (or assumed) write speed of the file system
-  double threads = 1;               // compressing in parallel
-  double zstd_ratio = 1, grouped_ratio = 1;        // on the frame's sample
+  double disk_bytes_per_s = 0;               // measured (or assumed) write speed of the file system
+  double threads = 1;                        // compressing in parallel
+  double zstd_ratio = 1, grouped_ratio = 1;  // on the frame's sample
   double zstd_bytes_per_s = 0, grouped_bytes_per_s = 0;  // per thread
 };
 // The decision rule: the smallest estimated output among the choices whose

@@ -169,6 +169,10 @@ class DataSource {
                      const std::function<void(const void*, size_t)>& fn) const = 0;
   // Bytes before `end` will not be read again (a ring may reuse their memory).
   virtual void Release(uint64_t end) { (void)end; }
+  // The most bytes the source can surely hold unreleased at once: a
+  // consumer that waits for more before releasing would wait forever (a
+  // frame larger than a staging ring is compressed as it streams in).
+  virtual uint64_t capacity() const { return UINT64_MAX; }
 
  protected:
   explicit DataSource(uint64_t size) : size_(size) {}
@@ -213,9 +217,9 @@ void HashTensors(std::vector<FlatTensor>* tensors, DataSource* source,
 
 struct EncodeResult {
   uint64_t tensor_bytes = 0;
-  uint64_t logical_bytes = 0;  // the plain safetensors stream
-  uint64_t file_bytes = 0;     // on disk
-  std::string header_xxh3;     // hex64 of the header checksum (docs/FORMAT.md 8.2)
+  uint64_t logical_bytes = 0;   // the plain safetensors stream
+  uint64_t file_bytes = 0;      // on disk
+  std::string header_xxh3;      // hex64 of the header checksum (docs/FORMAT.md 8.2)
   double hash_seconds = 0;      // per-tensor XXH3, wall
   double compress_seconds = 0;  // zstd, summed over threads
   double write_seconds = 0;     // compress + write + fsync + rename, wall
@@ -245,6 +249,12 @@ EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string
                              const std::atomic<bool>* cancel = nullptr);
 // Throws kInvalidArgument for out-of-range chunk size or zstd level.
 void ValidateWriteOptions(const WriteOptions& options);
+// The synchronous writer (WriteStateDict, WriteCheckpointFile): flatten,
+// contiguous copies where needed, EncodeAndCommit on the calling threads.
+WriteResult WriteStateDictSync(const StateDict& state, const std::string& path,
+                               const WriteOptions& options,
+                               const std::map<std::string, std::string>& internal_metadata,
+                               Env* env);
 
 // Checks every tensor (dense, supported dtype) and fills dtype, shape and
 // nbytes from it. Throws kUnsupported naming the tensor.

@@ -5,9 +5,8 @@
 #include <stdlib.h>
 #include <xxhash.h>
 #define ZSTD_STATIC_LINKING_ONLY  // ZSTD_decompressBound
-#include <zstd.h>
-
 #include <ATen/core/grad_mode.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -160,8 +159,8 @@ class OrderedHasher {
     std::mutex mu;
     std::unique_ptr<XXH3_state_t, Xxh3StateDeleter> state;
     const uint8_t* base = nullptr;
-    uint64_t next = 0;  // bytes hashed so far
-    bool busy = false;  // a thread is hashing
+    uint64_t next = 0;                   // bytes hashed so far
+    bool busy = false;                   // a thread is hashing
     std::map<uint64_t, uint64_t> ready;  // landed, not yet hashed: begin -> end
   };
   std::vector<Slot> slots_;
@@ -277,7 +276,8 @@ class ReaderImpl final : public CheckpointReader {
   StateDict ReadStateDict() override {
     ScopedReadInto* scope = g_read_into;
     if (scope == nullptr || scope->destinations().empty()) {
-      return Guard(info_.path, "reading the state", [&] { return ReadStateDictImpl(nullptr, true); });
+      return Guard(info_.path, "reading the state",
+                   [&] { return ReadStateDictImpl(nullptr, true); });
     }
     // A trainer resuming through a checkpointer: tensors it named go
     // straight into its tensors where they fit, the rest are allocated.
@@ -365,8 +365,7 @@ class ReaderImpl final : public CheckpointReader {
       for (const auto& t : info_.tensors) flat.set(t.name, tensors.at(t.name));
       return flat;
     }
-    return Unflatten(info_.metadata.at(kMetaTree), tensors, info_.path,
-                     options_.max_nesting_depth);
+    return Unflatten(info_.metadata.at(kMetaTree), tensors, info_.path, options_.max_nesting_depth);
   }
 
   // Why `dst` cannot take tensor t's bytes ("" when it can).
@@ -603,8 +602,7 @@ class ReaderImpl final : public CheckpointReader {
     }
     const size_t frame_size = ZSTD_findFrameCompressedSize(comp, f.compressed_size);
     if (ZSTD_isError(frame_size) || frame_size != f.compressed_size) {
-      Corrupt(which + " does not span exactly its " + std::to_string(f.compressed_size) +
-              " bytes");
+      Corrupt(which + " does not span exactly its " + std::to_string(f.compressed_size) + " bytes");
     }
     const unsigned long long bound = ZSTD_decompressBound(comp, f.compressed_size);
     if (bound == ZSTD_CONTENTSIZE_ERROR || bound < f.decompressed_size) {
@@ -636,17 +634,16 @@ class ReaderImpl final : public CheckpointReader {
       return;
     }
     ZSTD_DCtx* dctx = ThreadDCtx();
-    ZSTD_DCtx_setParameter(dctx, ZSTD_d_forceIgnoreChecksum,
-                           options_.verify_checksums ? ZSTD_d_validateChecksum
-                                                     : ZSTD_d_ignoreChecksum);
+    ZSTD_DCtx_setParameter(
+        dctx, ZSTD_d_forceIgnoreChecksum,
+        options_.verify_checksums ? ZSTD_d_validateChecksum : ZSTD_d_ignoreChecksum);
     const size_t r = ZSTD_decompressDCtx(dctx, dst, f.decompressed_size, comp, f.compressed_size);
     if (ZSTD_isError(r)) Corrupt(which + ": " + ZSTD_getErrorName(r));
     if (r != f.decompressed_size) Corrupt(which + " decompressed to the wrong size");
     if (!options_.verify_checksums || !table_.has_checksums) return;
     ZSTD_frameHeader header;
-    const bool has_content_checksum =
-        ZSTD_getFrameHeader(&header, comp, f.compressed_size) == 0 && header.checksumFlag &&
-        f.compressed_size >= 4;
+    const bool has_content_checksum = ZSTD_getFrameHeader(&header, comp, f.compressed_size) == 0 &&
+                                      header.checksumFlag && f.compressed_size >= 4;
     uint32_t actual;
     if (has_content_checksum) {
       const uint8_t* c = comp + f.compressed_size - 4;  // verified by zstd above

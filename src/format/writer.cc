@@ -46,7 +46,8 @@ struct Logical {
   const DataSource& data;
   const codec::Layout* layout = nullptr;  // tensors' spans, for codec::EncodeDataFrame
   uint64_t size() const { return header.size() + data.size(); }
-  void Visit(uint64_t offset, uint64_t n, const std::function<void(const void*, size_t)>& fn) const {
+  void Visit(uint64_t offset, uint64_t n,
+             const std::function<void(const void*, size_t)>& fn) const {
     const uint64_t h = header.size();
     if (offset < h) {
       const uint64_t len = std::min<uint64_t>(n, h - offset);
@@ -58,12 +59,43 @@ struct Logical {
   }
 };
 
-// Streams a chunk made of several pieces (tensor boundaries) into one frame.
-void CompressPieces(ZSTD_CCtx* cctx, const Logical& stream, uint64_t offset, size_t n,
-                    std::string* out) {
+// A context for one frame of `level`, with its content checksum (which the
+// seek table reuses) and its size in the frame header.
+ZSTD_CCtx* StartFrame(int level) {
+  ZSTD_CCtx* cctx = ThreadCCtx();
+  CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
+            "ZSTD_c_compressionLevel");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "ZSTD_c_checksumFlag");
+  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1), "ZSTD_c_contentSizeFlag");
+  return cctx;
+}
+
+// The low 32 bits of XXH64 of a frame's input: exactly the frame's own
+// content checksum (zstd format: "lowest 4 bytes of XXH64, seed 0,
+// little-endian", the last 4 bytes of the frame), which is also what the
+// seekable format's seek table stores, so it is read from the frame instead
+// of hashing the input a second time.
+uint32_t FrameChecksum(const std::string& frame) {
+  if (frame.size() < 4)
+    throw Error(Error::Code::kIOError, "zstd produced a frame without a content checksum");
+  const auto* tail = reinterpret_cast<const uint8_t*>(frame.data() + frame.size() - 4);
+  return static_cast<uint32_t>(tail[0]) | (static_cast<uint32_t>(tail[1]) << 8) |
+         (static_cast<uint32_t>(tail[2]) << 16) | (static_cast<uint32_t>(tail[3]) << 24);
+}
+
+using Feed = std::function<void(const void*, size_t)>;
+
+// Streams n bytes, which produce(feed) hands over in pieces, into one frame.
+// zstd's streaming API copies input into its own window, so a piece may be
+// reused as soon as feed returns.
+uint32_t CompressStreamed(int level, size_t n, const std::function<void(const Feed&)>& produce,
+                          std::string* out) {
+  ZSTD_CCtx* cctx = StartFrame(level);
   CheckZstd(ZSTD_CCtx_setPledgedSrcSize(cctx, n), "ZSTD_CCtx_setPledgedSrcSize");
+  out->resize(ZSTD_compressBound(n));
   ZSTD_outBuffer ob{out->data(), out->size(), 0};
-  stream.Visit(offset, n, [&](const void* p, size_t len) {
+  produce([&](const void* p, size_t len) {
     ZSTD_inBuffer ib{p, len, 0};
     while (ib.pos < ib.size)
       CheckZstd(ZSTD_compressStream2(cctx, &ob, &ib, ZSTD_e_continue), "ZSTD_compressStream2");
@@ -78,23 +110,13 @@ void CompressPieces(ZSTD_CCtx* cctx, const Logical& stream, uint64_t offset, siz
     ob.size = out->size();
   }
   out->resize(ob.pos);
+  return FrameChecksum(*out);
 }
 
-// Compresses stream[offset, offset+n) into one zstd frame with its content
-// checksum; returns the frame and the low 32 bits of XXH64 of the input.
-// That value is exactly the frame's own content checksum (zstd format:
-// "lowest 4 bytes of XXH64, seed 0, little-endian", the last 4 bytes of the
-// frame), which is also what the seekable format's seek table stores, so it
-// is read from the frame instead of hashing the input a second time.
+// Compresses stream[offset, offset+n) into one zstd frame; returns its
+// content checksum (FrameChecksum).
 uint32_t CompressChunk(const Logical& stream, uint64_t offset, size_t n, int level,
                        std::string* out) {
-  ZSTD_CCtx* cctx = ThreadCCtx();
-  CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
-            "ZSTD_c_compressionLevel");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "ZSTD_c_checksumFlag");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1), "ZSTD_c_contentSizeFlag");
-  out->resize(ZSTD_compressBound(n));
   // Most chunks lie inside one tensor: compress them in one call, straight
   // from the staging memory (the streaming API would first copy the input
   // into zstd's own buffer).
@@ -103,18 +125,42 @@ uint32_t CompressChunk(const Logical& stream, uint64_t offset, size_t n, int lev
   stream.Visit(offset, n, [&](const void* p, size_t) {
     if (pieces++ == 0) single = p;
   });
-  if (pieces == 1) {
-    const size_t r = ZSTD_compress2(cctx, out->data(), out->size(), single, n);
-    CheckZstd(r, "ZSTD_compress2");
-    out->resize(r);
-  } else {
-    CompressPieces(cctx, stream, offset, n, out);
+  if (pieces != 1) {
+    return CompressStreamed(
+        level, n, [&](const Feed& feed) { stream.Visit(offset, n, feed); }, out);
   }
-  if (out->size() < 4)
-    throw Error(Error::Code::kIOError, "zstd produced a frame without a content checksum");
-  const auto* tail = reinterpret_cast<const uint8_t*>(out->data() + out->size() - 4);
-  return static_cast<uint32_t>(tail[0]) | (static_cast<uint32_t>(tail[1]) << 8) |
-         (static_cast<uint32_t>(tail[2]) << 16) | (static_cast<uint32_t>(tail[3]) << 24);
+  ZSTD_CCtx* cctx = StartFrame(level);
+  out->resize(ZSTD_compressBound(n));
+  const size_t r = ZSTD_compress2(cctx, out->data(), out->size(), single, n);
+  CheckZstd(r, "ZSTD_compress2");
+  out->resize(r);
+  return FrameChecksum(*out);
+}
+
+// Compresses logical [offset, offset + n) into one frame as its bytes arrive
+// from `source`, releasing them once zstd has taken them: for a frame larger
+// than what the source can hold at once.
+uint32_t CompressArriving(const Logical& stream, DataSource* source, uint64_t offset, size_t n,
+                          int level, std::string* out) {
+  const uint64_t h = stream.header.size();
+  return CompressStreamed(
+      level, n,
+      [&](const Feed& feed) {
+        const uint64_t end = offset + n;
+        uint64_t at = offset;
+        if (at < h) {  // the part in the header region
+          const uint64_t len = std::min(end, h) - at;
+          feed(stream.header.data() + at, static_cast<size_t>(len));
+          at += len;
+        }
+        while (at < end) {
+          const uint64_t to = std::min(end, h + source->WaitFor(at - h + 1));
+          source->Visit(at - h, to - at, feed);
+          source->Release(to - h);
+          at = to;
+        }
+      },
+      out);
 }
 
 // Coalesces small appends so a state of many tiny tensors is not written
@@ -180,7 +226,8 @@ uint64_t MemorySource::WaitFor(uint64_t) { return size(); }
 void MemorySource::Visit(uint64_t offset, uint64_t n,
                          const std::function<void(const void*, size_t)>& fn) const {
   // The first piece ending after `offset`.
-  size_t i = static_cast<size_t>(std::upper_bound(ends_.begin(), ends_.end(), offset) - ends_.begin());
+  size_t i =
+      static_cast<size_t>(std::upper_bound(ends_.begin(), ends_.end(), offset) - ends_.begin());
   const uint64_t end = offset + n;
   for (; i < pieces_.size() && pieces_[i].second < end; ++i) {
     const uint64_t b = std::max(offset, pieces_[i].second);
@@ -248,7 +295,32 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
     check_cancel();
     // Data bytes this window may cover: at least its first frame's.
     const auto& r0 = ranges[first];
-    const uint64_t need = r0.first + r0.second > header_bytes ? r0.first + r0.second - header_bytes : 0;
+    const uint64_t need =
+        r0.first + r0.second > header_bytes ? r0.first + r0.second - header_bytes : 0;
+    if (need > source->capacity()) {
+      // The frame does not fit the source at once: compress it as it arrives.
+      if (first > 0 && codec::UsesCodec(options.compression)) {
+        throw Error::InvalidArgument(
+            "a frame of chunk_size " + std::to_string(options.chunk_size) +
+            " bytes does not fit the staging ring (" + std::to_string(source->capacity()) +
+            " bytes at once), and the float-aware codec needs whole frames: lower chunk_size "
+            "or raise staging_budget_bytes");
+      }
+      const auto c0 = Clock::now();
+      sums[0] = CompressArriving(stream, source, r0.first, static_cast<size_t>(r0.second),
+                                 options.zstd_level, &frames[0]);
+      compress_ns +=
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
+      FrameEntry e;
+      e.compressed_size = static_cast<uint32_t>(frames[0].size());
+      e.decompressed_size = static_cast<uint32_t>(r0.second);
+      e.checksum = sums[0];
+      entries.push_back(e);
+      file->Append(frames[0].data(), frames[0].size());
+      result->file_bytes += frames[0].size();
+      ++first;
+      continue;
+    }
     const uint64_t avail = header_bytes + source->WaitFor(need);
     size_t count = 1;
     while (count < window && first + count < ranges.size() &&
@@ -265,8 +337,8 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
             },
             r.first, static_cast<size_t>(r.second), *stream.layout, options, &frames[j]);
       } else {
-        sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second),
-                                options.zstd_level, &frames[j]);
+        sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second), options.zstd_level,
+                                &frames[j]);
       }
       compress_ns +=
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
@@ -281,7 +353,8 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
       result->file_bytes += frames[j].size();
     }
     const auto& last = ranges[first + count - 1];
-    if (last.first + last.second > header_bytes) source->Release(last.first + last.second - header_bytes);
+    if (last.first + last.second > header_bytes)
+      source->Release(last.first + last.second - header_bytes);
     first += count;
   }
   const std::string table = EncodeSeekTable(entries);
@@ -401,25 +474,36 @@ void PrepareContiguous(std::vector<FlatTensor>* tensors, std::vector<at::Tensor>
 
 }  // namespace format
 
-WriteResult WriteStateDict(const StateDict& state, const std::string& path,
-                           const WriteOptions& options, Env* env) {
+namespace format {
+
+WriteResult WriteStateDictSync(const StateDict& state, const std::string& path,
+                               const WriteOptions& options,
+                               const std::map<std::string, std::string>& internal_metadata,
+                               Env* env) {
   std::vector<format::FlatTensor> tensors;
   std::string tree;
   format::Flatten(state, &tensors, &tree);
   std::vector<at::Tensor> keep_alive;
   format::PrepareContiguous(&tensors, &keep_alive);
   const int threads = options.threads;
-  const format::EncodeResult r = format::EncodeAndCommit(
-      &tensors, tree, options, {}, path, env,
-      [threads](size_t n, const std::function<void(size_t)>& fn) {
-        format::ParallelFor(n, threads, fn);
-      });
+  const format::EncodeResult r =
+      format::EncodeAndCommit(&tensors, tree, options, internal_metadata, path, env,
+                              [threads](size_t n, const std::function<void(size_t)>& fn) {
+                                format::ParallelFor(n, threads, fn);
+                              });
   WriteResult result;
   result.path = path;
   result.tensor_bytes = r.tensor_bytes;
   result.logical_bytes = r.logical_bytes;
   result.file_bytes = r.file_bytes;
   return result;
+}
+
+}  // namespace format
+
+WriteResult WriteStateDict(const StateDict& state, const std::string& path,
+                           const WriteOptions& options, Env* env) {
+  return format::WriteStateDictSync(state, path, options, {}, env);
 }
 
 }  // namespace ackpt

@@ -10,21 +10,24 @@ namespace {
 
 // Files keep their Env alive and, once it is detached, are leaked rather than
 // destroyed: their destructors belong to the wrapped Env's code.
+template <typename T>
+void DestroyThrough(DetachableEnv& env, std::unique_ptr<T>* object) {
+  if (env.detached()) {
+    object->release();
+    return;
+  }
+  try {
+    env.Call("close", [&] { object->reset(); });
+  } catch (...) {
+    object->release();
+  }
+}
+
 class DetachableWritableFile final : public WritableFile {
  public:
   DetachableWritableFile(std::shared_ptr<DetachableEnv> env, std::unique_ptr<WritableFile> f)
       : env_(std::move(env)), file_(std::move(f)), path_(file_->path()) {}
-  ~DetachableWritableFile() override {
-    if (env_->detached()) {
-      file_.release();
-      return;
-    }
-    try {
-      env_->Call("close", [&] { file_.reset(); });
-    } catch (...) {
-      file_.release();
-    }
-  }
+  ~DetachableWritableFile() override { DestroyThrough(*env_, &file_); }
   void Append(const void* data, size_t n) override {
     env_->Call("write", [&] { file_->Append(data, n); });
   }
@@ -47,17 +50,7 @@ class DetachableRandomAccessFile final : public RandomAccessFile {
   DetachableRandomAccessFile(std::shared_ptr<DetachableEnv> env,
                              std::unique_ptr<RandomAccessFile> f)
       : env_(std::move(env)), file_(std::move(f)), path_(file_->path()), size_(file_->Size()) {}
-  ~DetachableRandomAccessFile() override {
-    if (env_->detached()) {
-      file_.release();
-      return;
-    }
-    try {
-      env_->Call("close", [&] { file_.reset(); });
-    } catch (...) {
-      file_.release();
-    }
-  }
+  ~DetachableRandomAccessFile() override { DestroyThrough(*env_, &file_); }
   void Read(uint64_t offset, size_t n, void* dst) const override {
     env_->Call("read", [&] { file_->Read(offset, n, dst); });
   }
@@ -75,17 +68,7 @@ class DetachableFileLock final : public FileLock {
  public:
   DetachableFileLock(std::shared_ptr<DetachableEnv> env, std::unique_ptr<FileLock> lock)
       : env_(std::move(env)), lock_(std::move(lock)), path_(lock_->path()) {}
-  ~DetachableFileLock() override {
-    if (env_->detached()) {
-      lock_.release();  // held until the process exits
-      return;
-    }
-    try {
-      env_->Call("unlock", [&] { lock_.reset(); });
-    } catch (...) {
-      lock_.release();
-    }
-  }
+  ~DetachableFileLock() override { DestroyThrough(*env_, &lock_); }
   const std::string& path() const override { return path_; }
 
  private:

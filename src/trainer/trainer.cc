@@ -11,6 +11,8 @@
 #include <limits>
 
 #include "ackpt/error.h"
+#include "ackpt/format.h"
+#include "format/internal.h"
 #include "util/logger.h"
 
 namespace ackpt {
@@ -18,6 +20,9 @@ namespace ackpt {
 namespace {
 
 constexpr const char* kLoggerName = "ackpt.trainer";
+// The group a DefaultCheckpointer stores ModuleInterface state under (its
+// tensors are named "module_interface_state/<key>" in the file).
+constexpr const char* kModuleGroup = "module_interface_state";
 
 void Validate(const TrainerArguments& a) {
   auto bad = [](const std::string& what) {
@@ -44,6 +49,44 @@ void CheckRecipe(const OptimizersSchedulers& os) {
     if (!s) throw Error::InvalidArgument("get_optimizers_schedulers returned a null scheduler");
     s->get_state();
   }
+}
+
+// checkpointer.load(), reading the module's tensors straight into the module.
+Checkpoint LoadIntoModule(AbstractCheckpointer& checkpointer, ModuleInterface& module,
+                          spdlog::logger& logger) {
+  // The module's tensors are read straight into the module: the checkpointer
+  // reads the file on this thread, and ScopedReadInto hands the reader the
+  // tensors of module.get_state() (by default the parameters and buffers
+  // themselves) under the names the checkpoint gives them. Tensors whose
+  // dtype or shape differ are read as before and left to update_state(),
+  // which then finds the others already in place (LoadModuleState skips
+  // copying a tensor onto itself). The optimizers' state does not exist yet
+  // (LibTorch creates it at the first step), so it is read into fresh tensors.
+  std::map<std::string, at::Tensor> into;
+  try {
+    StateDict root;
+    root.set(kModuleGroup, module.get_state());
+    into = FlattenTensors(root);
+  } catch (const Error& e) {
+    // A state that cannot be flattened could not have been saved either.
+    logger.debug("module state not loaded in place: {}", e.what());
+    into.clear();
+  }
+  format::ScopedReadInto scope(std::move(into));
+  Checkpoint loaded = checkpointer.load();
+  const std::vector<std::string> damaged = scope.damaged();
+  if (!damaged.empty()) {
+    std::string names;
+    for (size_t i = 0; i < damaged.size() && i < 5; ++i) names += (i ? ", " : "") + damaged[i];
+    if (damaged.size() > 5) names += ", ... (" + std::to_string(damaged.size()) + " in all)";
+    throw Error::Corruption(
+        "a checkpoint failed to load after part of it had been read into the module (see the "
+        "warnings above), and no checkpoint loaded after it restored these tensors: " +
+        names +
+        ". The module no longer holds its initial values; rebuild it and retry, or "
+        "remove the damaged checkpoint");
+  }
+  return loaded;
 }
 
 }  // namespace
@@ -148,6 +191,9 @@ void SingleProcess::process_global_step(double mean_loss) {
   if (args_.clip_grads) {
     torch::nn::utils::clip_grad_norm_(m.module().parameters(), args_.max_grad_norm);
   }
+  // The snapshot fence: an overlapped save()'s copy must finish before the
+  // optimizer writes the parameters and its state.
+  if (args_.checkpointer) args_.checkpointer->wait_snapshot();
   for (const auto& o : args_.optimizers) o->step();
   // Reset gradients to none (not to zero), so that a resumed process, whose
   // gradients start undefined, accumulates exactly as an uninterrupted one.
@@ -214,7 +260,7 @@ Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
 
   // pymarlin's order: load, module state, optimizers/schedulers; then, in
   // restore(), trainer state (which restores them), backend init, backend state.
-  checkpointed_states_ = checkpointer_->load();
+  checkpointed_states_ = LoadIntoModule(*checkpointer_, *module_, *logger_);
   if (!checkpointed_states_.module_interface_state.empty()) {
     module_->update_state(checkpointed_states_.module_interface_state);
   }
@@ -263,6 +309,7 @@ TrainerBackendArguments Trainer::backend_args() {
   ba.clip_grads = args_.clip_grads;
   ba.max_grad_norm = args_.max_grad_norm;
   ba.stop_requested = &stop_;
+  ba.checkpointer = checkpointer_.get();
   return ba;
 }
 
