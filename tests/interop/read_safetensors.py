@@ -443,7 +443,13 @@ def check_compressed(zst_path, plain, chunk_size):
         csize, dsize, checksum = struct.unpack_from("<III", data, tstart + 8 + 12 * i)
         expect(csize > 0, "frame %d has compressed size 0" % i)
         expect(dsize <= MAX_FRAME_BYTES and dsize <= csize * MAX_EXPANSION, "frame %d size %d" % (i, dsize))
-        if chunk_size:
+        # Format version 2: frame 0 is the header region (8 + N bytes of the
+        # plain stream), then the data section in chunk_size frames.
+        header_region = 8 + struct.unpack_from("<Q", plain, 0)[0]
+        if i == 0:
+            expect(dsize == header_region, "frame 0 holds %d bytes, not the %d-byte header region"
+                   % (dsize, header_region))
+        elif chunk_size:
             if i + 1 < num_frames:
                 expect(dsize == chunk_size, "frame %d holds %d bytes, not chunk_size %d" % (i, dsize, chunk_size))
             else:
