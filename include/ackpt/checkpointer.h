@@ -82,7 +82,9 @@ struct DefaultCheckpointerArguments {
   // Where checkpoints are written (created if missing). Default: "checkpoints".
   std::string save_dir = "checkpoints";
   // Where save_model() writes "{file_prefix}_model_{index}.{file_ext}[.zst]".
-  // Empty disables save_model(). Default: "checkpoints".
+  // Empty disables save_model(). When it differs from save_dir, the
+  // checkpointer takes its ownership lock at the first save_model() (or at
+  // construction with delete_existing_checkpoints). Default: "checkpoints".
   std::string model_state_save_dir = "checkpoints";
   // Directory to load from. Empty: resume from save_dir (see
   // resume_from_save_dir). Default: "".

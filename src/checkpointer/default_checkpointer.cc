@@ -88,10 +88,16 @@ class DefaultCheckpointer::Impl {
     // Background work (retention) goes through the engine's detachable Env.
     const std::shared_ptr<Env> env = engine->env();
     if (!args.save_dir.empty()) dir = OpenDir(args.save_dir, args, args.checkpoint, env, logger);
+    // A separate model directory is owned (locked) only once save_model()
+    // writes there, or delete_existing_checkpoints asks to clean it: several
+    // checkpointers with their own save_dir but the default
+    // model_state_save_dir must not refuse each other.
     if (args.checkpoint && !args.model_state_save_dir.empty()) {
-      model_dir = args.model_state_save_dir == args.save_dir
-                      ? dir
-                      : OpenDir(args.model_state_save_dir, args, /*writer=*/true, env, logger);
+      if (args.model_state_save_dir == args.save_dir) {
+        model_dir = dir;
+      } else if (args.delete_existing_checkpoints) {
+        model_dir = OpenDir(args.model_state_save_dir, args, /*writer=*/true, env, logger);
+      }
     }
     if (args.checkpoint && args.delete_existing_checkpoints) {
       dir->DeleteOwnFiles();
@@ -200,10 +206,14 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
 
 void DefaultCheckpointer::save_model(const StateDict& model_state, int64_t index) {
   Impl& im = *impl_;
-  if (!im.args.checkpoint || !im.model_dir) return;
+  if (!im.args.checkpoint || im.args.model_state_save_dir.empty()) return;
   if (index < 0)
     throw Error::InvalidArgument("model index " + std::to_string(index) + " is negative");
   Guard(Error::Code::kInvalidArgument, "save_model of index " + std::to_string(index), [&] {
+    if (!im.model_dir) {
+      im.model_dir = OpenDir(im.args.model_state_save_dir, im.args, /*writer=*/true,
+                             im.engine->env(), im.logger);
+    }
     std::shared_ptr<CheckpointDir> dir = im.model_dir;
     const std::string path = dir->PathFor(FileKind::kModel, index, im.compressed());
     engine::SaveHooks hooks;
