@@ -10,10 +10,11 @@
 #include "bench_common.h"
 
 int main(int argc, char** argv) {
-  bench::Args a(argc, argv,
-                "usage: ackpt_bench_retention [--kept 2,200] [--saves N] [--size BYTES] [--dir DIR] "
-                "[--json FILE] [--quick]",
-                {"quick"});
+  bench::Args a(
+      argc, argv,
+      "usage: ackpt_bench_retention [--kept 2,200] [--saves N] [--size BYTES] [--dir DIR] "
+      "[--json FILE] [--quick]",
+      {"quick"});
   const bool quick = a.Flag("quick");
   std::vector<int> kept;
   for (const auto& k : a.List("kept", quick ? "2,40" : "2,200")) kept.push_back(std::stoi(k));

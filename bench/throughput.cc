@@ -275,10 +275,11 @@ int main(int argc, char** argv) {
     ackpt::DefaultCheckpointer reader(args);
     const ackpt::Checkpoint back = reader.load_latest();
     std::string why;
-    if (!ackpt::ExactlyEqual(back.module_interface_state, st.checkpoint.module_interface_state, &why) ||
+    if (!ackpt::ExactlyEqual(back.module_interface_state, st.checkpoint.module_interface_state,
+                             &why) ||
         !ackpt::ExactlyEqual(back.trainer_state, st.checkpoint.trainer_state, &why)) {
-      std::fprintf(stderr, "ERROR: checkpoint of %s does not load back identically: %s\n", c.key().c_str(),
-                   why.c_str());
+      std::fprintf(stderr, "ERROR: checkpoint of %s does not load back identically: %s\n",
+                   c.key().c_str(), why.c_str());
       verified = false;
     }
   }
@@ -371,7 +372,8 @@ int main(int argc, char** argv) {
   // The disk's write bandwidth: the best of the raw methods measured in this
   // run (plain write + fsync varies most on a shared VM; starting writeback
   // early or O_DIRECT show what the device can take).
-  const double disk = std::max({gbps("raw_write_fsync"), gbps("raw_write_kick_fsync"), gbps("raw_write_odirect")});
+  const double disk =
+      std::max({gbps("raw_write_fsync"), gbps("raw_write_kick_fsync"), gbps("raw_write_odirect")});
   std::string disk_what = "raw write+fsync";
   if (disk == gbps("raw_write_kick_fsync")) disk_what = "raw write+sync_file_range+fsync";
   if (disk == gbps("raw_write_odirect")) disk_what = "raw O_DIRECT write";

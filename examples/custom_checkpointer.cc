@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
   const ackpt::Checkpoint resumed = again.load();
   std::string why;
   const bool same =
-      ackpt::ExactlyEqual(resumed.module_interface_state, last_saved.module_interface_state, &why) &&
+      ackpt::ExactlyEqual(resumed.module_interface_state, last_saved.module_interface_state,
+                          &why) &&
       ackpt::ExactlyEqual(resumed.trainer_backend_state, last_saved.trainer_backend_state, &why);
   std::printf("resumed step %lld from %s: %s\n",
               static_cast<long long>(resumed.trainer_backend_state.at("step").to_int()),

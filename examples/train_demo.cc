@@ -24,9 +24,13 @@
 // medium, a hashed byte-triple table) feeding pre-norm transformer blocks
 // with causal self-attention. The tables hold most of the parameters: cheap
 // to train on two CPU cores, and checkpointed like every other tensor.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -34,22 +38,16 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
-#include <vector>
-
-#include <fcntl.h>
-#include <spawn.h>
-#include <unistd.h>
-
-#include <cstring>
-#include <sys/wait.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <vector>
 
 #include "ackpt/ackpt.h"
 #include "ackpt/distributed.h"
@@ -540,8 +538,9 @@ int Run(const Options& o) {
           loaded, start_step, e));
     }
     const auto index =
-        o.world > 1 ? ackpt::ParseManifestIndex(ackpt::BaseName(loaded), ca.file_prefix)
-                    : ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
+        o.world > 1
+            ? ackpt::ParseManifestIndex(ackpt::BaseName(loaded), ca.file_prefix)
+            : ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
     fmt::print("resuming from checkpoint index {} (step {}, {})\n", index ? *index : -1, start_step,
                loaded);
   } else if (o.resume) {
@@ -590,8 +589,8 @@ int Run(const Options& o) {
           guard->signal_number() == SIGTERM   ? "SIGTERM"
           : guard->signal_number() == SIGUSR1 ? "SIGUSR1"
                                               : fmt::format("signal {}", guard->signal_number()),
-          step, checkpointer->saved_name(step),
-          guard->save_seconds() * 1e3, ackpt::kPreemptedExitCode);
+          step, checkpointer->saved_name(step), guard->save_seconds() * 1e3,
+          ackpt::kPreemptedExitCode);
   } else if (trainer.interrupted()) {
     Print("interrupted: waiting for pending saves\n");
   } else if (guard && guard->requested()) {
@@ -684,11 +683,10 @@ int Run(const Options& o) {
   fmt::print("\nfiles:               ackpt ls {}\n", o.save_dir);
   if (o.world > 1) {
     // For the launcher's per-rank table.
-    std::ofstream(fmt::format("{}/.demo-summary-rank{}", o.save_dir, o.rank))
-        << fmt::format("rank {}: {} saves, stall mean {:.1f} ms, max {:.1f} ms; {} written ({} of tensors)\n",
-                       o.rank, periodic, periodic ? 1e3 * periodic_sum / periodic : 0.0,
-                       1e3 * periodic_max, Bytes(static_cast<double>(file_bytes)),
-                       Bytes(static_cast<double>(bytes)));
+    std::ofstream(fmt::format("{}/.demo-summary-rank{}", o.save_dir, o.rank)) << fmt::format(
+        "rank {}: {} saves, stall mean {:.1f} ms, max {:.1f} ms; {} written ({} of tensors)\n",
+        o.rank, periodic, periodic ? 1e3 * periodic_sum / periodic : 0.0, 1e3 * periodic_max,
+        Bytes(static_cast<double>(file_bytes)), Bytes(static_cast<double>(bytes)));
   }
   if (preempted) return ackpt::kPreemptedExitCode;
   return trainer.interrupted() ? 130 : 0;
@@ -707,9 +705,10 @@ int Launch(const Options& o, int argc, char** argv) {
   std::filesystem::remove(store);
   for (int r = 0; r < o.nproc; ++r)
     std::filesystem::remove(fmt::format("{}/.demo-summary-rank{}", o.save_dir, r));
-  fmt::print("ackpt demo: launching {} ranks (Gloo on 127.0.0.1, FileStore {}); ranks 1..{} log to "
-             "{}/.demo-rank<r>.log\n",
-             o.nproc, store, o.nproc - 1, o.save_dir);
+  fmt::print(
+      "ackpt demo: launching {} ranks (Gloo on 127.0.0.1, FileStore {}); ranks 1..{} log to "
+      "{}/.demo-rank<r>.log\n",
+      o.nproc, store, o.nproc - 1, o.save_dir);
   std::fflush(stdout);
   std::vector<pid_t> pids(static_cast<size_t>(o.nproc), -1);
   for (int r = 0; r < o.nproc; ++r) {
@@ -731,7 +730,8 @@ int Launch(const Options& o, int argc, char** argv) {
     const int rc = posix_spawn(&pids[static_cast<size_t>(r)], "/proc/self/exe", &fa, nullptr,
                                cargs.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error(fmt::format("cannot start rank {}: {}", r, std::strerror(rc)));
+    if (rc != 0)
+      throw std::runtime_error(fmt::format("cannot start rank {}: {}", r, std::strerror(rc)));
   }
   signal(SIGINT, OnLauncherSignal);
   signal(SIGTERM, OnLauncherSignal);
@@ -752,8 +752,8 @@ int Launch(const Options& o, int argc, char** argv) {
       if (code != 0 && status == 0) status = code;
       if (code != 0 && code != ackpt::kPreemptedExitCode && !killed_all) {
         // A rank is gone: the others would wait for it forever.
-        fmt::print(stderr, "ackpt demo: rank {} ended with status {}; stopping the other ranks\n", r,
-                   code);
+        fmt::print(stderr, "ackpt demo: rank {} ended with status {}; stopping the other ranks\n",
+                   r, code);
         killed_all = true;
         for (pid_t p : pids)
           if (p > 0) ::kill(p, SIGKILL);

@@ -17,7 +17,8 @@ using testing::TempDir;
 Checkpoint Make(int seed) {
   Checkpoint c;
   c.module_interface_state.set("w", PatternTensor({64, 33}, at::kFloat, seed));
-  c.trainer_state.set("optimizer", StateDict{{"lr", 0.5}, {"m", PatternTensor({7}, at::kDouble, seed)}});
+  c.trainer_state.set("optimizer",
+                      StateDict{{"lr", 0.5}, {"m", PatternTensor({7}, at::kDouble, seed)}});
   c.trainer_backend_state.set("step", int64_t{seed});
   c.metrics["loss"] = 0.25 * seed;
   return c;
@@ -36,7 +37,8 @@ TEST(CheckpointFileTest, RoundTripWithMetricsAndClearErrors) {
   for (auto comp : {Compression::kNone, Compression::kZstd}) {
     WriteOptions o;
     o.compression = comp;
-    const std::string path = dir.file(comp == Compression::kZstd ? "c.safetensors.zst" : "c.safetensors");
+    const std::string path =
+        dir.file(comp == Compression::kZstd ? "c.safetensors.zst" : "c.safetensors");
     WriteCheckpointFile(Make(3), path, o);
     ExpectSame(ReadCheckpointFile(path), Make(3));
   }

@@ -86,7 +86,8 @@ DefaultCheckpointerArguments Args(const std::string& dir) {
 
 Checkpoint Small(int64_t i) {
   Checkpoint c;
-  c.module_interface_state.set("w", testing::PatternTensor({32, 16}, at::kFloat, static_cast<int>(i)));
+  c.module_interface_state.set("w",
+                               testing::PatternTensor({32, 16}, at::kFloat, static_cast<int>(i)));
   c.trainer_state.set("index", i);
   return c;
 }
@@ -141,8 +142,8 @@ TEST(DirOwnershipTest, KilledOwnerReleasesTheLockAndItsTempFilesAreCleaned) {
   Child writer({ACKPT_DIR_OWNER_WORKER, "write", ckpt, "30", dir.file("ready")});
   ASSERT_TRUE(WaitForFile(dir.file("ready")));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  const std::string orphan = JoinPath(
-      ckpt, "." + CheckpointFileName("model", 77, true) + ".tmp-" + std::to_string(writer.pid()) + "-0");
+  const std::string orphan = JoinPath(ckpt, "." + CheckpointFileName("model", 77, true) + ".tmp-" +
+                                                std::to_string(writer.pid()) + "-0");
   testing::WriteFileBytes(orphan, "partial");
   writer.Kill();
   EXPECT_EQ(writer.Wait(), 128 + SIGKILL);
@@ -276,7 +277,8 @@ struct Gate {
 
 class StuckEnv : public EnvWrapper {
  public:
-  explicit StuckEnv(std::shared_ptr<Gate> gate) : EnvWrapper(Env::Default()), gate_(std::move(gate)) {}
+  explicit StuckEnv(std::shared_ptr<Gate> gate)
+      : EnvWrapper(Env::Default()), gate_(std::move(gate)) {}
   std::unique_ptr<WritableFile> NewWritableFile(const std::string& p) override {
     // Blocks here, with nothing of `this` touched after the wait: the test
     // frees this Env while the call is stuck.
@@ -310,7 +312,7 @@ TEST(LifetimeTest, StuckWritePastTheDrainTimeoutNeverTouchesTheFreedEnv) {
       ck.save(Small(2), 2);  // queued behind the stuck one
       std::unique_lock<std::mutex> lock(gate->mu);
       gate->cv.wait(lock, [&] { return gate->blocked; });
-    }  // the destructor gives up after the drain timeout and returns
+    }             // the destructor gives up after the drain timeout and returns
     env.reset();  // the caller frees its Env (ASan reports any later use)
   }
   const int before = callbacks.load();

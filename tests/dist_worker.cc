@@ -11,8 +11,6 @@
 // checkpoint error (exit 3). --out dumps the final state (plain safetensors).
 #include <ATen/CPUGeneratorImpl.h>
 #include <signal.h>
-#include <torch/csrc/distributed/c10d/FileStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -20,6 +18,8 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include "ackpt/distributed.h"
 #include "ackpt/error.h"
@@ -96,9 +96,9 @@ int main(int argc, char** argv) {
   args.checkpointer.writer_threads = 1;
   args.checkpointer.chunk_size = 64 << 10;
   args.checkpointer.env = &env;
-  args.checkpointer.compression =
-      a.count("compression") && a.at("compression") == "none" ? ackpt::Compression::kNone
-                                                               : ackpt::Compression::kZstd;
+  args.checkpointer.compression = a.count("compression") && a.at("compression") == "none"
+                                      ? ackpt::Compression::kNone
+                                      : ackpt::Compression::kZstd;
   args.checkpointer.retention.keep_last = static_cast<int64_t>(Int(a, "keep-last", 0));
   args.process_group = pg;
   args.store = store;
@@ -165,8 +165,9 @@ int main(int argc, char** argv) {
     return 3;
   }
   if (a.count("out")) {
-    ackpt::StateDict out{{"w", w}, {"b", b}, {"momentum", momentum}, {"shard", shard},
-                         {"rng", gen.get_state()}, {"step", step}};
+    ackpt::StateDict out{
+        {"w", w},      {"b", b}, {"momentum", momentum}, {"shard", shard}, {"rng", gen.get_state()},
+        {"step", step}};
     ackpt::WriteOptions o;
     o.compression = ackpt::Compression::kNone;
     ackpt::WriteStateDict(out, a.at("out"), o);

@@ -3,16 +3,17 @@
 // between the last part and the manifest, a corrupt part, replicated bytes
 // written once, failures surfacing on every rank, world-size checks. Every
 // launch is bounded in time and kills every process it started.
+#include "ackpt/distributed.h"
+
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
-#include <fcntl.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <set>
 #include <thread>
 
-#include "ackpt/distributed.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
@@ -39,8 +40,9 @@ struct Launch {
 
 // Runs `world` ranks of the worker; a rank killed by a signal makes the
 // launcher kill the others (as a job scheduler would). Bounded by timeout.
-Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir, std::vector<std::string> common,
-           const std::string& name, double timeout_seconds = 120) {
+Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir,
+                   std::vector<std::string> common, const std::string& name,
+                   double timeout_seconds = 120) {
   static int launches = 0;
   const std::string store = tmp.file("store-" + std::to_string(++launches));
   Launch l;
@@ -48,9 +50,11 @@ Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir, std::v
   l.status.assign(static_cast<size_t>(world), -1);
   l.out.assign(static_cast<size_t>(world), "");
   for (int r = 0; r < world; ++r) {
-    std::vector<std::string> args{ACKPT_DIST_WORKER, "--rank", std::to_string(r), "--world",
-                                  std::to_string(world), "--store", store, "--dir", dir};
-    for (auto& c : common) args.push_back(c == "{out}" ? tmp.file(name + "-" + std::to_string(r) + ".out") : c);
+    std::vector<std::string> args{
+        ACKPT_DIST_WORKER, "--rank", std::to_string(r), "--world", std::to_string(world),
+        "--store",         store,    "--dir",           dir};
+    for (auto& c : common)
+      args.push_back(c == "{out}" ? tmp.file(name + "-" + std::to_string(r) + ".out") : c);
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -59,7 +63,8 @@ Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir, std::v
     const std::string log = tmp.file(name + "-" + std::to_string(r) + ".log");
     posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    EXPECT_EQ(posix_spawn(&pids[static_cast<size_t>(r)], argv[0], &fa, nullptr, argv.data(), environ), 0);
+    EXPECT_EQ(
+        posix_spawn(&pids[static_cast<size_t>(r)], argv[0], &fa, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&fa);
   }
   const auto end = Clock::now() + std::chrono::duration<double>(timeout_seconds);
@@ -91,19 +96,23 @@ Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir, std::v
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  for (int r = 0; r < world; ++r) l.out[static_cast<size_t>(r)] = ReadFileBytes(tmp.file(name + "-" + std::to_string(r) + ".log"));
+  for (int r = 0; r < world; ++r)
+    l.out[static_cast<size_t>(r)] =
+        ReadFileBytes(tmp.file(name + "-" + std::to_string(r) + ".log"));
   return l;
 }
 
-std::vector<std::string> Args(int steps, const std::string& compression, std::vector<std::string> extra = {}) {
-  std::vector<std::string> a{"--steps", std::to_string(steps), "--save-every", "4", "--compression",
-                             compression};
+std::vector<std::string> Args(int steps, const std::string& compression,
+                              std::vector<std::string> extra = {}) {
+  std::vector<std::string> a{"--steps", std::to_string(steps), "--save-every",
+                             "4",       "--compression",       compression};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
 
 void ExpectAllOk(const Launch& l, const std::string& what) {
-  for (size_t r = 0; r < l.status.size(); ++r) EXPECT_EQ(l.status[r], 0) << what << " rank " << r << ":\n" << l.out[r];
+  for (size_t r = 0; r < l.status.size(); ++r)
+    EXPECT_EQ(l.status[r], 0) << what << " rank " << r << ":\n" << l.out[r];
 }
 
 bool HasManifest(const std::string& dir, int64_t index) {
@@ -115,8 +124,8 @@ class DistributedTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ref_ = new TempDir();
-    auto l = LaunchRanks(*ref_, kWorld, ref_->file("straight"), Args(12, "zstd", {"--out", "{out}"}),
-                         "straight");
+    auto l = LaunchRanks(*ref_, kWorld, ref_->file("straight"),
+                         Args(12, "zstd", {"--out", "{out}"}), "straight");
     ExpectAllOk(l, "straight run");
   }
   static void TearDownTestSuite() {
@@ -125,8 +134,10 @@ class DistributedTest : public ::testing::Test {
   }
   void ExpectResumedExactly(const std::string& name, int64_t from, const Launch& l) {
     for (int r = 0; r < kWorld; ++r) {
-      EXPECT_NE(l.out[static_cast<size_t>(r)].find("resumed " + std::to_string(from)), std::string::npos)
-          << name << " rank " << r << ":\n" << l.out[static_cast<size_t>(r)];
+      EXPECT_NE(l.out[static_cast<size_t>(r)].find("resumed " + std::to_string(from)),
+                std::string::npos)
+          << name << " rank " << r << ":\n"
+          << l.out[static_cast<size_t>(r)];
       EXPECT_EQ(ReadFileBytes(tmp_.file(name + "-" + std::to_string(r) + ".out")),
                 ReadFileBytes(ref_->file("straight-" + std::to_string(r) + ".out")))
           << name << ": rank " << r << " differs from the uninterrupted run";
@@ -148,7 +159,8 @@ TEST_F(DistributedTest, FourRanksResumeBitExactAndReplicatedBytesAreWrittenOnce)
     std::map<std::string, int> seen;
     std::set<int> writers;
     for (int r = 0; r < kWorld; ++r) {
-      auto reader = CheckpointReader::Open(JoinPath(dir, PartFileName("model", 8, r, comp == "zstd")));
+      auto reader =
+          CheckpointReader::Open(JoinPath(dir, PartFileName("model", 8, r, comp == "zstd")));
       bool has_shard = false;
       for (const auto& t : reader->info().tensors) {
         if (t.name.rfind("replicated/", 0) == 0) {
@@ -171,23 +183,27 @@ TEST_F(DistributedTest, FourRanksResumeBitExactAndReplicatedBytesAreWrittenOnce)
 
 TEST_F(DistributedTest, KillingOneRankDuringASaveLeavesNoManifestAndAllResumeThePrevious) {
   const std::string dir = tmp_.file("ckpt");
-  auto l = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--die-at-save", "8", "--die-rank", "2"}), "killed");
+  auto l = LaunchRanks(tmp_, kWorld, dir,
+                       Args(12, "zstd", {"--die-at-save", "8", "--die-rank", "2"}), "killed");
   EXPECT_EQ(l.status[2], 128 + SIGKILL) << l.out[2];
   EXPECT_TRUE(HasManifest(dir, 4));
   EXPECT_FALSE(HasManifest(dir, 8));
-  auto r = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--resume", "--out", "{out}"}), "after-kill");
+  auto r = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--resume", "--out", "{out}"}),
+                       "after-kill");
   ExpectAllOk(r, "resume after kill");
   ExpectResumedExactly("after-kill", 4, r);
 }
 
 TEST_F(DistributedTest, CrashBetweenTheLastPartAndTheManifestRenameCommitsNothing) {
   const std::string dir = tmp_.file("ckpt");
-  auto l = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--die-before-manifest", "8"}), "crash");
+  auto l =
+      LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--die-before-manifest", "8"}), "crash");
   EXPECT_EQ(l.status[0], 128 + SIGKILL) << l.out[0];
   EXPECT_FALSE(HasManifest(dir, 8));
   for (int r = 0; r < kWorld; ++r)  // every part of 8 was durable, yet 8 does not exist
     EXPECT_TRUE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", 8, r, true)))) << r;
-  auto res = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--resume", "--out", "{out}"}), "after-crash");
+  auto res = LaunchRanks(tmp_, kWorld, dir, Args(12, "zstd", {"--resume", "--out", "{out}"}),
+                         "after-crash");
   ExpectAllOk(res, "resume after crash");
   ExpectResumedExactly("after-crash", 4, res);
   // The orphaned parts of 8 were cleaned up at load.
@@ -203,16 +219,18 @@ TEST_F(DistributedTest, ACorruptPartMakesEveryRankFallBackToTheSameOlderCheckpoi
   std::string bytes = ReadFileBytes(victim);
   bytes[bytes.size() - 3] ^= 0x40;
   testing::WriteFileBytes(victim, bytes);
-  auto r = LaunchRanks(tmp_, kWorld, dir, Args(12, "none", {"--resume", "--out", "{out}"}), "after-corrupt");
+  auto r = LaunchRanks(tmp_, kWorld, dir, Args(12, "none", {"--resume", "--out", "{out}"}),
+                       "after-corrupt");
   ExpectAllOk(r, "resume after corruption");
   ExpectResumedExactly("after-corrupt", 4, r);
 }
 
 TEST_F(DistributedTest, ARanksFailureSurfacesOnEveryRank) {
   const std::string dir = tmp_.file("ckpt");
-  auto l = LaunchRanks(tmp_, kWorld, dir,
-               Args(12, "zstd", {"--fail-write-at", "8", "--fail-rank", "2", "--commit-timeout", "3"}),
-               "failing");
+  auto l = LaunchRanks(
+      tmp_, kWorld, dir,
+      Args(12, "zstd", {"--fail-write-at", "8", "--fail-rank", "2", "--commit-timeout", "3"}),
+      "failing");
   for (int r = 0; r < kWorld; ++r) {
     const std::string& out = l.out[static_cast<size_t>(r)];
     EXPECT_EQ(l.status[static_cast<size_t>(r)], 3) << "rank " << r << ":\n" << out;

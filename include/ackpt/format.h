@@ -69,7 +69,8 @@ struct WriteResult {
 // the directory is fsynced. On failure the temp file is removed, `path` is
 // untouched, and ackpt::Error names the call, path and errno text.
 ACKPT_EXPORT WriteResult WriteStateDict(const StateDict& state, const std::string& path,
-                           const WriteOptions& options = {}, Env* env = Env::Default());
+                                        const WriteOptions& options = {},
+                                        Env* env = Env::Default());
 
 // How a file is read, and the limits that keep a hostile or damaged file from
 // costing more than it should: every size read from a file is checked against
@@ -202,7 +203,7 @@ ACKPT_EXPORT std::map<std::string, at::Tensor> FlattenTensors(const StateDict& s
 
 // Convenience: CheckpointReader::Open(path)->ReadStateDict().
 ACKPT_EXPORT StateDict ReadStateDict(const std::string& path, const ReadOptions& options = {},
-                        Env* env = Env::Default());
+                                     Env* env = Env::Default());
 
 // The safetensors dtype name of a scalar type ("F32", ...); throws kUnsupported.
 ACKPT_EXPORT std::string DtypeName(at::ScalarType type);

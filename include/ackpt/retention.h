@@ -73,7 +73,7 @@ struct CheckpointEntry {
   uint64_t logical_bytes = 0;
   int64_t parent = -1;      // index of the checkpoint before it in its run; -1: none or unknown
   uint64_t generation = 0;  // commit order in the directory (1, 2, ...); 0: unknown (format v1)
-  double save_time = 0;  // seconds since the epoch, from the file (mtime if absent)
+  double save_time = 0;     // seconds since the epoch, from the file (mtime if absent)
   std::map<std::string, double> metrics;
   bool readable = true;  // false: the header failed validation (`error` says why)
   std::string error;
@@ -86,18 +86,18 @@ struct CheckpointEntry {
 // Lists the checkpoints "{prefix}_{index}.{ext}[.zst]" in dir, newest first
 // (the lineage order above), reading only each file's header. Takes no lock
 // and deletes nothing. A missing directory yields none.
-ACKPT_EXPORT std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
-                                                   const std::string& prefix,
-                                                   const std::string& ext = "safetensors");
+ACKPT_EXPORT std::vector<CheckpointEntry> ListCheckpointEntries(
+    Env* env, const std::string& dir, const std::string& prefix,
+    const std::string& ext = "safetensors");
 
 // Sorts entries newest first, in the lineage order described above.
 ACKPT_EXPORT void SortNewestFirst(std::vector<CheckpointEntry>* entries);
 
-// Sorts the entries newest first (SortNewestFirst), fills kept_by for every entry (names of the rules keeping it: "newest",
-// "keep_last", "keep_every", "keep_best", "keep_time_interval",
+// Sorts the entries newest first (SortNewestFirst), fills kept_by for every entry (names of the
+// rules keeping it: "newest", "keep_last", "keep_every", "keep_best", "keep_time_interval",
 // "max_total_bytes", "open", "all" when no rule is active, "unreadable") and
 // returns the entries no rule keeps. Unreadable files are never deleted.
 ACKPT_EXPORT std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
-                                               const RetentionPolicy& policy);
+                                                            const RetentionPolicy& policy);
 
 }  // namespace ackpt

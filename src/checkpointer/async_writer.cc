@@ -92,7 +92,8 @@ class AsyncWriter::Impl {
  public:
   explicit Impl(AsyncWriterOptions o) : options(std::move(o)) {
     if (options.writer_threads < 0 || options.snapshot_threads < 0) {
-      throw Error::InvalidArgument("AsyncWriterOptions.writer_threads/snapshot_threads must be >= 0");
+      throw Error::InvalidArgument(
+          "AsyncWriterOptions.writer_threads/snapshot_threads must be >= 0");
     }
     if (!(options.drain_timeout_seconds >= 0))
       throw Error::InvalidArgument("AsyncWriterOptions.drain_timeout_seconds must be >= 0");

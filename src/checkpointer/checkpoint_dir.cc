@@ -80,8 +80,7 @@ std::shared_ptr<CheckpointDir> CheckpointDir::Open(CheckpointDirOptions options)
   std::shared_ptr<CheckpointDir> d(new CheckpointDir(std::move(options)));
   if (d->o_.writer) {
     d->o_.env->CreateDirs(d->o_.dir);
-    const std::string owner =
-        "pid " + std::to_string(::getpid()) + " on " + HostName();
+    const std::string owner = "pid " + std::to_string(::getpid()) + " on " + HostName();
     try {
       d->lock_ = d->o_.env->LockFile(JoinPath(d->o_.dir, kLockFileName), owner);
     } catch (const Error& e) {
@@ -198,9 +197,9 @@ void CheckpointDir::RecordCommit(FileKind kind, int64_t index, const std::string
   // the catalog; on disk it stays until retention or the user removes it.
   max_generation_ = std::max(max_generation_, e.generation);
   run_head_ = index;
-  auto other = std::find_if(checkpoints_.begin(), checkpoints_.end(), [&](const CheckpointEntry& x) {
-    return x.index == index && x.path != path;
-  });
+  auto other =
+      std::find_if(checkpoints_.begin(), checkpoints_.end(),
+                   [&](const CheckpointEntry& x) { return x.index == index && x.path != path; });
   if (other != checkpoints_.end()) {
     log_->warn("{} replaces {} in the catalog (same index)", path, other->path);
     checkpoints_.erase(other);

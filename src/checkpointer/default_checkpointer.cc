@@ -57,9 +57,9 @@ void Validate(const DefaultCheckpointerArguments& a) {
   }
 }
 
-
-std::shared_ptr<CheckpointDir> OpenDir(const std::string& dir, const DefaultCheckpointerArguments& a,
-                                       bool writer, std::shared_ptr<Env> env,
+std::shared_ptr<CheckpointDir> OpenDir(const std::string& dir,
+                                       const DefaultCheckpointerArguments& a, bool writer,
+                                       std::shared_ptr<Env> env,
                                        std::shared_ptr<spdlog::logger> logger) {
   CheckpointDirOptions o;
   o.dir = dir;
@@ -240,8 +240,8 @@ Checkpoint DefaultCheckpointer::load() {
                             dir + "'");
     }
     Checkpoint c = im.ReadCheckpoint(path);
-    const auto index = ParseCheckpointIndex(im.args.load_filename, im.args.file_prefix,
-                                            im.args.file_ext);
+    const auto index =
+        ParseCheckpointIndex(im.args.load_filename, im.args.file_prefix, im.args.file_ext);
     im.Loaded(path, index ? *index : -1, dir == im.args.save_dir);
     im.logger->info("resuming from {} (load_filename)", path);
     return c;
@@ -255,8 +255,8 @@ Checkpoint DefaultCheckpointer::load() {
     const auto entries = catalog->Checkpoints();
     Checkpoint c;
     if (!im.LoadFirstValid(entries, d == im.args.save_dir, &c)) {
-      throw Error::NotFound("no readable checkpoint named '" + im.args.file_prefix +
-                            "_{index}." + im.args.file_ext + "[.zst]' in load_dir '" + d + "' (" +
+      throw Error::NotFound("no readable checkpoint named '" + im.args.file_prefix + "_{index}." +
+                            im.args.file_ext + "[.zst]' in load_dir '" + d + "' (" +
                             std::to_string(entries.size()) + " candidates)");
     }
     im.logger->info("resuming from {} (load_dir)", im.last_loaded_path);
@@ -266,8 +266,7 @@ Checkpoint DefaultCheckpointer::load() {
   const auto entries = im.Catalog()->Checkpoints();
   Checkpoint c;
   if (im.LoadFirstValid(entries, /*in_save_dir=*/true, &c)) {
-    im.logger->info("resuming from {} (newest valid checkpoint in save_dir)",
-                    last_loaded_path());
+    im.logger->info("resuming from {} (newest valid checkpoint in save_dir)", last_loaded_path());
     return c;
   }
   if (entries.empty()) {

@@ -114,8 +114,9 @@ std::vector<int> AssignOwners(const std::vector<format::FlatTensor>& tensors, in
 }
 
 std::string Bytes(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
-std::vector<uint8_t> Bytes(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
-
+std::vector<uint8_t> Bytes(const std::string& s) {
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
 
 struct Manifest {
   int64_t index = 0;
@@ -150,8 +151,7 @@ Manifest ParseManifest(const std::string& text, const std::string& path) {
     m.parent = j.value("parent", int64_t{-1});
     if (j.contains("metrics")) {
       for (auto it = j["metrics"].begin(); it != j["metrics"].end(); ++it) {
-        m.metrics[it.key()] =
-            it.value().is_number() ? it.value().get<double>() : std::nan("");
+        m.metrics[it.key()] = it.value().is_number() ? it.value().get<double>() : std::nan("");
       }
     }
     for (const auto& p : j.at("parts")) {
@@ -194,19 +194,23 @@ class DistributedCheckpointer::Impl {
       throw Error::InvalidArgument("DistributedCheckpointerArguments.process_group is null");
     if (!args.store) throw Error::InvalidArgument("DistributedCheckpointerArguments.store is null");
     if (base.save_dir.empty())
-      throw Error::InvalidArgument("DistributedCheckpointerArguments.checkpointer.save_dir is empty");
+      throw Error::InvalidArgument(
+          "DistributedCheckpointerArguments.checkpointer.save_dir is empty");
     if (base.backpressure != BackpressurePolicy::kBlock) {
       throw Error::InvalidArgument(
           "DistributedCheckpointerArguments.checkpointer.backpressure must be kBlock: a save "
           "dropped on one rank could never commit");
     }
     if (base.period <= 0)
-      throw Error::InvalidArgument("DistributedCheckpointerArguments.checkpointer.period must be >= 1");
+      throw Error::InvalidArgument(
+          "DistributedCheckpointerArguments.checkpointer.period must be >= 1");
     if (!(args.commit_timeout_seconds > 0))
-      throw Error::InvalidArgument("DistributedCheckpointerArguments.commit_timeout_seconds must be > 0");
+      throw Error::InvalidArgument(
+          "DistributedCheckpointerArguments.commit_timeout_seconds must be > 0");
     for (const auto& p : args.replicated) {
       const auto parts = SplitPath(p);
-      if (p.empty() || std::find(std::begin(kGroups), std::end(kGroups), parts[0]) == std::end(kGroups) ||
+      if (p.empty() ||
+          std::find(std::begin(kGroups), std::end(kGroups), parts[0]) == std::end(kGroups) ||
           std::find(parts.begin(), parts.end(), "") != parts.end()) {
         throw Error::InvalidArgument("DistributedCheckpointerArguments.replicated: '" + p +
                                      "' is not a path under module_interface_state, trainer_state "
@@ -345,8 +349,8 @@ class DistributedCheckpointer::Impl {
                     {"header_xxh3", c.header_xxh3},
                     {"has_local", has_local}};
     args.store->set(Key(seq, "part/" + std::to_string(rank)), Bytes(part.dump()));
-    const auto timeout = std::chrono::milliseconds(
-        static_cast<int64_t>(args.commit_timeout_seconds * 1000));
+    const auto timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(args.commit_timeout_seconds * 1000));
     if (rank != 0) {
       // Rank 0 gives up commit_timeout after its own part is durable, which
       // may be later than ours: wait long enough to hear its verdict.
@@ -373,7 +377,8 @@ class DistributedCheckpointer::Impl {
     Manifest m;
     m.index = c.index;
     m.world_size = world;
-    m.time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    m.time =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     m.metrics = metrics;
     json parts = json::array();
     for (int r = 0; r < world; ++r) {
@@ -391,10 +396,14 @@ class DistributedCheckpointer::Impl {
       m.generation = ++max_generation;
       m.parent = run_head;
     }
-    json j{{"format", kManifestFormat},      {"version", kManifestVersion},
-           {"index", m.index},               {"world_size", world},
-           {"time", m.time},                 {"generation", m.generation},
-           {"replicated", args.replicated},  {"parts", parts}};
+    json j{{"format", kManifestFormat},
+           {"version", kManifestVersion},
+           {"index", m.index},
+           {"world_size", world},
+           {"time", m.time},
+           {"generation", m.generation},
+           {"replicated", args.replicated},
+           {"parts", parts}};
     if (m.parent >= 0) j["parent"] = m.parent;
     json jm = json::object();
     for (const auto& kv : metrics) {
@@ -460,7 +469,8 @@ class DistributedCheckpointer::Impl {
         ro.threads = 1;
         auto reader = CheckpointReader::Open(part, ro, user_env);
         if (reader->info().file_bytes != p.file_bytes) {
-          throw Error::Corruption("'" + part + "' has " + std::to_string(reader->info().file_bytes) +
+          throw Error::Corruption("'" + part + "' has " +
+                                  std::to_string(reader->info().file_bytes) +
                                   " bytes, the manifest says " + std::to_string(p.file_bytes));
         }
         const auto h = reader->info().metadata.find("ackpt.header_xxh3");
@@ -480,10 +490,11 @@ class DistributedCheckpointer::Impl {
     bool any_local = false;
     for (const auto& p : m.parts) any_local = any_local || p.has_local;
     if (m.world_size != world && any_local) {
-      throw Error::InvalidArgument(
-          "distributed checkpoint " + std::to_string(index) + " was saved by " +
-          std::to_string(m.world_size) + " ranks and has rank-local state; it cannot be loaded by " +
-          std::to_string(world) + " ranks (only replicated state moves across world sizes)");
+      throw Error::InvalidArgument("distributed checkpoint " + std::to_string(index) +
+                                   " was saved by " + std::to_string(m.world_size) +
+                                   " ranks and has rank-local state; it cannot be loaded by " +
+                                   std::to_string(world) +
+                                   " ranks (only replicated state moves across world sizes)");
     }
     ReadOptions ro;
     ro.verify_checksums = base.verify_on_load;
@@ -558,8 +569,8 @@ class DistributedCheckpointer::Impl {
   int64_t instance = 0;
   Env* user_env = nullptr;
   std::shared_ptr<spdlog::logger> logger;
-  std::shared_ptr<Env> env;             // the engine's detachable Env
-  std::shared_ptr<CheckpointDir> dir;   // rank 0: the owner of save_dir
+  std::shared_ptr<Env> env;            // the engine's detachable Env
+  std::shared_ptr<CheckpointDir> dir;  // rank 0: the owner of save_dir
   std::unique_ptr<AsyncWriter> writer;
   engine::Engine* engine = nullptr;  // writer's
   std::mutex mu;
@@ -613,8 +624,8 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
       part.set(kPartReplicatedTree, tree);
     }
     const std::string path = JoinPath(
-        im.base.save_dir, PartFileName(im.base.file_prefix, index, im.rank, im.compressed(),
-                                       im.base.file_ext));
+        im.base.save_dir,
+        PartFileName(im.base.file_prefix, index, im.rank, im.compressed(), im.base.file_ext));
     engine::SaveHooks hooks;
     hooks.metadata = {{kMetaKind, "part"},
                       {kMetaIndex, std::to_string(index)},
@@ -657,67 +668,70 @@ void DistributedCheckpointer::save_model(const StateDict& model_state, int64_t i
 Checkpoint DistributedCheckpointer::load() {
   Impl& im = *impl_;
   im.engine->Drain(im.base.drain_timeout_seconds);
-  return Guard(Error::Code::kCorruption, "distributed load on rank " + std::to_string(im.rank), [&] {
-    std::vector<CheckpointEntry> candidates;
-    if (im.rank == 0) {
-      im.ScanManifests();
-      candidates = im.ManifestEntries();
-      // Nothing is being written now: parts that never committed can go.
-      im.RemoveOrphanParts([](int64_t) { return true; });
-    }
-    std::set<int64_t> failed;
-    size_t next = 0;
-    for (;;) {
-      int64_t proposal = -1;
-      if (im.rank == 0) {
-        for (; next < candidates.size(); ++next) {
-          const auto& e = candidates[next];
-          Manifest m;
-          try {
-            m = ParseManifest(ReadWholeFile(im.user_env, e.path, kMaxManifestBytes), e.path);
-          } catch (const Error& err) {
-            im.logger->warn("skipping {}: {}", e.path, err.message());
-            continue;
-          }
-          if (im.Plausible(m, e.path)) break;
-        }
-        if (next < candidates.size()) proposal = candidates[next++].index;
-      }
-      const int64_t index = im.Broadcast(proposal);
-      if (index < 0) {
-        im.logger->info("no distributed checkpoint in {}; starting fresh", im.base.save_dir);
-        return Checkpoint();
-      }
-      Checkpoint c;
-      std::string why;
-      bool world_mismatch = false;
-      try {
-        c = im.LoadIndex(index);
-      } catch (const Error& e) {
-        why = e.message();
-        world_mismatch = e.code() == Error::Code::kInvalidArgument;
-      }
-      // Every rank learns whether every rank could read its share.
-      const int64_t bad = im.AllreduceSum(why.empty() ? 0 : 1);
-      const int64_t mismatched = im.AllreduceSum(world_mismatch ? 1 : 0);
-      if (mismatched > 0) {
-        throw Error::InvalidArgument(why.empty() ? "distributed checkpoint " + std::to_string(index) +
-                                                       " was saved with another world size"
-                                                 : why);
-      }
-      if (bad == 0) {
-        im.last_loaded_manifest = im.ManifestPath(index);
+  return Guard(
+      Error::Code::kCorruption, "distributed load on rank " + std::to_string(im.rank), [&] {
+        std::vector<CheckpointEntry> candidates;
         if (im.rank == 0) {
-          std::lock_guard<std::mutex> lock(im.mu);
-          im.run_head = index;
+          im.ScanManifests();
+          candidates = im.ManifestEntries();
+          // Nothing is being written now: parts that never committed can go.
+          im.RemoveOrphanParts([](int64_t) { return true; });
         }
-        im.logger->info("rank {} resumed distributed checkpoint {}", im.rank, index);
-        return c;
-      }
-      if (!why.empty()) im.logger->warn("distributed checkpoint {} on rank {}: {}", index, im.rank, why);
-      failed.insert(index);
-    }
-  });
+        std::set<int64_t> failed;
+        size_t next = 0;
+        for (;;) {
+          int64_t proposal = -1;
+          if (im.rank == 0) {
+            for (; next < candidates.size(); ++next) {
+              const auto& e = candidates[next];
+              Manifest m;
+              try {
+                m = ParseManifest(ReadWholeFile(im.user_env, e.path, kMaxManifestBytes), e.path);
+              } catch (const Error& err) {
+                im.logger->warn("skipping {}: {}", e.path, err.message());
+                continue;
+              }
+              if (im.Plausible(m, e.path)) break;
+            }
+            if (next < candidates.size()) proposal = candidates[next++].index;
+          }
+          const int64_t index = im.Broadcast(proposal);
+          if (index < 0) {
+            im.logger->info("no distributed checkpoint in {}; starting fresh", im.base.save_dir);
+            return Checkpoint();
+          }
+          Checkpoint c;
+          std::string why;
+          bool world_mismatch = false;
+          try {
+            c = im.LoadIndex(index);
+          } catch (const Error& e) {
+            why = e.message();
+            world_mismatch = e.code() == Error::Code::kInvalidArgument;
+          }
+          // Every rank learns whether every rank could read its share.
+          const int64_t bad = im.AllreduceSum(why.empty() ? 0 : 1);
+          const int64_t mismatched = im.AllreduceSum(world_mismatch ? 1 : 0);
+          if (mismatched > 0) {
+            throw Error::InvalidArgument(why.empty()
+                                             ? "distributed checkpoint " + std::to_string(index) +
+                                                   " was saved with another world size"
+                                             : why);
+          }
+          if (bad == 0) {
+            im.last_loaded_manifest = im.ManifestPath(index);
+            if (im.rank == 0) {
+              std::lock_guard<std::mutex> lock(im.mu);
+              im.run_head = index;
+            }
+            im.logger->info("rank {} resumed distributed checkpoint {}", im.rank, index);
+            return c;
+          }
+          if (!why.empty())
+            im.logger->warn("distributed checkpoint {} on rank {}: {}", index, im.rank, why);
+          failed.insert(index);
+        }
+      });
 }
 
 void DistributedCheckpointer::wait() { impl_->engine->Wait(); }

@@ -24,7 +24,8 @@ void DistributedBackend::reduce_gradients() {
   std::vector<torch::Tensor> grads;
   grads.reserve(params.size());
   for (const auto& p : params) {
-    grads.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
+    grads.push_back(p.grad().defined() ? p.grad().reshape({-1})
+                                       : torch::zeros({p.numel()}, p.options()));
   }
   std::vector<torch::Tensor> flat{torch::cat(grads)};
   pg_->allreduce(flat)->wait();
