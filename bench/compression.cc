@@ -1,4 +1,6 @@
-// Item 4 — compression ratio and speed on real tensors.
+// Item 4 — compression ratio and speed on real tensors (Google Benchmark
+// driver: bench/gbench_driver.h; repetitions randomly interleaved,
+// median/min/max aggregates, JSON via --benchmark_out).
 //
 // Data sets (each in fp32 and bf16):
 //   trained    a small MLP trained for --train-steps Adam steps on a synthetic
@@ -11,22 +13,29 @@
 // For each zstd level: ackpt's file (WriteStateDict, 4 MiB seekable frames,
 // one thread, no fsync) next to the `zstd` CLI (-T1) on the plain safetensors
 // stream of the same bytes: ratio and MB/s. Also, for reference, the ratio a
-// byte-grouped codec would reach (each tensor's bytes split into planes by
-// byte position, then zstd at the same level) — not something ackpt writes.
+// byte-grouped split would reach (each tensor's bytes split into planes by
+// byte position, then plain zstd at the same level; ackpt's own byte-grouped
+// codec is measured by bench/codec.cc).
+// Benchmarks: compression/ackpt/<set>/<dtype>/<level> and
+// compression/zstd_cli/<set>/<dtype>/<level>, with counters file_bytes,
+// ratio (plain safetensors bytes / file bytes), logical_bytes, bytes
+// (tensor bytes), bytes_per_second (of logical bytes) and, on ackpt's,
+// bytegrouped_ratio. Sets: trained, trained_weights, trained_adam, randn,
+// synthetic (the label carries the long name).
 //
 //   ackpt_bench_compression [--levels 1,3,9] [--train-steps 200] [--size 16M]
-//       [--reps 3] [--dir DIR] [--json FILE] [--quick]
+//       [--dir DIR] [--quick] [--benchmark_repetitions=3] [--benchmark_out=FILE]
 #include <c10/util/string_utils.h>
 #include <zstd.h>
 
-#include "bench_common.h"
+#include "gbench_driver.h"
 
 using namespace bench;
 
 namespace {
 
 struct DataSet {
-  std::string name, dtype;
+  std::string key, name, dtype;  // key: short name for benchmark names
   ackpt::StateDict state;
   std::vector<torch::Tensor> tensors;
   uint64_t bytes = 0;
@@ -74,10 +83,11 @@ TrainedModel Train(int steps, int64_t width) {
   return out;
 }
 
-DataSet FromTensors(const std::string& name, torch::ScalarType dtype,
+DataSet FromTensors(const std::string& key, const std::string& name, torch::ScalarType dtype,
                     const std::vector<std::string>& names,
                     const std::vector<torch::Tensor>& tensors) {
   DataSet d;
+  d.key = key;
   d.name = name;
   d.dtype = DtypeLabel(dtype);
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -119,18 +129,19 @@ double ByteGroupedRatio(const DataSet& d, int level) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Args a(argc, argv,
-         "usage: ackpt_bench_compression [--levels 1,3,9] [--train-steps 200] [--size 16M] [--reps "
-         "3] [--dir DIR] "
-         "[--json FILE] [--quick]",
-         {"quick"});
-  const bool quick = a.Flag("quick");
+  const bool quick = WantsQuick(argc, argv);
+  Args a = InitGoogleBenchmark(
+      argc, argv,
+      "usage: ackpt_bench_compression [--levels 1,3,9] [--train-steps 200] [--size 16M] "
+      "[--dir DIR] [--quick] [Google Benchmark flags]\n"
+      "Defaults: 3 repetitions (--quick: level 1, 10 steps, 2M, 1 repetition), randomly "
+      "interleaved.",
+      {"quick"}, quick ? 1 : 3);
+  a.Flag("quick");
   const auto levels = a.List("levels", quick ? "1" : "1,3,9");
   const int train_steps = static_cast<int>(a.Num("train-steps", quick ? 10 : 200));
   const uint64_t size = ParseBytes(a.Str("size", quick ? "2M" : "16M"));
-  const int reps = std::max(1, static_cast<int>(a.Num("reps", quick ? 1 : 3)));
   const std::string dir = a.Str("dir", "/tmp/ackpt-bench-compression");
-  const std::string json_out = a.Str("json", "");
   a.Done();
   FreshDir(dir);
 
@@ -154,7 +165,7 @@ int main(int argc, char** argv) {
   for (const auto& t : tt) trained_fp32 += t.nbytes();
   std::vector<DataSet> sets;
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
-    sets.push_back(FromTensors("trained", dt, tnames, tt));
+    sets.push_back(FromTensors("trained", "trained", dt, tnames, tt));
     // Weights only and Adam state only, split out of the trained set.
     std::vector<std::string> wn, an;
     std::vector<torch::Tensor> wt, at;
@@ -162,8 +173,8 @@ int main(int argc, char** argv) {
       (i % 3 == 0 ? wn : an).push_back(tnames[i]);
       (i % 3 == 0 ? wt : at).push_back(tt[i]);
     }
-    sets.push_back(FromTensors("trained weights", dt, wn, wt));
-    sets.push_back(FromTensors("trained Adam state", dt, an, at));
+    sets.push_back(FromTensors("trained_weights", "trained weights", dt, wn, wt));
+    sets.push_back(FromTensors("trained_adam", "trained Adam state", dt, an, at));
     torch::manual_seed(11);
     std::vector<torch::Tensor> rn;
     std::vector<std::string> rnames;
@@ -172,88 +183,74 @@ int main(int argc, char** argv) {
       rn.push_back(torch::randn({per}) * 0.02);
       rnames.push_back("randn/" + std::to_string(i));
     }
-    sets.push_back(FromTensors("randn N(0,0.02)", dt, rnames, rn));
+    sets.push_back(FromTensors("randn", "randn N(0,0.02)", dt, rnames, rn));
     ModelState ms = MakeModelState(trained_fp32, torch::kFloat32, 5);
-    sets.push_back(FromTensors("synthetic model+Adam", dt, ms.names, ms.tensors));
+    sets.push_back(FromTensors("synthetic", "synthetic model+Adam", dt, ms.names, ms.tensors));
   }
   const bool have_zstd = HaveProgram("zstd");
 
-  json j = RunInfo("compression", quick);
-  j["train_steps"] = train_steps;
-  j["train_seconds"] = train_s;
-  j["model"] = "MLP 256-" + std::to_string(width) + "-" + std::to_string(width) +
-               "-16 (LayerNorm), Adam lr 1e-3, batch 32";
-  j["loss_first"] = tm.first_loss;
-  j["loss_last"] = tm.last_loss;
-  j["levels"] = levels;
-  j["reps"] = reps;
-  j["rows"] = json::array();
-  std::printf("\n%-22s %-5s %6s %5s %9s %9s %10s %10s %9s %9s\n", "data", "dtype", "MiB", "level",
-              "ackpt", "zstd CLI", "ackpt MB/s", "CLI MB/s", "size diff", "bytegroup");
+  std::string level_list;
+  for (const auto& l : levels) level_list += (level_list.empty() ? "" : ",") + l;
+  benchmark::AddCustomContext("ackpt_benchmark", "compression");
+  benchmark::AddCustomContext("train_steps", std::to_string(train_steps));
+  benchmark::AddCustomContext("train_seconds", std::to_string(train_s));
+  benchmark::AddCustomContext("model", "MLP 256-" + std::to_string(width) + "-" +
+                                           std::to_string(width) +
+                                           "-16 (LayerNorm), Adam lr 1e-3, batch 32");
+  benchmark::AddCustomContext("loss_first", std::to_string(tm.first_loss));
+  benchmark::AddCustomContext("loss_last", std::to_string(tm.last_loss));
+  benchmark::AddCustomContext("levels", level_list);
+  benchmark::AddCustomContext("zstd_cli", have_zstd ? "true" : "false");
+
+  // Every data set's plain safetensors stream: the bytes the ratios are of
+  // and the input of the zstd CLI.
   for (const auto& d : sets) {
-    const std::string plain = dir + "/plain.safetensors";
-    {
-      ackpt::WriteOptions wo;
-      wo.compression = ackpt::Compression::kNone;
-      wo.fsync = false;
-      ackpt::WriteStateDict(d.state, plain, wo);
-    }
+    const std::string plain = dir + "/" + d.key + "_" + d.dtype + ".safetensors";
+    ackpt::WriteOptions wo;
+    wo.compression = ackpt::Compression::kNone;
+    wo.fsync = false;
+    ackpt::WriteStateDict(d.state, plain, wo);
     const uint64_t logical = FileSize(plain);
     for (const auto& ls : levels) {
       const int level = std::stoi(ls);
-      std::vector<double> ack_s, cli_s;
-      uint64_t ack_bytes = 0, cli_bytes = 0;
-      for (int r = 0; r < reps; ++r) {
+      const std::string suffix = d.key + "/" + d.dtype + "/" + ls;
+      const double bytegrouped = ByteGroupedRatio(d, level);
+      const DataSet* set = &d;
+      auto common = [logical, set](benchmark::State& state, uint64_t file_bytes) {
+        state.counters["file_bytes"] = static_cast<double>(file_bytes);
+        state.counters["ratio"] = double(logical) / double(file_bytes);
+        state.counters["logical_bytes"] = static_cast<double>(logical);
+        state.counters["bytes"] = static_cast<double>(set->bytes);
+        state.SetLabel(set->name);
+      };
+      Measure("compression/ackpt/" + suffix, logical, [=, &dir](benchmark::State& state) {
         const std::string p = dir + "/ackpt.safetensors.zst";
         ackpt::WriteOptions wo;
         wo.zstd_level = level;
         wo.threads = 1;
         wo.fsync = false;
-        auto c0 = Clock::now();
-        ackpt::WriteResult wr = ackpt::WriteStateDict(d.state, p, wo);
-        ack_s.push_back(Since(c0));
-        ack_bytes = wr.file_bytes;
+        const auto c0 = Clock::now();
+        const ackpt::WriteResult wr = ackpt::WriteStateDict(set->state, p, wo);
+        const double s = Since(c0);
         std::remove(p.c_str());
-        if (have_zstd) {
-          const std::string o = dir + "/cli.zst";
-          c0 = Clock::now();
-          int rc = RunProcess({"zstd", "-" + ls, "-T1", "-q", "-f", plain, "-o", o});
-          cli_s.push_back(Since(c0));
-          if (rc == 0) cli_bytes = FileSize(o);
-          std::remove(o.c_str());
-        }
-      }
-      const double bg = ByteGroupedRatio(d, level);
-      const Stat as = Summarize(ack_s), cs = Summarize(cli_s);
-      json row;
-      row["data"] = d.name;
-      row["dtype"] = d.dtype;
-      row["bytes"] = d.bytes;
-      row["logical_bytes"] = logical;
-      row["level"] = level;
-      row["ackpt_file_bytes"] = ack_bytes;
-      row["ackpt_ratio"] = double(logical) / double(ack_bytes);
-      row["ackpt_seconds"] = ToJson(as);
-      row["ackpt_mbps"] = logical / as.median / 1e6;
-      row["bytegrouped_ratio"] = bg;
-      if (cli_bytes) {
-        row["cli_file_bytes"] = cli_bytes;
-        row["cli_ratio"] = double(logical) / double(cli_bytes);
-        row["cli_seconds"] = ToJson(cs);
-        row["cli_mbps"] = logical / cs.median / 1e6;
-        row["size_vs_cli"] = double(ack_bytes) / double(cli_bytes) - 1.0;
-      }
-      j["rows"].push_back(row);
-      std::printf("%-22s %-5s %6.1f %5d %9.4f %9.4f %10.0f %10.0f %+8.2f%% %9.4f\n", d.name.c_str(),
-                  d.dtype.c_str(), d.bytes / 1048576.0, level, row["ackpt_ratio"].get<double>(),
-                  cli_bytes ? row["cli_ratio"].get<double>() : 0.0, row["ackpt_mbps"].get<double>(),
-                  cli_bytes ? row["cli_mbps"].get<double>() : 0.0,
-                  cli_bytes ? row["size_vs_cli"].get<double>() * 100 : 0.0, bg);
-      std::fflush(stdout);
+        common(state, wr.file_bytes);
+        state.counters["bytegrouped_ratio"] = bytegrouped;
+        return s;
+      });
+      if (!have_zstd) continue;
+      Measure("compression/zstd_cli/" + suffix, logical, [=, &dir](benchmark::State& state) {
+        const std::string o = dir + "/cli.zst";
+        const auto c0 = Clock::now();
+        const int rc = RunProcess({"zstd", "-" + ls, "-T1", "-q", "-f", plain, "-o", o});
+        const double s = Since(c0);
+        if (rc != 0) throw std::runtime_error("zstd exited with " + std::to_string(rc));
+        common(state, FileSize(o));
+        std::remove(o.c_str());
+        return s;
+      });
     }
-    std::remove(plain.c_str());
   }
-  WriteJson(json_out, j);
+  const int rc = RunGoogleBenchmarks();
   RemoveTree(dir);
-  return 0;
+  return rc;
 }

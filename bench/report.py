@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 
+import report_gbench  # Google Benchmark JSON of the stall, throughput and compression drivers
 from report_load import load_section  # the "Load into tensors" section (bench/load.cc)
 
 
@@ -146,8 +147,9 @@ def stall_section(j, plots, targets, headline):
     out = ["## 1. Stall: time inside `save()`\n\n"]
     out.append(
         "A transformer-shaped state (embedding, attention and MLP matrices, biases, layer norms) plus Adam's "
-        "`exp_avg` / `exp_avg_sq` for every parameter, in fp32 and bf16. Each repetition runs every method once, "
-        "in the same order, so drift in machine load hits all of them. *ackpt save() stall* is the time inside "
+        "`exp_avg` / `exp_avg_sq` for every parameter, in fp32 and bf16. `ackpt_bench_stall` runs on Google Benchmark: one "
+        "benchmark per method and state, each repetition one operation timed by hand, repetitions of all of them "
+        "randomly interleaved, so drift in machine load hits every method alike. *ackpt save() stall* is the time inside "
         "`DefaultCheckpointer::save()` (the background write is awaited outside the timed region); *end to end* "
         "is `save()` entry to durable file from `SaveStats`; *force* is `save(..., force = true)`. ackpt writes "
         "zstd level 1 (the default), the torch baselines write uncompressed bytes. memcpy copies the same "
@@ -428,7 +430,7 @@ def throughput_section(j, plots, targets, headline, micro):
     out.append(
         f"One {j['bytes'] / 2**20:.0f} MiB {j['dtype']} model-like state ({j['tensors']} tensors; {mib:.0f} MiB as a "
         f"safetensors stream). GB/s = logical (uncompressed) bytes / seconds, 1 GB = 10⁹ bytes; median (min–max) over "
-        f"{j['reps']} repetitions, interleaved. *ackpt persist* is the background part of a `DefaultCheckpointer` save "
+        f"{j['reps']} repetitions, randomly interleaved by Google Benchmark (`ackpt_bench_throughput`). *ackpt persist* is the background part of a `DefaultCheckpointer` save "
         "with `writer_threads = t` (`end_to_end_seconds − stall_seconds` from `SaveStats`: hash, compress, write, "
         "fsync, rename, directory fsync). *raw write + fsync* writes the plain safetensors stream of the same state "
         "with write(2) in 8 MiB calls and one fdatasync; *+ sync_file_range* does the same but starts writeback after "
@@ -565,9 +567,9 @@ def compression_section(j, plots, targets, headline):
         "ratio is printed by `ackpt_demo` itself.) *randn*: N(0, 0.02). *synthetic*: the model-like state the other "
         "benchmarks save. bf16 rows are the same tensors converted. ratio = plain safetensors bytes / file bytes; "
         "MB/s on one thread, no fsync, median of "
-        f"{j['reps']}; zstd CLI `-L -T1` on the plain safetensors file of the same bytes (process start included). "
-        "*byte-grouped* is the ratio a codec that splits each tensor's bytes into planes by byte position before "
-        "zstd would reach — for reference, ackpt does not write it.\n\n"
+        f"{j['reps']} randomly interleaved Google Benchmark repetitions (`ackpt_bench_compression`); zstd CLI `-L -T1` on the plain safetensors file of the same bytes (process start included). "
+        "*byte-grouped* is the ratio plain zstd reaches after each tensor's bytes are split into planes by byte "
+        "position — a reference point; ackpt's own byte-grouped codec (`kZstdByteGrouped`) is measured in §4b.\n\n"
     )
     rows = []
     for row in j["rows"]:
@@ -717,7 +719,26 @@ def micro_section(j):
     return "".join(out)
 
 
-# ------------------------------------------------------------------ main ----
+# ------------------------------------------------------------- retention ----
+def retention_section(j, targets):
+    """bench/retention.cc: the background work of a save against the checkpoints kept."""
+    out = ["## Save cost against checkpoints kept\n\n"]
+    out.append(
+        f"`ackpt_bench_retention`: a {j['state_bytes'] / 2**20:.1f} MiB state; the directory is first filled to "
+        f"*kept* checkpoints, then {j['saves']} forced saves each pay the whole background work of a save (encode, "
+        "write, fsync, rename, catalog update, retention pass). Times in ms, median (min–max).\n\n")
+    res = j.get("results", {})
+    keys = sorted(res, key=lambda k: int(k.split("_")[1]))
+    out.append(table(["checkpoints kept", "ms per save: median (min–max)"],
+                     [[k.split("_")[1], mm(res[k])] for k in keys]))
+    if "ratio" in j and len(keys) >= 2:
+        hi, lo = keys[-1].split("_")[1], keys[0].split("_")[1]
+        targets.append({"group": "Save cost with many checkpoints kept ≤ 1.1 × with 2 kept",
+                        "case": f"{hi} vs {lo} kept", "value": f"{j['ratio']:.2f} ×", "met": j["ratio"] <= 1.1,
+                        "gap": f"{(j['ratio'] / 1.1 - 1) * 100:.0f} % over", "see": "retention"})
+    return "".join(out) + "\n"
+
+
 # ------------------------------------------------------------------ ring ----
 def ring_section(j, plots, targets, headline):
     """bench/ring.cc: a state larger than the staging budget (issue 16)."""
@@ -785,13 +806,17 @@ def ring_section(j, plots, targets, headline):
     return "".join(out)
 
 
-def render(results, out_path, plots_dir):
+# ------------------------------------------------------------------ main ----
+def render(results, out_path, plots_dir, with_plots=True):
     machine = load(results, "machine") or {}
     run = load(results, "run") or {}
     rel = os.path.relpath(plots_dir, os.path.dirname(os.path.abspath(out_path)))
-    plots = Plots(plots_dir, rel)
+    plots = Plots(plots_dir, rel) if with_plots else None
     targets, headline, sections = [], [], []
     data = {n: load(results, n) for n in ("stall", "overhead", "throughput", "compression", "memory", "micro")}
+    for n, convert in report_gbench.CONVERTERS.items():
+        if report_gbench.is_gbench(data[n]):
+            data[n] = convert(data[n])
     missing = [n for n, v in data.items() if v is None]
     if data["stall"]:
         sections.append(stall_section(data["stall"], plots, targets, headline))
@@ -808,6 +833,8 @@ def render(results, out_path, plots_dir):
         sections.append(codec_section(codec, plots, targets, headline))
     if data["memory"]:
         sections.append(memory_section(data["memory"], plots, targets, headline))
+    if load(results, "retention"):  # bench/retention.cc
+        sections.append(retention_section(load(results, "retention"), targets))
     if load(results, "ring"):  # issue 16: bench/ring.cc
         sections.append(ring_section(load(results, "ring"), plots, targets, headline))
     if load(results, "load"):  # issue 12: bench/report_load.py
@@ -882,8 +909,9 @@ def render(results, out_path, plots_dir):
         ph = run.get("phases", {})
         md.append(f"This run: build {run.get('build_seconds', '?')} s (incremental), benchmarks {run.get('run_seconds', '?')} s ("
                   + ", ".join(f"{k} {float(v):.0f} s" for k, v in ph.items()) + "). Each driver also runs alone, e.g. "
-                  "`build/bench/ackpt_bench_stall --sizes 1G --dtypes fp32 --reps 5 --json stall.json`; every driver "
-                  "takes `--quick` (the ctest smoke runs, label `bench`) and `--help`.\n\n")
+                  "`build/bench/ackpt_bench_stall --sizes 1G --dtypes fp32 --benchmark_repetitions=5 "
+                  "--benchmark_out=stall.json`; every driver takes `--quick` (the ctest smoke runs, label `bench`) "
+                  "and `--help`. bench/README.md lists the drivers and which run on Google Benchmark.\n\n")
     md.extend(s + "\n" for s in sections)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
@@ -898,13 +926,14 @@ def main():
     ap.add_argument("--results")
     ap.add_argument("--out", default="docs/BENCHMARKS.md")
     ap.add_argument("--plots", default="docs/bench")
+    ap.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     a = ap.parse_args()
     if a.collect_machine:
         collect_machine(a.collect_machine, a.scratch, a.build_dir)
         return 0
     if not a.results:
         ap.error("--results or --collect-machine is required")
-    render(a.results, a.out, a.plots)
+    render(a.results, a.out, a.plots, with_plots=not a.no_plots)
     return 0
 
 

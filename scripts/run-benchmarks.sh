@@ -12,8 +12,10 @@
 #                        it is the disk being measured (default: /tmp/ackpt-bench)
 #   ACKPT_BENCH_DOCS     where BENCHMARKS.md, bench/*.png and bench/results/ (the
 #                        JSON and tables behind them) go (default: docs)
-# --quick runs every benchmark at smoke size (a minute) to check the pipeline;
-# its report says so. The full run takes about 8-10 minutes on 2 cores.
+# --quick runs every benchmark at smoke size (a minute or two) to check the
+# pipeline; its report says so. The full run takes about 15 minutes on 2 cores.
+# bench/README.md lists the drivers; stall, throughput, compression and micro
+# run on Google Benchmark (JSON through --benchmark_out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,7 +26,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +52,8 @@ T_START=$(date +%s)
 if [ "$BUILD" = 1 ]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
   TARGETS=(ackpt_bench_stall ackpt_bench_overhead ackpt_bench_throughput ackpt_bench_compression
-           ackpt_bench_memory ackpt_bench_micro ackpt_bench_load)
+           ackpt_bench_memory ackpt_bench_micro ackpt_bench_load ackpt_bench_codec ackpt_bench_ring
+           ackpt_bench_retention)
   # The demo model (trainer layer) is measured too when it builds.
   if grep -q "ackpt_demo" examples/CMakeLists.txt 2>/dev/null; then TARGETS+=(ackpt_demo); fi
   for t in "${TARGETS[@]}"; do
@@ -94,13 +97,32 @@ fi
 DEMO=()
 if [ -x "$BUILD_DIR/examples/ackpt_demo" ]; then DEMO=(--demo "$BUILD_DIR/examples/ackpt_demo"); fi
 
+# gbench NAME: the Google Benchmark drivers' JSON output arguments.
+gbench() { echo "--benchmark_out=$RESULTS/$1.json" --benchmark_out_format=json; }
+# The codec benchmark also measures the demo model's own checkpoint (240 steps,
+# uncompressed) when the demo is built.
+CODEC_DEMO=()
+if [ -x "$BUILD_DIR/examples/ackpt_demo" ]; then
+  DEMO_STEPS=240
+  if [ "$QUICK" = 1 ]; then DEMO_STEPS=10; fi
+  if "$BUILD_DIR/examples/ackpt_demo" --model-size small --steps "$DEMO_STEPS" --checkpoint-every "$DEMO_STEPS" \
+       --compression none --save-dir "$WORK/demo" >"$RESULTS/demo-for-codec.log" 2>&1; then
+    CODEC_DEMO=(--demo "$WORK/demo/model_$DEMO_STEPS.safetensors")
+  else
+    echo "run-benchmarks: the demo run for the codec benchmark failed (see $RESULTS/demo-for-codec.log)" >&2
+  fi
+fi
+
 run micro "$B/ackpt_bench_micro" "${MICRO[@]}" --benchmark_out="$RESULTS/micro.json" --benchmark_out_format=json
-run stall "$B/ackpt_bench_stall" "${Q[@]}" --dir "$WORK/stall" --json "$RESULTS/stall.json"
-run throughput "$B/ackpt_bench_throughput" "${Q[@]}" --dir "$WORK/throughput" --json "$RESULTS/throughput.json"
+run stall "$B/ackpt_bench_stall" "${Q[@]}" --dir "$WORK/stall" $(gbench stall)
+run throughput "$B/ackpt_bench_throughput" "${Q[@]}" --dir "$WORK/throughput" $(gbench throughput)
 run overhead "$B/ackpt_bench_overhead" "${Q[@]}" \
   "${DEMO[@]}" --dir "$WORK/overhead" --json "$RESULTS/overhead.json"
-run compression "$B/ackpt_bench_compression" "${Q[@]}" --dir "$WORK/compression" --json "$RESULTS/compression.json"
+run compression "$B/ackpt_bench_compression" "${Q[@]}" --dir "$WORK/compression" $(gbench compression)
+run codec "$B/ackpt_bench_codec" "${Q[@]}" "${CODEC_DEMO[@]}" --json "$RESULTS/codec.json"
 run memory "$B/ackpt_bench_memory" "${Q[@]}" --dir "$WORK/memory" --json "$RESULTS/memory.json"
+run ring "$B/ackpt_bench_ring" "${Q[@]}" --dir "$WORK/ring" --json "$RESULTS/ring.json"
+run retention "$B/ackpt_bench_retention" "${Q[@]}" --dir "$WORK/retention" --json "$RESULTS/retention.json"
 run load "$B/ackpt_bench_load" "${Q[@]}" --dir "$WORK/load" --json "$RESULTS/load.json"
 T_RAN=$(date +%s)
 
@@ -111,7 +133,7 @@ T_RAN=$(date +%s)
   echo "  \"run_seconds\": $((T_RAN - T_BUILT)),"
   echo "  \"phases\": {"
   first=1
-  for k in micro stall throughput overhead compression memory load; do
+  for k in micro stall throughput overhead compression codec memory ring retention load; do
     [ $first = 1 ] || echo ","
     first=0
     printf '    "%s": %s' "$k" "${PHASE_SECONDS[$k]:-0}"
