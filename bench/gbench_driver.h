@@ -42,7 +42,7 @@ inline std::atomic<int>& Failures() {
   return failures;
 }
 inline void PrintHelp() {
-  std::printf("%s\n\nGoogle Benchmark options (defaults set by this driver come first):\n",
+  std::printf("%s\n\nGoogle Benchmark options:\n",
               Usage().c_str());
   benchmark::PrintDefaultHelp();
 }
