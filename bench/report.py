@@ -18,6 +18,7 @@ import sys
 
 import report_gbench  # Google Benchmark JSON of the stall, throughput and compression drivers
 from report_load import load_section  # the "Load into tensors" section (bench/load.cc)
+from report_distributed import distributed_section  # "Many ranks" (bench/distributed.cc)
 
 
 # ---------------------------------------------------------------- machine ----
@@ -147,9 +148,12 @@ def stall_section(j, plots, targets, headline):
     out = ["## 1. Stall: time inside `save()`\n\n"]
     out.append(
         "A transformer-shaped state (embedding, attention and MLP matrices, biases, layer norms) plus Adam's "
-        "`exp_avg` / `exp_avg_sq` for every parameter, in fp32 and bf16. `ackpt_bench_stall` runs on Google Benchmark: one "
-        "benchmark per method and state, each repetition one operation timed by hand, repetitions of all of them "
-        "randomly interleaved, so drift in machine load hits every method alike. *ackpt save() stall* is the time inside "
+        "`exp_avg` / `exp_avg_sq` for every parameter, in fp32 and bf16. "
+        + ("`ackpt_bench_stall` runs on Google Benchmark: one benchmark per method and state, each repetition one "
+           "operation timed by hand, repetitions of all of them randomly interleaved, so drift in machine load hits "
+           "every method alike. " if j.get("gbench") else
+           "Each repetition runs every method once, in the same order, so drift in machine load hits all of them. ")
+        + "*ackpt save() stall* is the time inside "
         "`DefaultCheckpointer::save()` (the background write is awaited outside the timed region); *end to end* "
         "is `save()` entry to durable file from `SaveStats`; *force* is `save(..., force = true)`. ackpt writes "
         "zstd level 1 (the default), the torch baselines write uncompressed bytes. memcpy copies the same "
@@ -430,7 +434,9 @@ def throughput_section(j, plots, targets, headline, micro):
     out.append(
         f"One {j['bytes'] / 2**20:.0f} MiB {j['dtype']} model-like state ({j['tensors']} tensors; {mib:.0f} MiB as a "
         f"safetensors stream). GB/s = logical (uncompressed) bytes / seconds, 1 GB = 10⁹ bytes; median (min–max) over "
-        f"{j['reps']} repetitions, randomly interleaved by Google Benchmark (`ackpt_bench_throughput`). *ackpt persist* is the background part of a `DefaultCheckpointer` save "
+        f"{j['reps']} repetitions, "
+        + ("randomly interleaved by Google Benchmark (`ackpt_bench_throughput`)." if j.get("gbench") else "interleaved.")
+        + " *ackpt persist* is the background part of a `DefaultCheckpointer` save "
         "with `writer_threads = t` (`end_to_end_seconds − stall_seconds` from `SaveStats`: hash, compress, write, "
         "fsync, rename, directory fsync). *raw write + fsync* writes the plain safetensors stream of the same state "
         "with write(2) in 8 MiB calls and one fdatasync; *+ sync_file_range* does the same but starts writeback after "
@@ -567,7 +573,9 @@ def compression_section(j, plots, targets, headline):
         "ratio is printed by `ackpt_demo` itself.) *randn*: N(0, 0.02). *synthetic*: the model-like state the other "
         "benchmarks save. bf16 rows are the same tensors converted. ratio = plain safetensors bytes / file bytes; "
         "MB/s on one thread, no fsync, median of "
-        f"{j['reps']} randomly interleaved Google Benchmark repetitions (`ackpt_bench_compression`); zstd CLI `-L -T1` on the plain safetensors file of the same bytes (process start included). "
+        f"{j['reps']}"
+        + (" randomly interleaved Google Benchmark repetitions (`ackpt_bench_compression`)" if j.get("gbench") else "")
+        + "; zstd CLI `-L -T1` on the plain safetensors file of the same bytes (process start included). "
         "*byte-grouped* is the ratio plain zstd reaches after each tensor's bytes are split into planes by byte "
         "position — a reference point; ackpt's own byte-grouped codec (`kZstdByteGrouped`) is measured in §4b.\n\n"
     )
@@ -837,6 +845,8 @@ def render(results, out_path, plots_dir, with_plots=True):
         sections.append(retention_section(load(results, "retention"), targets))
     if load(results, "ring"):  # issue 16: bench/ring.cc
         sections.append(ring_section(load(results, "ring"), plots, targets, headline))
+    if load(results, "distributed"):  # issue 11: bench/report_distributed.py
+        sections.append(distributed_section(load(results, "distributed"), plots, targets, headline))
     if load(results, "load"):  # issue 12: bench/report_load.py
         sections.append(load_section(load(results, "load"), plots, targets, headline))
     if data["micro"]:

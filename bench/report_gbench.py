@@ -139,7 +139,7 @@ def stall(j):
             st["ratios"]["overlap_stall_over_memcpy"] = med["ackpt_overlap_stall"] / floor
             st["ratios"]["overlap_fence_over_memcpy"] = med.get("ackpt_overlap_fence", 0.0) / floor
         out_runs.append(st)
-    return {"benchmark": "stall", "methods": [{"key": k, "label": v} for k, v in STALL_METHODS], "runs": out_runs}
+    return {"benchmark": "stall", "gbench": True, "methods": [{"key": k, "label": v} for k, v in STALL_METHODS], "runs": out_runs}
 
 
 # ------------------------------------------------------------ throughput ----
@@ -207,7 +207,7 @@ def throughput(j):
                 targets.append({"what": f"load {f} {ts}", "value_gbps": v, "anchor_gbps": raw,
                                 "anchor": "raw read of the plain file", "ratio": ratio, "target": 0.8,
                                 "met": ratio >= 0.8})
-    return {"benchmark": "throughput", "bytes": int(ctx["bytes"]), "logical_bytes": logical, "dtype": ctx["dtype"],
+    return {"benchmark": "throughput", "gbench": True, "bytes": int(ctx["bytes"]), "logical_bytes": logical, "dtype": ctx["dtype"],
             "tensors": int(ctx["tensors"]), "threads": threads, "levels": levels, "reps": reps,
             "page_cache_drop": ctx.get("page_cache_drop", ""), "zstd_cli": ctx.get("zstd_cli") == "true",
             "results": results, "targets": targets}
@@ -249,7 +249,7 @@ def compression(j):
         if "cli_file_bytes" in row:
             row["size_vs_cli"] = row["ackpt_file_bytes"] / row["cli_file_bytes"] - 1.0
         out_rows.append(row)
-    return {"benchmark": "compression", "train_steps": int(ctx["train_steps"]),
+    return {"benchmark": "compression", "gbench": True, "train_steps": int(ctx["train_steps"]),
             "train_seconds": float(ctx["train_seconds"]), "model": ctx["model"],
             "loss_first": float(ctx["loss_first"]), "loss_last": float(ctx["loss_last"]),
             "levels": [lv for lv in ctx["levels"].split(",") if lv], "reps": reps, "rows": out_rows}

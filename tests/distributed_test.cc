@@ -119,27 +119,33 @@ bool HasManifest(const std::string& dir, int64_t index) {
   return Env::Default()->FileExists(JoinPath(dir, ManifestFileName("model", index)));
 }
 
-// The reference, made once: 12 steps without interruption, every rank's final state.
+// The reference: 12 steps without interruption, every rank's final state.
+// Made on first use, once per process (ctest runs each test in its own
+// process, and only the resume tests need it).
 class DistributedTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    ref_ = new TempDir();
-    auto l = LaunchRanks(*ref_, kWorld, ref_->file("straight"),
-                         Args(12, "zstd", {"--out", "{out}"}), "straight");
-    ExpectAllOk(l, "straight run");
+  static const TempDir& Reference() {
+    if (ref_ == nullptr) {
+      ref_ = new TempDir();
+      auto l = LaunchRanks(*ref_, kWorld, ref_->file("straight"),
+                           Args(12, "zstd", {"--out", "{out}"}), "straight");
+      ExpectAllOk(l, "straight run");
+    }
+    return *ref_;
   }
   static void TearDownTestSuite() {
     delete ref_;
     ref_ = nullptr;
   }
   void ExpectResumedExactly(const std::string& name, int64_t from, const Launch& l) {
+    const TempDir& ref = Reference();
     for (int r = 0; r < kWorld; ++r) {
       EXPECT_NE(l.out[static_cast<size_t>(r)].find("resumed " + std::to_string(from)),
                 std::string::npos)
           << name << " rank " << r << ":\n"
           << l.out[static_cast<size_t>(r)];
       EXPECT_EQ(ReadFileBytes(tmp_.file(name + "-" + std::to_string(r) + ".out")),
-                ReadFileBytes(ref_->file("straight-" + std::to_string(r) + ".out")))
+                ReadFileBytes(ref.file("straight-" + std::to_string(r) + ".out")))
           << name << ": rank " << r << " differs from the uninterrupted run";
     }
   }
