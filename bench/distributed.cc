@@ -445,6 +445,13 @@ int main(int argc, char** argv) {
   const double slowest_ratio =
       Median(res["dist_stall_slowest_seconds"]) / Median(res["single_stall_seconds"]);
   const double spread_ratio = Median(res["replicated_seconds"]) / Median(res["rank0_only_seconds"]);
+  // The snapshot bytes the machine copied per second while the ranks stalled,
+  // against one process alone: equal rates mean the stall is the copy shared out.
+  const double agg_gbps =
+      double(ranks) * double(bytes) / Median(res["dist_stall_slowest_seconds"]) / 1e9;
+  const double single_gbps = double(bytes) / Median(res["single_stall_seconds"]) / 1e9;
+  j["aggregate_stall_gbps"] = agg_gbps;
+  j["single_stall_gbps"] = single_gbps;
   j["stall_ratio"] = stall_ratio;
   j["stall_ratio_slowest"] = slowest_ratio;
   j["replicated_ratio"] = spread_ratio;
@@ -474,6 +481,10 @@ int main(int argc, char** argv) {
   std::printf("replicated bytes written per rank (MiB):");
   for (const auto& b : res["replicated_part_bytes"])
     std::printf(" %.1f", b.get<double>() / 1048576);
+  std::printf(
+      "\nbytes snapshotted per second of stall: %d ranks together %.2f GB/s (%d x state / slowest "
+      "stall), one process %.2f GB/s",
+      ranks, agg_gbps, ranks, single_gbps);
   std::printf("\ntarget per-rank stall <= 1.2 x single process: %.2f x %s\n", stall_ratio,
               stall_ratio <= 1.2 ? "met" : "MISSED");
   std::printf("replicated writes spread across %d ranks vs all on rank 0: %.2f x (reported)\n",

@@ -56,6 +56,12 @@ def distributed_section(j, plots, targets, headline):
     if parts:
         out.append("\nReplicated bytes each rank wrote (MiB, by rank): "
                    + ", ".join(f"{b / 2**20:.1f}" for b in parts) + ".\n")
+    if "aggregate_stall_gbps" in j:
+        out.append(f"\nBytes snapshotted per second of stall: the {n} ranks together "
+                   f"{j['aggregate_stall_gbps']:.2f} GB/s ({n} × {mib:.0f} MiB / the slowest rank's stall), one "
+                   f"process alone {j['single_stall_gbps']:.2f} GB/s. Where the two are about equal, the ranks' "
+                   "stall is the machine's copy bandwidth shared out among them, not work the distributed path "
+                   "adds.\n")
     if j.get("quick"):
         out.append("\n(`--quick`: smoke size; these times only check the pipeline.)\n")
 
