@@ -42,8 +42,7 @@ inline std::atomic<int>& Failures() {
   return failures;
 }
 inline void PrintHelp() {
-  std::printf("%s\n\nGoogle Benchmark options:\n",
-              Usage().c_str());
+  std::printf("%s\n\nGoogle Benchmark options:\n", Usage().c_str());
   benchmark::PrintDefaultHelp();
 }
 inline double Min(const std::vector<double>& v) {

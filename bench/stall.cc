@@ -121,7 +121,8 @@ Fixture& Get(uint64_t target, torch::ScalarType dtype) {
   f->dir = g_options.dir + "/" + SizeLabel(target) + "_" + DtypeLabel(dtype);
   FreshDir(f->dir);
   f->list = f->st.tensors;
-  for (size_t i = 0; i < f->st.tensors.size(); ++i) f->dict.insert(f->st.names[i], f->st.tensors[i]);
+  for (size_t i = 0; i < f->st.tensors.size(); ++i)
+    f->dict.insert(f->st.names[i], f->st.tensors[i]);
   auto args = CheckpointerArgs(f->dir + "/ackpt");
   args.on_save = f->plain_stats.Callback();
   f->plain = std::make_unique<ackpt::DefaultCheckpointer>(args);
@@ -157,7 +158,8 @@ std::string CheckpointPath(const std::string& dir, int64_t index) {
 void Register(uint64_t target, torch::ScalarType dtype) {
   const std::string suffix = "/" + SizeLabel(target) + "/" + DtypeLabel(dtype);
   // The state's size is known only once it is built; the counters carry it.
-  auto measure = [&](const std::string& method, std::function<double(Fixture&, benchmark::State&)> fn) {
+  auto measure = [&](const std::string& method,
+                     std::function<double(Fixture&, benchmark::State&)> fn) {
     Measure("stall/" + method + suffix, 0, [=](benchmark::State& state) {
       Fixture& f = Get(target, dtype);
       const double seconds = fn(f, state);

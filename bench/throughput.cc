@@ -342,7 +342,8 @@ int main(int argc, char** argv) {
       Measure("throughput/raw_read_fresh_" + ts, logical, [cold, th, &f](benchmark::State&) {
         if (cold) DropFromPageCache(f.plain_path);
         const uint64_t n = (f.logical + 4095) / 4096 * 4096;
-        void* fresh = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* fresh =
+            ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (fresh == MAP_FAILED) throw std::runtime_error("mmap failed");
         const auto t0 = Clock::now();
         RawRead(f.plain_path, static_cast<uint8_t*>(fresh), th);

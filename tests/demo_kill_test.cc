@@ -2,9 +2,7 @@
 // Ctrl-C (SIGINT), then run again with --resume: it must continue from the
 // newest complete checkpoint, with no error, no temp file left behind and
 // every checkpoint file intact.
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,6 +13,7 @@
 #include "ackpt/env.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "child_process.h"
 #include "io/atomic_file.h"  // IsTempFileName, TempFileTarget (white-box)
 #include "test_util.h"
 
@@ -25,6 +24,7 @@
 namespace ackpt {
 namespace {
 
+using testing::ChildProcess;
 using testing::ReadFileBytes;
 using testing::TempDir;
 using Clock = std::chrono::steady_clock;
@@ -46,42 +46,10 @@ std::vector<std::string> DemoArgs(const std::string& save_dir, int64_t steps) {
           "1"};
 }
 
-// Starts a process with stdout and stderr going to `log`.
-pid_t Spawn(std::vector<std::string> args, const std::string& log) {
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Waits for the process; returns its exit status, 128 + signal, or -1 after
-// `timeout` (then it is killed).
-int WaitFor(pid_t pid, double timeout_seconds) {
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_seconds);
-  int status = 0;
-  while (true) {
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (Clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
+// Runs a process with stdout and stderr going to `log`; its exit status, 128
+// + signal, or -1 after `timeout_seconds` (then it is killed).
+int RunChild(const std::vector<std::string>& args, const std::string& log, double timeout_seconds) {
+  return ChildProcess(args, log).WaitOrKill(timeout_seconds);
 }
 
 struct DirState {
@@ -146,7 +114,7 @@ void ResumeAndCheck(const TempDir& dir, const std::string& save_dir, int64_t exp
   auto args = DemoArgs(save_dir, steps);
   args.push_back("--resume");
   const std::string log = dir.file("resume.log");
-  const int rc = WaitFor(Spawn(args, log), 300);
+  const int rc = RunChild(args, log, 300);
   const std::string out = ReadFileBytes(log);
   ASSERT_EQ(rc, 0) << out;
   const auto index = ParseResumeIndex(out);
@@ -172,8 +140,8 @@ TEST(DemoKillTest, SigkillDuringSaveThenResume) {
   std::string out;
   for (int attempt = 0; attempt < 5 && !caught; ++attempt) {
     const std::string log = dir.file("run.log");
-    const pid_t pid = Spawn(DemoArgs(save_dir, 100000), log);
-    ASSERT_GT(pid, 0);
+    ChildProcess demo(DemoArgs(save_dir, 100000), log);
+    ASSERT_TRUE(demo.started());
     const auto deadline = Clock::now() + std::chrono::seconds(120);
     bool seen_complete = false;
     while (Clock::now() < deadline) {
@@ -181,13 +149,11 @@ TEST(DemoKillTest, SigkillDuringSaveThenResume) {
       // Wait for one complete checkpoint, then for the next save to be in flight.
       seen_complete = seen_complete || !s.checkpoints.empty();
       if (seen_complete && CheckpointInFlight(s)) break;
-      int status;
-      if (waitpid(pid, &status, WNOHANG) == pid)
-        FAIL() << "the demo exited early:\n" << ReadFileBytes(log);
+      if (demo.Exited()) FAIL() << "the demo exited early:\n" << ReadFileBytes(log);
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-    kill(pid, SIGKILL);
-    EXPECT_EQ(WaitFor(pid, 60), 128 + SIGKILL);
+    demo.Signal(SIGKILL);
+    EXPECT_EQ(demo.WaitOrKill(60), 128 + SIGKILL);
     out = ReadFileBytes(log);
     killed = Scan(save_dir);
     caught = CheckpointInFlight(killed);
@@ -206,14 +172,14 @@ TEST(DemoKillTest, CtrlCDrainsThenResume) {
   TempDir dir;
   const std::string save_dir = dir.file("ckpt");
   const std::string log = dir.file("run.log");
-  const pid_t pid = Spawn(DemoArgs(save_dir, 100000), log);
-  ASSERT_GT(pid, 0);
+  ChildProcess demo(DemoArgs(save_dir, 100000), log);
+  ASSERT_TRUE(demo.started());
   const auto deadline = Clock::now() + std::chrono::seconds(120);
   while (Clock::now() < deadline && Scan(save_dir).checkpoints.size() < 2) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  kill(pid, SIGINT);
-  const int rc = WaitFor(pid, 120);
+  demo.Signal(SIGINT);
+  const int rc = demo.WaitOrKill(120);
   const std::string out = ReadFileBytes(log);
   EXPECT_EQ(rc, 130) << out;  // interrupted, after draining
   std::smatch m;
@@ -283,25 +249,25 @@ TEST(DemoKillTest, FourRanksOneKilledThenAllResumeExactly) {
     return a;
   };
   const std::string straight = dir.file("straight");
-  ASSERT_EQ(WaitFor(Spawn(args(straight), dir.file("straight.log")), 300), 0)
+  ASSERT_EQ(RunChild(args(straight), dir.file("straight.log"), 300), 0)
       << ReadFileBytes(dir.file("straight.log"));
 
   const std::string ckpt = dir.file("ckpt");
-  const pid_t launcher = Spawn(args(ckpt), dir.file("killed.log"));
+  ChildProcess launcher(args(ckpt), dir.file("killed.log"));
   const auto deadline = Clock::now() + std::chrono::seconds(240);
   while (!Env::Default()->FileExists(JoinPath(ckpt, ManifestFileName("model", 5))) &&
          Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::vector<pid_t> ranks = Children(launcher);
+  std::vector<pid_t> ranks = Children(launcher.pid());
   ASSERT_EQ(ranks.size(), 4u) << ReadFileBytes(dir.file("killed.log"));
   kill(ranks[2], SIGKILL);
-  const int rc = WaitFor(launcher, 120);
+  const int rc = launcher.WaitOrKill(120);
   EXPECT_NE(rc, 0) << ReadFileBytes(dir.file("killed.log"));
 
   auto resume = args(ckpt);
   resume.push_back("--resume");
-  ASSERT_EQ(WaitFor(Spawn(resume, dir.file("resume.log")), 300), 0)
+  ASSERT_EQ(RunChild(resume, dir.file("resume.log"), 300), 0)
       << ReadFileBytes(dir.file("resume.log"));
   const std::string out = ReadFileBytes(dir.file("resume.log"));
   const auto index = ParseResumeIndex(out);

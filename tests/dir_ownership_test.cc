@@ -2,8 +2,6 @@
 // writer in another process, lineage-aware retention after a rollback, the
 // catalog (no file re-read per save), and the engine's shutdown lifetime.
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +11,7 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "child_process.h"
 #include "io/atomic_file.h"
 #include "test_util.h"
 
@@ -25,46 +24,10 @@ extern char** environ;
 namespace ackpt {
 namespace {
 
+using testing::ChildProcess;
 using testing::ListDir;
 using testing::TempDir;
 using Clock = std::chrono::steady_clock;
-
-// A child process, killed (SIGKILL) and reaped if the test leaves early.
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& args) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      Wait();
-    }
-  }
-  pid_t pid() const { return pid_; }
-  void Kill() { ::kill(pid_, SIGKILL); }
-  // Exit status (or 128 + signal); -1 if it did not end within the timeout.
-  int Wait(double timeout_seconds = 60) {
-    const auto end = Clock::now() + std::chrono::duration<double>(timeout_seconds);
-    while (pid_ > 0) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      if (Clock::now() > end) return -1;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
 
 bool WaitForFile(const std::string& path, double timeout_seconds = 60) {
   const auto end = Clock::now() + std::chrono::duration<double>(timeout_seconds);
@@ -95,7 +58,7 @@ Checkpoint Small(int64_t i) {
 TEST(DirOwnershipTest, SecondWriterRefusedReadersCoexistThenTakeOver) {
   TempDir dir;
   const std::string ckpt = dir.file("ckpt");
-  Child writer({ACKPT_DIR_OWNER_WORKER, "write", ckpt, "2.0", dir.file("ready")});
+  ChildProcess writer({ACKPT_DIR_OWNER_WORKER, "write", ckpt, "2.0", dir.file("ready")});
   ASSERT_GT(writer.pid(), 0);
   ASSERT_TRUE(WaitForFile(dir.file("ready")));
 
@@ -127,7 +90,7 @@ TEST(DirOwnershipTest, SecondWriterRefusedReadersCoexistThenTakeOver) {
     EXPECT_FALSE(reader.list_checkpoints().empty());
   }
   EXPECT_GT(loads, 0);
-  EXPECT_EQ(writer.Wait(), 0) << "the writer's saves failed while readers were active";
+  EXPECT_EQ(writer.WaitOrKill(60), 0) << "the writer's saves failed while readers were active";
 
   // Once the owner is gone, another writer takes over and continues.
   DefaultCheckpointer next(Args(ckpt));
@@ -139,14 +102,14 @@ TEST(DirOwnershipTest, SecondWriterRefusedReadersCoexistThenTakeOver) {
 TEST(DirOwnershipTest, KilledOwnerReleasesTheLockAndItsTempFilesAreCleaned) {
   TempDir dir;
   const std::string ckpt = dir.file("ckpt");
-  Child writer({ACKPT_DIR_OWNER_WORKER, "write", ckpt, "30", dir.file("ready")});
+  ChildProcess writer({ACKPT_DIR_OWNER_WORKER, "write", ckpt, "30", dir.file("ready")});
   ASSERT_TRUE(WaitForFile(dir.file("ready")));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const std::string orphan = JoinPath(ckpt, "." + CheckpointFileName("model", 77, true) + ".tmp-" +
                                                 std::to_string(writer.pid()) + "-0");
   testing::WriteFileBytes(orphan, "partial");
-  writer.Kill();
-  EXPECT_EQ(writer.Wait(), 128 + SIGKILL);
+  writer.Signal(SIGKILL);
+  EXPECT_EQ(writer.WaitOrKill(60), 128 + SIGKILL);
   DefaultCheckpointer next(Args(ckpt));  // the lock died with its holder
   EXPECT_GE(next.counters().temp_files_removed, 1u);
   for (const auto& name : ListDir(ckpt)) EXPECT_FALSE(IsTempFileName(name)) << name;

@@ -7,6 +7,9 @@
 //               [--save-every K] [--resume] [--out FILE] [--compression none|zstd]
 //               [--commit-timeout S] [--die-at-save I --die-rank R]
 //               [--die-before-manifest I] [--fail-write-at I --fail-rank R]
+//               [--second-dir DIR2] [--construct-delay-rank R --construct-delay-ms M]
+// --second-dir saves every checkpoint through a second checkpointer with the
+// same prefix too; --construct-delay-* makes rank R construct them late.
 // Prints "resumed I" (or "fresh") after load(), and "error: ..." on a
 // checkpoint error (exit 3). --out dumps the final state (plain safetensors).
 #include <ATen/CPUGeneratorImpl.h>
@@ -15,9 +18,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <string>
+#include <thread>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
@@ -114,7 +119,16 @@ int main(int argc, char** argv) {
   int64_t step = 0;
 
   try {
+    if (rank == Int(a, "construct-delay-rank", -1)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(Int(a, "construct-delay-ms", 0)));
+    }
     ackpt::DistributedCheckpointer ck(args);
+    std::unique_ptr<ackpt::DistributedCheckpointer> second;
+    if (a.count("second-dir")) {
+      ackpt::DistributedCheckpointerArguments second_args = args;
+      second_args.checkpointer.save_dir = a.at("second-dir");
+      second = std::make_unique<ackpt::DistributedCheckpointer>(second_args);
+    }
     if (a.count("resume")) {
       ackpt::Checkpoint c = ck.load();
       if (c.empty()) {
@@ -153,12 +167,14 @@ int main(int argc, char** argv) {
         c.trainer_backend_state.set("step", step);
         c.trainer_backend_state.set("shard", shard);
         ck.save(c, step);
+        if (second) second->save(c, step);
         if (step == Int(a, "die-at-save", -1) && rank == Int(a, "die-rank", -1)) {
           ::kill(::getpid(), SIGKILL);  // while its part is being written
         }
       }
     }
     ck.wait();
+    if (second) second->wait();
   } catch (const ackpt::Error& e) {
     std::printf("error: %s\n", e.what());
     std::fflush(stdout);

@@ -5,10 +5,7 @@
 // launch is bounded in time and kills every process it started.
 #include "ackpt/distributed.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <chrono>
 #include <set>
@@ -17,17 +14,17 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "child_process.h"
 #include "test_util.h"
 
 #ifndef ACKPT_DIST_WORKER
 #error "ACKPT_DIST_WORKER must name the worker binary"
 #endif
 
-extern char** environ;
-
 namespace ackpt {
 namespace {
 
+using testing::ChildProcess;
 using testing::ReadFileBytes;
 using testing::TempDir;
 using Clock = std::chrono::steady_clock;
@@ -46,52 +43,37 @@ Launch LaunchRanks(const TempDir& tmp, int world, const std::string& dir,
   static int launches = 0;
   const std::string store = tmp.file("store-" + std::to_string(++launches));
   Launch l;
-  std::vector<pid_t> pids(static_cast<size_t>(world), -1);
   l.status.assign(static_cast<size_t>(world), -1);
   l.out.assign(static_cast<size_t>(world), "");
+  std::vector<ChildProcess> ranks;
   for (int r = 0; r < world; ++r) {
     std::vector<std::string> args{
         ACKPT_DIST_WORKER, "--rank", std::to_string(r), "--world", std::to_string(world),
         "--store",         store,    "--dir",           dir};
     for (auto& c : common)
       args.push_back(c == "{out}" ? tmp.file(name + "-" + std::to_string(r) + ".out") : c);
-    std::vector<char*> argv;
-    for (auto& s : args) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    const std::string log = tmp.file(name + "-" + std::to_string(r) + ".log");
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    EXPECT_EQ(
-        posix_spawn(&pids[static_cast<size_t>(r)], argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
+    ranks.emplace_back(args, tmp.file(name + "-" + std::to_string(r) + ".log"));
+    EXPECT_TRUE(ranks.back().started()) << "rank " << r;
   }
   const auto end = Clock::now() + std::chrono::duration<double>(timeout_seconds);
-  int running = world;
   bool killed_all = false;
-  while (running > 0) {
+  for (bool running = true; running;) {
+    running = false;
     for (int r = 0; r < world; ++r) {
-      pid_t& pid = pids[static_cast<size_t>(r)];
-      if (pid <= 0) continue;
-      int st = 0;
-      if (::waitpid(pid, &st, WNOHANG) == pid) {
-        l.status[static_cast<size_t>(r)] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        pid = -1;
-        --running;
-        if (WIFSIGNALED(st) && !killed_all) {
-          killed_all = true;
-          for (pid_t p : pids)
-            if (p > 0) ::kill(p, SIGKILL);
-        }
+      ChildProcess& rank = ranks[static_cast<size_t>(r)];
+      if (!rank.Exited()) {
+        running = true;
+        continue;
+      }
+      l.status[static_cast<size_t>(r)] = rank.status();
+      if (rank.status() > 128 && !killed_all) {  // ended by a signal
+        killed_all = true;
+        for (auto& other : ranks) other.Signal(SIGKILL);
       }
     }
-    if (Clock::now() > end) {
+    if (running && Clock::now() > end) {
       ADD_FAILURE() << name << ": ranks still running after " << timeout_seconds << " s";
-      for (pid_t p : pids)
-        if (p > 0) ::kill(p, SIGKILL);
-      for (pid_t p : pids)
-        if (p > 0) ::waitpid(p, nullptr, 0);
+      for (auto& rank : ranks) rank.WaitOrKill(0);  // their status stays -1
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -246,6 +228,23 @@ TEST_F(DistributedTest, ARanksFailureSurfacesOnEveryRank) {
   }
   EXPECT_FALSE(HasManifest(dir, 8));
   EXPECT_TRUE(HasManifest(dir, 4));
+}
+
+TEST_F(DistributedTest, CheckpointersConstructedOutOfStepStillShareTheirKeys) {
+  // Two checkpointers with the same prefix on every rank; rank 1 constructs
+  // them well after the others constructed both. The k-th checkpointer of
+  // each rank must still meet the k-th of the others in the Store.
+  const std::string dir = tmp_.file("ckpt"), second = tmp_.file("ckpt2");
+  auto l = LaunchRanks(tmp_, kWorld, dir,
+                       Args(8, "zstd",
+                            {"--second-dir", second, "--construct-delay-rank", "1",
+                             "--construct-delay-ms", "1500", "--commit-timeout", "20"}),
+                       "out-of-step");
+  ExpectAllOk(l, "out-of-step construction");
+  for (const std::string& d : {dir, second}) {
+    EXPECT_TRUE(HasManifest(d, 4)) << d;
+    EXPECT_TRUE(HasManifest(d, 8)) << d;
+  }
 }
 
 TEST_F(DistributedTest, RankLocalStateNeedsTheSameWorldSize) {

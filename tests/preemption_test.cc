@@ -5,7 +5,6 @@
 // uninterrupted run.
 #include "ackpt/preemption.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,11 +16,13 @@
 #include "ackpt/checkpointer.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "child_process.h"
 #include "test_util.h"
 
 namespace ackpt {
 namespace {
 
+using testing::ChildProcess;
 using testing::ReadFileBytes;
 using testing::TempDir;
 using Clock = std::chrono::steady_clock;
@@ -223,58 +224,8 @@ std::vector<std::string> DemoArgs(const std::string& save_dir, int64_t steps) {
           "none"};
 }
 
-// Starts the demo with stdout and stderr going to `log`.
-pid_t Spawn(std::vector<std::string> args, const std::string& log) {
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Kills the child when the test ends early (a failed ASSERT).
-struct ChildGuard {
-  pid_t pid;
-  ~ChildGuard() {
-    if (pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
-// The exit status (or 128 + signal); -1 after the timeout (the child is killed).
-int WaitFor(pid_t pid, double timeout_seconds) {
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_seconds);
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) != pid) {
-    if (Clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
-
 int RunDemo(const std::vector<std::string>& args, const std::string& log) {
-  const pid_t pid = Spawn(args, log);
-  ChildGuard child{pid};
-  const int rc = WaitFor(pid, 300);
-  child.pid = -1;
-  return rc;
+  return ChildProcess(args, log).WaitOrKill(300);
 }
 
 TEST(DemoPreemptionTest, SigtermSavesTheStepReachedAndResumesBitExact) {
@@ -290,21 +241,17 @@ TEST(DemoPreemptionTest, SigtermSavesTheStepReachedAndResumesBitExact) {
   // usually inside a window: the demo saves every 5 steps).
   const std::string preempted = dir.file("preempted");
   const std::string log = dir.file("preempted.log");
-  const pid_t pid = Spawn(DemoArgs(preempted, kSteps), log);
-  ASSERT_GT(pid, 0);
-  ChildGuard child{pid};
+  ChildProcess demo(DemoArgs(preempted, kSteps), log);
+  ASSERT_TRUE(demo.started());
   const std::string first = JoinPath(preempted, CheckpointFileName("model", 5, false));
   const auto deadline = Clock::now() + std::chrono::seconds(120);
   while (!Env::Default()->FileExists(first) && Clock::now() < deadline) {
-    int status;
-    ASSERT_EQ(waitpid(pid, &status, WNOHANG), 0) << "the demo exited early:\n"
-                                                 << ReadFileBytes(log);
+    ASSERT_FALSE(demo.Exited()) << "the demo exited early:\n" << ReadFileBytes(log);
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   ASSERT_TRUE(Env::Default()->FileExists(first)) << ReadFileBytes(log);
-  ASSERT_EQ(kill(pid, SIGTERM), 0);
-  const int rc = WaitFor(pid, 120);
-  child.pid = -1;
+  demo.Signal(SIGTERM);
+  const int rc = demo.WaitOrKill(120);
   const std::string out = ReadFileBytes(log);
   ASSERT_EQ(rc, kPreemptedExitCode) << out;
 
@@ -353,16 +300,15 @@ TEST(DemoPreemptionTest, NoPreemptionFlagKeepsCtrlCBehaviourForSigterm) {
   const std::string log = dir.file("run.log");
   auto args = DemoArgs(save_dir, 100000);
   args.push_back("--no-preemption");
-  const pid_t pid = Spawn(args, log);
-  ChildGuard child{pid};
+  ChildProcess demo(args, log);
+  ASSERT_TRUE(demo.started());
   const std::string first = JoinPath(save_dir, CheckpointFileName("model", 5, false));
   const auto deadline = Clock::now() + std::chrono::seconds(120);
   while (!Env::Default()->FileExists(first) && Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_EQ(kill(pid, SIGTERM), 0);
-  const int rc = WaitFor(pid, 120);
-  child.pid = -1;
+  demo.Signal(SIGTERM);
+  const int rc = demo.WaitOrKill(120);
   EXPECT_EQ(rc, 130) << ReadFileBytes(log);  // drained, like Ctrl-C
 }
 

@@ -62,8 +62,11 @@ struct ManifestEntry {
 class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
  public:
   // Validates the arguments (kInvalidArgument naming the field). Not
-  // collective. Rank 0 takes the ownership lock of save_dir (kBusy if
-  // another writer holds it).
+  // collective, and the ranks need not construct at the same time, but every
+  // rank must construct the same sequence of checkpointers: the k-th one
+  // with a given file_prefix on each rank shares its Store keys with the
+  // k-th on the others. Rank 0 takes the ownership lock of save_dir (kBusy
+  // if another writer holds it).
   explicit DistributedCheckpointer(DistributedCheckpointerArguments args);
   // Drains pending saves within drain_timeout_seconds; never throws.
   ~DistributedCheckpointer() override;

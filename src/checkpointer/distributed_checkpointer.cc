@@ -227,11 +227,13 @@ class DistributedCheckpointer::Impl {
     writer = std::make_unique<AsyncWriter>(std::move(w));
     engine = &WriterEngine(*writer);
     env = engine->env();
-    // This instance's key space in the Store: ranks construct their
-    // checkpointers in step, so the k-th instance on every rank gets the
-    // same number (a later job or a second checkpointer never reads stale keys).
-    const int64_t ticket = args.store->add("ackpt/" + base.file_prefix + "/instances", 1);
-    instance = (ticket - 1) / world;
+    // This instance's key space in the Store: every rank counts its own
+    // checkpointers of this prefix, so the k-th one on each rank gets the same
+    // number however the ranks' constructions interleave in time (a second
+    // checkpointer, or a later job on the same Store, never reads stale keys).
+    const int64_t ticket =
+        args.store->add("ackpt/" + base.file_prefix + "/instances/rank" + std::to_string(rank), 1);
+    instance = ticket - 1;
     if (rank == 0) {
       CheckpointDirOptions d;
       d.dir = base.save_dir;
