@@ -3,7 +3,7 @@
 # their own build directory and runs each for SECONDS_PER_TARGET seconds,
 # starting from the committed seed corpus (fuzz/corpus/<target>).
 #
-#   scripts/run-fuzz.sh 15          # CI: 4 targets x 15 s
+#   scripts/run-fuzz.sh 10          # CI: 4 targets x 10 s
 #   scripts/run-fuzz.sh 3600        # an hour per target
 #
 # New inputs that raise coverage go to build-sanitize/corpus/<target> (not

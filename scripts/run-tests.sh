@@ -27,7 +27,7 @@ phase build cmake --build "$BUILD_DIR" -j"$JOBS"
 phase check-install scripts/check-install.sh "$BUILD_DIR"
 phase tsan scripts/run-tsan.sh
 phase asan scripts/run-asan.sh
-phase fuzz scripts/run-fuzz.sh "${ACKPT_FUZZ_SECONDS:-15}"
+phase fuzz scripts/run-fuzz.sh "${ACKPT_FUZZ_SECONDS:-10}"
 phase crash-loop scripts/crash-loop.sh "${ACKPT_CRASH_LOOPS:-3}"
 cd "$BUILD_DIR"
 phase ctest ctest -j"$JOBS" --output-on-failure
