@@ -13,7 +13,7 @@
 #   ACKPT_BENCH_DOCS     where BENCHMARKS.md, bench/*.png and bench/results/ (the
 #                        JSON and tables behind them) go (default: docs)
 # --quick runs every benchmark at smoke size (a minute or two) to check the
-# pipeline; its report says so. The full run takes about 15 minutes on 2 cores.
+# pipeline; its report says so. The full run takes about 17 minutes on 2 cores.
 # bench/README.md lists the drivers; stall, throughput, compression and micro
 # run on Google Benchmark (JSON through --benchmark_out).
 set -euo pipefail
