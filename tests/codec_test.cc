@@ -190,6 +190,7 @@ class ByteGroupedFileTest : public ::testing::TestWithParam<size_t> {
     o.compression = Compression::kZstdByteGrouped;
     o.chunk_size = GetParam();
     o.fsync = false;
+    o.metadata["run"] = "codec-test";
     return o;
   }
   TempDir dir_;
@@ -222,6 +223,17 @@ TEST_P(ByteGroupedFileTest, RoundTripsPartialLoadsVerifiesAndExports) {
   auto exported = CheckpointReader::Open(plain);
   EXPECT_FALSE(exported->info().compressed);
   ExpectSameState(exported->ReadStateDict(), state);
+  // It holds no byte-grouped frame, so it is the version-2 stream: readers of
+  // versions 1-2 open it. Byte for byte what a plain write of the state gives
+  // (user metadata kept, header checksum recomputed).
+  EXPECT_EQ(exported->info().format_version, 2);
+  EXPECT_EQ(exported->info().metadata.count("ackpt.codec"), 0u);
+  EXPECT_EQ(exported->info().metadata.at("run"), "codec-test");
+  exported->Verify();
+  WriteOptions none = Options();
+  none.compression = Compression::kNone;
+  WriteStateDict(state, dir_.file("none.safetensors"), none);
+  EXPECT_EQ(ReadFileBytes(plain), ReadFileBytes(dir_.file("none.safetensors")));
   // Never larger than plain zstd (up to the header's extra codec key): with
   // one 4 MiB frame this state, mostly zeros cast to integers, stays a plain
   // zstd frame (docs/FORMAT.md 14.5); cut finer, its float frames group.

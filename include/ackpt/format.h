@@ -191,7 +191,10 @@ class ACKPT_EXPORT CheckpointReader {
   // throws kCorruption naming the first failure.
   virtual void Verify() = 0;
 
-  // Writes the plain safetensors stream to out_path (atomically).
+  // Writes the plain safetensors stream to out_path (atomically), after
+  // checking every checksum. A version-3 (byte-grouped) file's export is the
+  // version-2 stream of the same tensors and metadata (without ackpt.codec,
+  // header checksum recomputed): what a kNone write would have produced.
   virtual void ExportSafetensors(const std::string& out_path, Env* env = Env::Default()) = 0;
 };
 

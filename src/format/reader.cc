@@ -566,7 +566,14 @@ class ReaderImpl final : public CheckpointReader {
       const size_t frames = table_.num_frames();
       const size_t window = static_cast<size_t>(2 * ResolveThreads(options_.threads));
       std::vector<std::string> bufs(std::min(window, frames));
-      for (size_t first = 0; first < frames; first += window) {
+      size_t first_data_frame = 0;
+      if (info_.format_version == codec::kByteGroupedFormatVersion) {
+        // Frame 0 is exactly the header region (versions 2 and 3).
+        const std::string header = PlainExportHeader();
+        out->Append(header.data(), header.size());
+        first_data_frame = 1;
+      }
+      for (size_t first = first_data_frame; first < frames; first += window) {
         const size_t count = std::min(window, frames - first);
         ParallelFor(count, options_.threads, [&](size_t j) {
           DecompressFrame(first + j, [&](uint64_t n) {
@@ -577,6 +584,46 @@ class ReaderImpl final : public CheckpointReader {
         for (size_t j = 0; j < count; ++j) out->Append(bufs[j].data(), bufs[j].size());
       }
     });
+  }
+
+  // The header a version-2 writer gives the same tensors and metadata. A
+  // version-3 file's logical stream is plain safetensors whose header still
+  // names the byte-grouped codec; its export holds no byte-grouped frame, so
+  // it says version 2 (readers of versions 1-2 open it) and drops
+  // ackpt.codec, with the header checksum recomputed. Tensors keep their
+  // data offsets (ackpt lays the data section out without gaps).
+  std::string PlainExportHeader() const {
+    std::vector<const TensorInfo*> by_offset;
+    for (const auto& t : info_.tensors) by_offset.push_back(&t);
+    std::stable_sort(by_offset.begin(), by_offset.end(),
+                     [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+    std::vector<FlatTensor> tensors;
+    uint64_t offset = 0;
+    for (const TensorInfo* t : by_offset) {
+      if (t->begin != offset || !t->has_checksum)
+        Corrupt("tensor '" + t->name + "' does not follow the data layout of a version-3 file");
+      FlatTensor f;
+      f.name = t->name;
+      f.dtype = t->scalar_type;
+      f.shape = t->shape;
+      f.nbytes = t->nbytes();
+      f.xxh3 = t->xxh3;
+      tensors.push_back(std::move(f));
+      offset = t->end;
+    }
+    std::map<std::string, std::string> user, internal;
+    std::string tree;
+    for (const auto& kv : info_.metadata) {
+      if (kv.first == kMetaTree) {
+        tree = kv.second;
+      } else if (kv.first.rfind("ackpt.", 0) != 0) {
+        if (kv.first != kMetaFormat) user[kv.first] = kv.second;
+      } else if (kv.first != kMetaVersion && kv.first != codec::kMetaCodec &&
+                 kv.first != kMetaChecksums && kv.first != kMetaHeaderChecksum) {
+        internal[kv.first] = kv.second;
+      }
+    }
+    return EncodeHeader(tensors, tree, user, internal);
   }
 
   [[noreturn]] void Corrupt(const std::string& what) const {
