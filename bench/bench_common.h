@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -267,6 +268,27 @@ inline ackpt::StateDict FlatStateDict(const ModelState& st) {
   for (size_t i = 0; i < st.tensors.size(); ++i) d.set(st.names[i], st.tensors[i]);
   return d;
 }
+
+// ---- SaveStats --------------------------------------------------------------------
+// The newest SaveStats a checkpointer's on_save callback delivered (the
+// callback runs on a writer thread).
+class LastStats {
+ public:
+  std::function<void(const ackpt::SaveStats&)> Callback() {
+    return [this](const ackpt::SaveStats& s) {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_ = s;
+    };
+  }
+  ackpt::SaveStats Get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_;
+  }
+
+ private:
+  std::mutex mu_;
+  ackpt::SaveStats last_;
+};
 
 // ---- memcpy floors -----------------------------------------------------------------
 // Copies every tensor into dst (contiguous, in order) with `threads` threads

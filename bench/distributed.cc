@@ -56,22 +56,6 @@ json StatsJson(const ackpt::SaveStats& s) {
               {"end_to_end_seconds", s.end_to_end_seconds}};
 }
 
-// The last SaveStats of one checkpointer (on_save runs on a writer thread).
-struct LastStats {
-  std::mutex mu;
-  ackpt::SaveStats last;
-  std::function<void(const ackpt::SaveStats&)> Callback() {
-    return [this](const ackpt::SaveStats& s) {
-      std::lock_guard<std::mutex> lock(mu);
-      last = s;
-    };
-  }
-  json Get() {
-    std::lock_guard<std::mutex> lock(mu);
-    return StatsJson(last);
-  }
-};
-
 struct WorkerOptions {
   int rank = 0, world = 1, rep = 0;
   uint64_t size = 0;
@@ -173,7 +157,7 @@ int Worker(const WorkerOptions& o) {
   for (const auto& m : order) {
     const double s = run(m, 1);
     if (s < 0) continue;
-    r["methods"][m] = json{{"seconds", s}, {"stats", stats[m].Get()}};
+    r["methods"][m] = json{{"seconds", s}, {"stats", StatsJson(stats[m].Get())}};
   }
   WriteJson(o.out, r);
   return 0;

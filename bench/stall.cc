@@ -56,25 +56,6 @@ void Spin(double seconds) {
   g_spin_sink = g_spin_sink + a;
 }
 
-// The newest SaveStats an on_save callback delivered.
-class LastStats {
- public:
-  std::function<void(const ackpt::SaveStats&)> Callback() {
-    return [this](const ackpt::SaveStats& s) {
-      std::lock_guard<std::mutex> lock(mu_);
-      last_ = s;
-    };
-  }
-  ackpt::SaveStats Get() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return last_;
-  }
-
- private:
-  std::mutex mu_;
-  ackpt::SaveStats last_;
-};
-
 // One state and everything its methods need, built on first use.
 struct Fixture {
   ModelState st;

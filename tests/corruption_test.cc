@@ -964,8 +964,8 @@ TEST(FlipTest, EveryByteOfASmallCompressedFile) {
 // truncations raise ackpt::Error or (for the few don't-care bits) read the
 // same bytes; never a crash or different data.
 TEST(ByteGroupedCorruptionTest, EveryDtypeDetectsDamage) {
-  const at::ScalarType types[] = {at::kBool,  at::kByte, at::kChar,     at::kShort, at::kInt,
-                                  at::kLong,  at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
+  const at::ScalarType types[] = {at::kBool, at::kByte, at::kChar,     at::kShort, at::kInt,
+                                  at::kLong, at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
   TempDir dir;
   for (at::ScalarType type : types) {
     SCOPED_TRACE(c10::toString(type));

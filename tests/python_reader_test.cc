@@ -189,8 +189,8 @@ TEST_F(PythonReaderTest, ReadsByteGroupedFiles) {
   // last frame is detected by the Python reader too.
   const std::string b = ReadFileBytes(grouped_);
   std::string args = "corrupt";
-  for (int64_t pos : {static_cast<int64_t>(b.size() / 2), static_cast<int64_t>(b.size() / 3),
-                      int64_t{-60}}) {
+  for (int64_t pos :
+       {static_cast<int64_t>(b.size() / 2), static_cast<int64_t>(b.size() / 3), int64_t{-60}}) {
     const std::string bad = dir_.file("badg_" + std::to_string(pos) + ".safetensors.zst");
     CorruptCopy(grouped_, bad, pos);
     args += " " + Quote(bad);

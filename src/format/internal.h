@@ -141,7 +141,7 @@ class SeekTable {
   uint32_t Field(size_t i, int k) const;
   size_t num_frames_ = 0;
   size_t entry_size_ = 12;
-  std::string raw_;  // the entries, as stored
+  std::string raw_;                             // the entries, as stored
   std::vector<uint64_t> compressed_offsets_;    // of frames 0, stride, 2*stride, ...
   std::vector<uint64_t> decompressed_offsets_;  // likewise
 };
