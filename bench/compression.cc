@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
         const std::string p = dir + "/ackpt.safetensors.zst";
         ackpt::WriteOptions wo;
         wo.zstd_level = level;
-        wo.threads = 1;
+        wo.writer_threads = 1;
         wo.fsync = false;
         const auto c0 = Clock::now();
         const ackpt::WriteResult wr = ackpt::WriteStateDict(set->state, p, wo);

@@ -131,11 +131,11 @@ void BM_EncodeAndCommitNoDisk(benchmark::State& state) {
   t.data = d.data();
   WriteOptions o;
   o.zstd_level = static_cast<int>(state.range(0));
-  o.threads = static_cast<int>(state.range(1));
+  o.writer_threads = static_cast<int>(state.range(1));
   NullEnv env;
   // As in the engine: the calling thread takes part, so threads - 1 helpers.
   std::unique_ptr<engine::TaskPool> pool;
-  if (o.threads > 1) pool = std::make_unique<engine::TaskPool>(o.threads - 1);
+  if (o.writer_threads > 1) pool = std::make_unique<engine::TaskPool>(o.writer_threads - 1);
   format::ParallelForFn pf = [&pool](size_t n, const std::function<void(size_t)>& fn) {
     if (pool) {
       pool->ParallelFor(n, fn);

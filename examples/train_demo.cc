@@ -397,9 +397,9 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
                            v != e.metrics.end() ? fmt::format(", val_loss {:.3f}", v->second) : "");
       }
     } else {
-      for (const auto& e : dist_->list_manifests()) {
+      for (const auto& e : dist_->list_checkpoints()) {
         out += fmt::format("{} ({} parts, {})  ", ackpt::BaseName(e.path), e.parts.size(),
-                           Bytes(static_cast<double>(e.bytes)));
+                           Bytes(static_cast<double>(e.file_bytes)));
       }
     }
     return out;

@@ -388,7 +388,7 @@ TEST(AutoTest, WritesReadableFilesWhateverItChooses) {
   o.compression = Compression::kAuto;
   o.chunk_size = 256 << 10;
   o.fsync = false;
-  o.threads = 1;
+  o.writer_threads = 1;
   const std::pair<double, format::codec::AutoChoice> cases[] = {
       {1e12, format::codec::AutoChoice::kStore},    // "disk" faster than any codec
       {20e6, format::codec::AutoChoice::kGrouped},  // slow disk: compress (the last frame: bf16)

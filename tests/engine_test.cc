@@ -294,8 +294,8 @@ std::shared_ptr<spdlog::logger> QuietLogger() {
 
 EngineOptions Options(bool overlap, Compression compression = Compression::kZstd) {
   EngineOptions o;
-  o.write.compression = compression;
-  o.write.chunk_size = 64 << 10;
+  o.compression = compression;
+  o.chunk_size = 64 << 10;
   o.writer_threads = 2;
   o.snapshot_threads = 2;
   o.overlap_snapshot = overlap;
@@ -350,9 +350,10 @@ TEST(EngineOverlapTest, SaveReturnsBeforeTheCopyAndTheFenceWaitsForIt) {
   CopyGate gate;
   std::atomic<int> overlapped{0};
   EngineOptions o = Options(/*overlap=*/true);
-  o.before_copy = [&](int64_t) { gate.Enter(); };
+  EngineTestHooks hooks;
+  hooks.before_copy = [&](int64_t) { gate.Enter(); };
   o.on_save = [&](const SaveStats& s) { overlapped += s.overlapped && s.ok; };
-  Engine e(o);
+  Engine e(o, "EngineOptions", hooks);
   StateDict st = ModelState(1);
   ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
   gate.WaitEntered();  // save() has returned; the copy has not started
@@ -371,10 +372,11 @@ TEST(EngineOverlapTest, ModifyingATensorBeforeTheFenceFailsThatSaveNamingTheTens
   TempDir dir;
   CopyGate gate;
   EngineOptions o = Options(/*overlap=*/true);
-  o.before_copy = [&](int64_t index) {
+  EngineTestHooks hooks;
+  hooks.before_copy = [&](int64_t index) {
     if (index == 1) gate.Enter();
   };
-  Engine e(o);
+  Engine e(o, "EngineOptions", hooks);
   StateDict st = ModelState(1);
   ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
   gate.WaitEntered();
@@ -429,10 +431,11 @@ TEST(EngineOverlapTest, ASaveWaitsForThePreviousCopyAndForcedSavesAreDurableOnRe
   TempDir dir;
   CopyGate gate;
   EngineOptions o = Options(/*overlap=*/true);
-  o.before_copy = [&](int64_t index) {
+  EngineTestHooks hooks;
+  hooks.before_copy = [&](int64_t index) {
     if (index == 1) gate.Enter();
   };
-  Engine e(o);
+  Engine e(o, "EngineOptions", hooks);
   StateDict st = ModelState(3);
   ASSERT_TRUE(e.Save(st, 1, dir.file("1.st"), false, {}));
   gate.WaitEntered();
@@ -497,7 +500,7 @@ TEST(EnginePriorityTest, PriorityIsAppliedToEveryWriterAndCopyThread) {
                         Case{WriterPriority::kLow, 19, SCHED_OTHER},
                         Case{WriterPriority::kIdle, base, SCHED_IDLE}}) {
     EngineOptions o = Options(/*overlap=*/true);
-    o.priority = c.priority;
+    o.writer_priority = c.priority;
     Engine e(o);
     const std::vector<int> writers = e.writer_thread_ids();
     const std::vector<int> copiers = e.copy_thread_ids();

@@ -723,7 +723,7 @@ TEST(FormatTest, ReadOptionsThreadCountsAgree) {
   state.set("big", at::randn({200003}, at::kFloat));
   WriteOptions o;
   o.chunk_size = 64 * 1024;
-  o.threads = 3;
+  o.writer_threads = 3;
   o.fsync = false;
   const std::string path = dir.file("t.safetensors.zst");
   WriteStateDict(state, path, o);

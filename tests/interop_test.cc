@@ -123,7 +123,7 @@ TEST(InteropTest, PythonReadsEveryDtypeAndTheStateTree) {
   WriteOptions zstd = plain;
   zstd.compression = Compression::kZstd;
   zstd.chunk_size = 64 * 1024;
-  zstd.threads = 3;
+  zstd.writer_threads = 3;
   const std::string zst_path = dir.file("ckpt_7.safetensors.zst");
   WriteStateDict(state, zst_path, zstd);
   ASSERT_GT(CheckpointReader::Open(zst_path)->info().num_frames, 2u);

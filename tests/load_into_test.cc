@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "ackpt/checkpointer.h"
 #include "ackpt/error.h"
 #include "ackpt/format.h"
 #include "ackpt/torch_state.h"
@@ -364,46 +365,80 @@ TEST(PartialLoadTest, ReadsOnlyTheFramesOfTheSelectedTensor) {
 
 // ---- reading into tensors through a checkpointer (what the Trainer does) ------------
 
-TEST(ScopedReadIntoTest, ReadStateDictFillsNamedTensorsInPlaceLeniently) {
+DefaultCheckpointerArguments PlainArgs(const std::string& dir) {
+  DefaultCheckpointerArguments a;
+  a.save_dir = dir;
+  a.compression = Compression::kNone;
+  a.fsync = false;
+  a.log_level = "OFF";
+  return a;
+}
+
+TEST(LoadTargetsTest, LoadFillsNamedTensorsInPlaceLeniently) {
   TempDir dir;
-  const std::string path = dir.file("c.safetensors");
-  StateDict saved;
-  saved.set("m", StateDict{{"w", PatternTensor({4, 4}, at::kFloat, 1)},
-                           {"b", PatternTensor({4}, at::kFloat, 2)}});
-  saved.set("opt", PatternTensor({4, 4}, at::kFloat, 3));
-  WriteStateDict(saved, path, WriteOptions{Compression::kNone});
+  Checkpoint saved;
+  saved.module_interface_state.set("w", PatternTensor({4, 4}, at::kFloat, 1));
+  saved.module_interface_state.set("b", PatternTensor({4}, at::kFloat, 2));
+  saved.trainer_state.set("opt", PatternTensor({4, 4}, at::kFloat, 3));
+  {
+    DefaultCheckpointer c(PlainArgs(dir.path()));
+    c.save(saved, 0, /*force=*/true);
+  }
   at::Tensor w = at::zeros({4, 4});
   at::Tensor b_wrong = at::zeros({5});  // wrong shape: left alone
-  StateDict got;
-  {
-    format::ScopedReadInto scope({{"m/w", w}, {"m/b", b_wrong}});
-    got = CheckpointReader::Open(path)->ReadStateDict();
-    EXPECT_TRUE(scope.damaged().empty());
-  }
-  EXPECT_EQ(got.at("m").dict().at("w").tensor().data_ptr(), w.data_ptr());
-  EXPECT_TRUE(at::equal(w, saved.at("m").dict().at("w").tensor()));
+  LoadTargets targets;
+  targets.into.module_interface_state.set("w", w);
+  targets.into.module_interface_state.set("b", b_wrong);
+  targets.into.trainer_state.set("absent", at::zeros({2}));  // not in the file: ignored
+  DefaultCheckpointer c(PlainArgs(dir.path()));
+  Checkpoint got = c.load(targets);
+  EXPECT_EQ(got.module_interface_state.at("w").tensor().data_ptr(), w.data_ptr());
+  EXPECT_TRUE(at::equal(w, saved.module_interface_state.at("w").tensor()));
   EXPECT_TRUE(at::equal(b_wrong, at::zeros({5})));
+  EXPECT_TRUE(at::equal(got.module_interface_state.at("b").tensor(),
+                        saved.module_interface_state.at("b").tensor()));
   EXPECT_TRUE(
-      at::equal(got.at("m").dict().at("b").tensor(), saved.at("m").dict().at("b").tensor()));
-  // Out of scope: ReadStateDict allocates again.
-  StateDict again = CheckpointReader::Open(path)->ReadStateDict();
-  EXPECT_NE(again.at("m").dict().at("w").tensor().data_ptr(), w.data_ptr());
+      at::equal(got.trainer_state.at("opt").tensor(), saved.trainer_state.at("opt").tensor()));
+  // Without targets, load() allocates again.
+  Checkpoint again = c.load();
+  EXPECT_NE(again.module_interface_state.at("w").tensor().data_ptr(), w.data_ptr());
+}
 
-  // A failed read marks what it wrote as damaged, until a good read rewrites it.
-  std::string bytes = ReadFileBytes(path);
-  auto info = CheckpointReader::Open(path)->info();
-  const std::string bad = dir.file("bad.safetensors");
-  for (const auto& t : info.tensors) {
-    if (t.name == "m/w") bytes[info.header_bytes + t.begin] ^= 1;
+TEST(LoadTargetsTest, AFailedReadIsRewrittenByTheFallbackOrReported) {
+  TempDir dir;
+  Checkpoint older, newer;
+  older.module_interface_state.set("w", PatternTensor({64, 64}, at::kFloat, 1));
+  newer.module_interface_state.set("w", PatternTensor({64, 64}, at::kFloat, 2));
+  {
+    DefaultCheckpointer c(PlainArgs(dir.path()));
+    c.save(older, 0, /*force=*/true);
+    c.save(newer, 1, /*force=*/true);
   }
-  WriteFileBytes(bad, bytes);
-  format::ScopedReadInto scope({{"m/w", w}});
-  EXPECT_EQ(CatchError([&] { CheckpointReader::Open(bad)->ReadStateDict(); }).code(),
-            Error::Code::kCorruption);
-  EXPECT_EQ(scope.damaged(), std::vector<std::string>{"m/w"});
-  CheckpointReader::Open(path)->ReadStateDict();
-  EXPECT_TRUE(scope.damaged().empty());
-  EXPECT_TRUE(at::equal(w, saved.at("m").dict().at("w").tensor()));
+  // A flipped byte at the end of w in the newest file: the read writes w,
+  // then the checksum fails.
+  const std::string newest = dir.file("model_1.safetensors");
+  auto info = CheckpointReader::Open(newest)->info();
+  std::string bytes = ReadFileBytes(newest);
+  for (const auto& t : info.tensors) {
+    if (t.name == "module_interface_state/w") bytes[info.header_bytes + t.end - 1] ^= 1;
+  }
+  WriteFileBytes(newest, bytes);
+  at::Tensor w = at::zeros({64, 64});
+  LoadTargets targets;
+  targets.into.module_interface_state.set("w", w);
+  {
+    DefaultCheckpointer c(PlainArgs(dir.path()));
+    Checkpoint got = c.load(targets);  // falls back to index 0, which rewrites w
+    EXPECT_EQ(c.last_loaded_path(), dir.file("model_0.safetensors"));
+    EXPECT_EQ(got.module_interface_state.at("w").tensor().data_ptr(), w.data_ptr());
+    EXPECT_TRUE(at::equal(w, older.module_interface_state.at("w").tensor()));
+  }
+  // Nothing to fall back to: w holds part of the damaged file, and load() says so.
+  Env::Default()->RemoveFile(dir.file("model_0.safetensors"));
+  DefaultCheckpointer c(PlainArgs(dir.path()));
+  Error e = CatchError([&] { c.load(targets); });
+  EXPECT_EQ(e.code(), Error::Code::kCorruption);
+  EXPECT_TRUE(Contains(e.what(), "module_interface_state/w")) << e.what();
 }
 
 // ---- the Trainer resumes through it ---------------------------------------------------

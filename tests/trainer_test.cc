@@ -203,7 +203,9 @@ TEST(TrainerTest, LifecycleInPymarlinOrder) {
   Trainer t(m, Args(dir, 4), std::make_shared<RecordingBackend>(&log), ck);
   EXPECT_EQ(log, (Log{"load", "module.update_state", "get_optimizers_schedulers(4, 4)"}));
   EXPECT_FALSE(t.restored());
-  EXPECT_EQ(t.last_epoch(), -1);
+  // Before restore() the accessors report what the loaded checkpoint recorded.
+  EXPECT_EQ(t.last_epoch(), 1);
+  EXPECT_EQ(t.global_steps_finished(), 8);
   t.restore();  // what train() does first
   EXPECT_EQ(log, (Log{"load", "module.update_state", "get_optimizers_schedulers(4, 4)",
                       "scheduler.update_state", "backend.init", "backend.update_state"}));

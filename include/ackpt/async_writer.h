@@ -30,57 +30,22 @@ ACKPT_EXPORT WriteResult WriteCheckpointFile(const Checkpoint& checkpoint, const
                                              const WriteOptions& options = {},
                                              Env* env = Env::Default());
 // Reads a file written by WriteCheckpointFile, AsyncWriter or
-// DefaultCheckpointer. Throws kInvalidArgument for a model-only file,
-// kCorruption for a file that is not a Checkpoint.
+// DefaultCheckpointer, reading tensors straight into `targets` where they
+// fit (LoadTargets, checkpointer.h). Throws kInvalidArgument for a
+// model-only file, kCorruption for a file that is not a Checkpoint.
 ACKPT_EXPORT Checkpoint ReadCheckpointFile(const std::string& path, const ReadOptions& options = {},
-                                           Env* env = Env::Default());
+                                           Env* env = Env::Default(),
+                                           const LoadTargets& targets = {});
 
-struct AsyncWriterOptions {
-  // kNone, kZstd (default). As DefaultCheckpointerArguments::compression.
-  Compression compression = Compression::kZstd;
-  // zstd level; higher costs writer CPU time. Default: 1.
-  int zstd_level = 1;
-  // Logical bytes per zstd frame (64 KiB .. 1 GiB). Default: 4 MiB.
-  size_t chunk_size = size_t{4} << 20;
-  // Background threads; 0 = hardware concurrency. Default: 0.
-  int writer_threads = 0;
-  // Threads copying tensors into staging; 0 = up to 4 for states over 16 MiB. Default: 0.
-  int snapshot_threads = 0;
-  // Upper bound on staging memory; 0 = twice the largest checkpoint seen. Default: 0.
-  uint64_t staging_budget_bytes = 0;
-  // Page-lock staging memory. Default: true.
-  bool pin_host_memory = true;
-  // When the staging budget is full. Forced writes always block. Default: kBlock.
-  BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
-  // As DefaultCheckpointerArguments::overlap_snapshot (then call
-  // WaitSnapshot() before modifying the saved tensors). Default: false.
-  bool overlap_snapshot = false;
-  // As DefaultCheckpointerArguments::writer_priority. Default: kNormal.
-  WriterPriority writer_priority = WriterPriority::kNormal;
-  // fsync files and directories. Default: true.
-  bool fsync = true;
-  // How long the destructor waits for queued writes. Default: 600 s.
-  double drain_timeout_seconds = 600;
-  // Extra __metadata__ entries of every file. Default: none.
-  std::map<std::string, std::string> metadata;
-  // Called on a writer thread after each write finishes (success or not).
-  // Must not call back into the writer. Default: none.
-  std::function<void(const SaveStats&)> on_save;
-  // spdlog level of the "ackpt" logger. Default: "INFO".
-  std::string log_level = "INFO";
-  // Logger to use instead of "ackpt". Default: null.
-  std::shared_ptr<spdlog::logger> logger;
-  // File-system seam; null = Env::Default(). Default: null.
-  Env* env = nullptr;
-};
-
-// The engine fields of DefaultCheckpointer's arguments.
-ACKPT_EXPORT AsyncWriterOptions AsyncWriterOptionsFrom(const DefaultCheckpointerArguments& args);
+// AsyncWriter's options are the engine's (engine.h). A
+// DefaultCheckpointerArguments is one too: AsyncWriter writer(args) runs
+// with the same engine settings as a DefaultCheckpointer(args).
+using AsyncWriterOptions = EngineOptions;
 
 class ACKPT_EXPORT AsyncWriter {
  public:
   // Validates the options (kInvalidArgument naming the field).
-  explicit AsyncWriter(AsyncWriterOptions options);
+  explicit AsyncWriter(const AsyncWriterOptions& options);
   // Drains pending writes within drain_timeout_seconds; never throws.
   ~AsyncWriter();
   AsyncWriter(const AsyncWriter&) = delete;
@@ -103,9 +68,7 @@ class ACKPT_EXPORT AsyncWriter {
   EngineCounters counters() const;
 
  private:
-  friend engine::Engine& WriterEngine(AsyncWriter& writer);
-  class Impl;
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<engine::Engine> engine_;
 };
 
 }  // namespace ackpt

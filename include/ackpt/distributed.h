@@ -26,10 +26,12 @@ namespace ackpt {
 
 struct DistributedCheckpointerArguments {
   // Directory, names, compression, period, retention, threads, staging, ...
-  // as for DefaultCheckpointer. save_dir (and model_state_save_dir) must be
-  // one directory that every rank sees (a shared file system). Only rank 0
-  // owns it (lock, retention, cleanup); backpressure must be kBlock, since a
-  // save dropped on one rank could never commit. Default: DefaultCheckpointer's.
+  // as for DefaultCheckpointer, validated the same way (the same errors).
+  // save_dir must be one directory that every rank sees (a shared file
+  // system). Only rank 0 owns it (lock, retention, cleanup) and writes
+  // save_model()'s file into model_state_save_dir; backpressure must be
+  // kBlock, since a save dropped on one rank could never commit.
+  // Default: DefaultCheckpointer's.
   DefaultCheckpointerArguments checkpointer;
   // The training process group. Used only by load(), which is collective,
   // and only on the calling thread. Required.
@@ -48,15 +50,6 @@ struct DistributedCheckpointerArguments {
   // ranks for rank 0's verdict, before the save fails on every rank. Must
   // cover the slowest rank's write. Default: 300 s.
   double commit_timeout_seconds = 300;
-};
-
-// A distributed checkpoint in save_dir, as its manifest tells.
-struct ManifestEntry {
-  int64_t index = 0;
-  std::string path;  // the manifest
-  int world_size = 0;
-  std::vector<std::string> parts;  // file names, by rank
-  uint64_t bytes = 0;              // on disk, all parts
 };
 
 class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
@@ -90,16 +83,26 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   // (kInvalidArgument naming both sizes). Returns an empty Checkpoint when
   // nothing is there.
   Checkpoint load() override;
+  // The same, reading tensors straight into `targets` (LoadTargets,
+  // checkpointer.h): local ones from this rank's part, replicated ones from
+  // whichever part holds them. Collective like load().
+  Checkpoint load(const LoadTargets& targets) override;
   // Returns once every save so far is committed (manifest durable); raises a
   // pending background error.
   void wait() override;
+  // The snapshot fence (overlap_snapshot): returns once this rank's copy of
+  // every save so far is complete. Not collective.
+  void wait_snapshot() override;
 
   int rank() const;
   int world_size() const;
   // The manifest load() resumed from; "" if none.
   std::string last_loaded_manifest() const;
-  // Committed checkpoints in save_dir, newest first (reads manifests only).
-  std::vector<ManifestEntry> list_manifests() const;
+  // Committed distributed checkpoints in save_dir, newest first, with the
+  // rules keeping each (EvaluateRetention); world_size and parts filled.
+  // Reads manifests only.
+  std::vector<CheckpointEntry> list_checkpoints() const;
+  const DistributedCheckpointerArguments& args() const;
   CheckpointerCounters counters() const;
 
  private:

@@ -1,10 +1,20 @@
-// Types of ackpt's asynchronous save engine that its users see: how save()
+// ackpt's asynchronous save engine as its users see it: its options
+// (EngineOptions, which every checkpointer's arguments extend), how save()
 // behaves when staging memory is full, what one save measured, and counters.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
+
+#include "ackpt/env.h"
+#include "ackpt/format.h"
+
+namespace spdlog {
+class logger;
+}
 
 namespace ackpt {
 
@@ -56,6 +66,81 @@ struct SaveStats {
   uint64_t streamed_bytes = 0;
   uint64_t skipped_total = 0;   // saves dropped by kSkip so far
   uint64_t replaced_total = 0;  // saves dropped by kReplacePending so far
+};
+
+// The options of the asynchronous save engine, documented once: the engine
+// under AsyncWriter, DefaultCheckpointer and DistributedCheckpointer. Their
+// arguments extend it (DefaultCheckpointerArguments derives from it), and
+// WriteOptions, its base, says how each file is encoded.
+struct EngineOptions : WriteOptions {
+  // Threads copying tensors into staging inside save(); 0 = up to 4 for
+  // states over 16 MiB. Default: 0.
+  int snapshot_threads = 0;
+  // Upper bound on host staging memory (bytes), shared by all saves queued
+  // or being written. Staging is a ring of fixed-size chunks (one zstd frame,
+  // chunk_size, up to 64 MiB; at most an eighth of an explicit budget, at
+  // least 64 KiB), allocated once and reused: save() copies the state into
+  // chunks, the writers hash, compress and write a chunk and return it.
+  // A state that fits the free budget is copied at memcpy speed and save()
+  // returns. One that does not (larger than the budget, or earlier saves
+  // still hold chunks) streams: its checksums are computed from the live
+  // tensors first (the header, written first, holds them), then save()
+  // copies chunk by chunk into chunks the writers free, and returns once the
+  // last chunk is copied, so its stall grows to about the time to write the
+  // bytes that did not fit (logged once at info level, with the reason;
+  // SaveStats::streamed_bytes). With overlap_snapshot, wait_snapshot() takes
+  // that wait instead. Any budget of at least two 64 KiB chunks works.
+  // 0 = automatic: twice the largest checkpoint seen so far (one being
+  // written, one being staged, so neither waits), but at most a quarter of
+  // the memory the process may use (physical memory, or the cgroup limit if
+  // lower): the live state and the trainer's own memory need the rest; a
+  // larger state streams. Default: 0.
+  uint64_t staging_budget_bytes = 0;
+  // Page-lock staging chunks (mlock; pinned CUDA host memory when saving
+  // CUDA tensors, allocated once and reused), up to RLIMIT_MEMLOCK: beyond
+  // it, or when the system refuses, chunks stay pageable, with one warning
+  // per process that names the fix. Default: true.
+  bool pin_host_memory = true;
+  // What a save does when the staging budget is full. Forced saves always
+  // block. Default: kBlock.
+  BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
+  // Overlapped snapshot. false: save() returns once the state is copied into
+  // staging (a stall of about one memcpy of the state). true: save() only
+  // plans the snapshot (records each tensor's version counter and, for CUDA
+  // tensors, an event on the current stream) and returns; copy threads fill
+  // staging while the caller runs the next forward/backward pass, which only
+  // read the parameters. The caller must call wait_snapshot() before it
+  // modifies any saved tensor (the optimizer step); the Trainer does. A tensor
+  // modified in place before its copy finished is detected by its version
+  // counter and fails that save with an ackpt::Error naming the tensor,
+  // raised at the next save()/wait() like other background errors; no file is
+  // written. Not detected: writes that bypass autograd's version counter
+  // (through data_ptr(), .data() / variable_data() aliases or inference
+  // tensors). Cost: the copy (plus its snapshot_threads) competes with the
+  // training step for CPU and memory bandwidth, and the copy of the next
+  // save waits for this one. Forced saves copy inside save(). Default: false.
+  bool overlap_snapshot = false;
+  // Scheduling of the background writer and snapshot copy threads (see
+  // WriterPriority): kLow (nice 19) or kIdle (SCHED_IDLE) leave the CPU to
+  // training when every core is busy, but the background work then runs
+  // only in the time training leaves over, so saves become durable later
+  // and the staging budget fills (backpressure) sooner; a forced save or
+  // wait() may take much longer under load. Default: kNormal.
+  WriterPriority writer_priority = WriterPriority::kNormal;
+  // How long the destructor waits for queued saves before abandoning them
+  // (logged as an error). Must be >= 0. Default: 600 s.
+  double drain_timeout_seconds = 600;
+  // Called on a writer thread after each save finishes (success or not).
+  // Must not call back into the checkpointer or writer. Default: none.
+  std::function<void(const SaveStats&)> on_save;
+  // spdlog level name for the "ackpt" logger: TRACE, DEBUG, INFO, WARN,
+  // ERROR, CRITICAL, OFF (case-insensitive). Default: "INFO".
+  std::string log_level = "INFO";
+  // Logger to use instead of the "ackpt" logger. Default: null.
+  std::shared_ptr<spdlog::logger> logger;
+  // File-system seam; null = Env::Default(). Must outlive the checkpointer
+  // (or writer). Default: null.
+  Env* env = nullptr;
 };
 
 // Counters of the save engine over its lifetime.

@@ -36,8 +36,18 @@ enum class Compression {
   kAuto,
 };
 
+// How a checkpoint file is encoded and committed. The base of EngineOptions
+// (engine.h) and so of every checkpointer's arguments: each field is
+// documented here once.
 struct WriteOptions {
-  // How the stream is stored. Default: kZstd.
+  // How the stream is stored: kZstd (seekable zstd frames), kNone (plain
+  // safetensors), kZstdByteGrouped (float-aware: ~10 % smaller than kZstd on
+  // fp32 and ~14 % on bf16 weights at the same or better speed, but format
+  // version 3, which `zstd -d` and ackpt readers before it cannot read) or
+  // kAuto (per frame, whatever a sample and the measured disk speed say
+  // cannot make the save slower than writing uncompressed; also version 3).
+  // docs/FORMAT.md 14, docs/BENCHMARKS.md. Default: kZstd, so every file
+  // stays readable by any zstd decoder and by older ackpt readers.
   Compression compression = Compression::kZstd;
   // zstd level, 1 (fastest) .. 19; negative levels trade ratio for speed.
   // kZstdByteGrouped and kAuto use it for the planes they zstd-compress.
@@ -47,21 +57,27 @@ struct WriteOptions {
   // whole frames, and each writer thread holds about two frames in memory.
   // 64 KiB .. 1 GiB. Default: 4 MiB.
   size_t chunk_size = size_t{4} << 20;
-  // Threads used for hashing and compression; 0 = std::thread::hardware_concurrency().
-  int threads = 0;
+  // Threads that hash, compress and write (the writer pool of an
+  // asynchronous checkpointer; the calling thread and helpers for a
+  // synchronous WriteStateDict). 0 = std::thread::hardware_concurrency().
+  // Default: 0.
+  int writer_threads = 0;
   // fsync the file and its directory before/after the rename. Turning this off
   // trades crash safety for speed (the rename is still atomic). Default: true.
   bool fsync = true;
   // Extra string entries for the header's __metadata__. Keys "format" and
-  // "ackpt.*" are reserved.
+  // "ackpt.*" are reserved. Default: none.
   std::map<std::string, std::string> metadata;
 };
 
+// What a write put on disk.
 struct WriteResult {
   std::string path;
+  bool compressed = false;     // zstd seekable frames (any Compression but kNone)
   uint64_t tensor_bytes = 0;   // sum of tensor sizes
   uint64_t logical_bytes = 0;  // the plain safetensors stream
   uint64_t file_bytes = 0;     // on disk
+  std::string header_xxh3;     // hex of the header checksum (docs/FORMAT.md 8.2)
 };
 
 // Serializes `state` and commits it atomically at `path`: a hidden temp file in

@@ -64,12 +64,15 @@ struct ACKPT_EXPORT RetentionPolicy {
   }
 };
 
-// One checkpoint file on disk, as far as its header tells.
+// One checkpoint on disk, as far as its header (or manifest) tells: a file,
+// or a distributed checkpoint (world_size > 0), whose path is its manifest.
 struct CheckpointEntry {
   int64_t index = 0;
   std::string path;
+  int world_size = 0;              // distributed: the ranks that wrote it; 0: one file
+  std::vector<std::string> parts;  // distributed: its part files (manifest's directory), by rank
   bool compressed = false;
-  uint64_t file_bytes = 0;
+  uint64_t file_bytes = 0;  // on disk (distributed: all parts)
   uint64_t logical_bytes = 0;
   int64_t parent = -1;      // index of the checkpoint before it in its run; -1: none or unknown
   uint64_t generation = 0;  // commit order in the directory (1, 2, ...); 0: unknown (format v1)
@@ -83,9 +86,11 @@ struct CheckpointEntry {
   }
 };
 
-// Lists the checkpoints "{prefix}_{index}.{ext}[.zst]" in dir, newest first
-// (the lineage order above), reading only each file's header. Takes no lock
-// and deletes nothing. A missing directory yields none.
+// Lists the checkpoints in dir, newest first (the lineage order above): the
+// files "{prefix}_{index}.{ext}[.zst]" (reading only each header) and the
+// distributed checkpoints "{prefix}_{index}.manifest.json" (reading only the
+// manifests; world_size > 0). Takes no lock and deletes nothing. A missing
+// directory yields none.
 ACKPT_EXPORT std::vector<CheckpointEntry> ListCheckpointEntries(
     Env* env, const std::string& dir, const std::string& prefix,
     const std::string& ext = "safetensors");

@@ -166,7 +166,9 @@ class ACKPT_EXPORT TrainerBackend {
 // One process: for each batch, train_step -> backward (scaled by
 // 1 / gradient_accumulation); every gradient_accumulation batches (and at the
 // end of an epoch) clip gradients, step every optimizer, reset the gradients
-// (set to none), step every scheduler. State: global_step_completed (optimizer
+// (set to none), step every scheduler. An optimizer that needs a closure
+// (LBFGS) steps with one that runs the step's batches again (train_step,
+// backward, gradient reduction and clipping), as often as it asks. State: global_step_completed (optimizer
 // steps) and batches_completed.
 class ACKPT_EXPORT SingleProcess : public TrainerBackend {
  public:
@@ -196,6 +198,10 @@ class ACKPT_EXPORT SingleProcess : public TrainerBackend {
 
  private:
   TrainerBackendArguments args_;
+  // The batches of the optimizer step in progress (an LBFGS closure runs
+  // them again).
+  int64_t step_epoch_ = 0;
+  std::vector<int64_t> step_batches_;
 };
 
 // pymarlin's TrainerArguments, minus what LibTorch C++ does not need.
@@ -245,9 +251,8 @@ class ACKPT_EXPORT Trainer {
   // (virtual: a subclass's override takes effect), then initializes the
   // backend and applies the backend state: pymarlin's order. Runs once;
   // later calls do nothing. train(), validate(), save_checkpoint() and
-  // save_model_checkpoint() call it first; call it yourself to look at
-  // last_epoch() or global_steps_finished() of a resumed run before train()
-  // (until then they read -1 and 0).
+  // save_model_checkpoint() call it first; call it yourself to apply a
+  // resumed run's state before train().
   void restore();
   bool restored() const { return restored_; }
 
@@ -277,7 +282,12 @@ class ACKPT_EXPORT Trainer {
   // True when the last train() returned because of request_stop().
   bool interrupted() const { return interrupted_; }
 
-  int64_t last_epoch() const { return last_epoch_; }
+  // The last finished epoch (-1: none) and optimizer steps. Right after
+  // construction, before restore() applies the checkpoint, they read what
+  // the loaded checkpoint recorded (its trainer state's last_epoch and its
+  // backend state's global_step_completed), so a resumed run reports where
+  // it resumes from at once.
+  int64_t last_epoch() const;
   int64_t global_steps_finished() const;
   // The checkpoint load() returned at construction (empty if none).
   const Checkpoint& checkpointed_states() const { return checkpointed_states_; }
@@ -295,7 +305,7 @@ class ACKPT_EXPORT Trainer {
  protected:
   // Kept for subclasses written before restore() existed: the same as restore().
   void restore_trainer_state() { restore(); }
-  // Waits for pending saves when the checkpointer is a DefaultCheckpointer.
+  // Waits for every pending save to be durable (checkpointer().wait()).
   void wait_for_saves();
 
   int64_t last_epoch_ = -1;

@@ -12,7 +12,6 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
-#include "checkpointer/metadata_keys.h"
 #include "format/internal.h"
 #include "io/atomic_file.h"
 #include "io/process.h"
@@ -107,6 +106,10 @@ std::string CheckpointDir::PathFor(FileKind kind, int64_t index, bool compressed
   return JoinPath(o_.dir, CheckpointFileName(prefix, index, compressed, o_.ext));
 }
 
+std::string CheckpointDir::ManifestPath(int64_t index) const {
+  return JoinPath(o_.dir, ManifestFileName(o_.prefix, index));
+}
+
 bool CheckpointDir::IsOwnName(const std::string& name) const {
   return ParseCheckpointIndex(name, o_.prefix, o_.ext).has_value() ||
          ParseCheckpointIndex(name, ModelFilePrefix(o_.prefix), o_.ext).has_value() ||
@@ -140,15 +143,27 @@ size_t CheckpointDir::RemoveStaleTempFiles() {
 }
 
 void CheckpointDir::Scan() {
-  std::vector<CheckpointEntry> checkpoints, models;
+  std::vector<CheckpointEntry> checkpoints, models, manifests;
   const std::string model_prefix = ModelFilePrefix(o_.prefix);
   for (const auto& name : GetChildrenIfExists(o_.env.get(), o_.dir)) {
+    const std::string path = JoinPath(o_.dir, name);
+    if (auto index = ParseManifestIndex(name, o_.prefix)) {
+      try {
+        CheckpointEntry e = ManifestCatalogEntry(ReadManifest(o_.env.get(), path), path);
+        e.index = *index;
+        manifests.push_back(std::move(e));
+      } catch (const Error& e) {
+        if (e.code() != Error::Code::kNotFound)
+          log_->warn("ignoring unreadable manifest {}: {}", path, e.message());
+      }
+      continue;
+    }
     const bool is_model = !ParseCheckpointIndex(name, o_.prefix, o_.ext).has_value();
     auto index = is_model ? ParseCheckpointIndex(name, model_prefix, o_.ext)
                           : ParseCheckpointIndex(name, o_.prefix, o_.ext);
     if (!index) continue;
     try {
-      CheckpointEntry e = ReadCheckpointEntry(o_.env.get(), JoinPath(o_.dir, name), *index);
+      CheckpointEntry e = ReadCheckpointEntry(o_.env.get(), path, *index);
       (is_model ? models : checkpoints).push_back(std::move(e));
     } catch (const Error&) {
       // Deleted meanwhile (kNotFound): not there.
@@ -157,7 +172,10 @@ void CheckpointDir::Scan() {
   std::lock_guard<std::mutex> lock(mu_);
   checkpoints_ = std::move(checkpoints);
   models_ = std::move(models);
-  for (const auto& e : checkpoints_) max_generation_ = std::max(max_generation_, e.generation);
+  manifests_ = std::move(manifests);
+  for (const auto* list : {&checkpoints_, &manifests_}) {
+    for (const auto& e : *list) max_generation_ = std::max(max_generation_, e.generation);
+  }
 }
 
 void CheckpointDir::Refresh() {
@@ -167,15 +185,20 @@ void CheckpointDir::Refresh() {
 std::map<std::string, std::string> CheckpointDir::Metadata(
     FileKind kind, int64_t index, const std::map<std::string, double>& metrics,
     const RetentionPolicy& policy) const {
-  auto m = BaseMetadata(kind == FileKind::kModel ? "model" : "checkpoint", index, metrics);
+  auto m = BaseMetadata(kind, index, metrics);
   if (policy.any_rule() || policy.model_keep_last > 0) m[kMetaRetention] = EncodeRetention(policy);
   return m;
 }
 
-void CheckpointDir::StampLineage(std::map<std::string, std::string>* metadata) {
+CheckpointDir::Lineage CheckpointDir::NextLineage() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (run_head_ >= 0) (*metadata)[kMetaParent] = std::to_string(run_head_);
-  (*metadata)[kMetaGeneration] = std::to_string(++max_generation_);
+  return Lineage{run_head_, ++max_generation_};
+}
+
+void CheckpointDir::StampLineage(std::map<std::string, std::string>* metadata) {
+  const Lineage l = NextLineage();
+  if (l.parent >= 0) (*metadata)[kMetaParent] = std::to_string(l.parent);
+  (*metadata)[kMetaGeneration] = std::to_string(l.generation);
 }
 
 void CheckpointDir::RecordCommit(FileKind kind, int64_t index, const std::string& path,
@@ -207,6 +230,14 @@ void CheckpointDir::RecordCommit(FileKind kind, int64_t index, const std::string
   ReplaceEntry(&checkpoints_, std::move(e));
 }
 
+void CheckpointDir::RecordManifest(const Manifest& manifest, const std::string& path) {
+  CheckpointEntry e = ManifestCatalogEntry(manifest, path);
+  std::lock_guard<std::mutex> lock(mu_);
+  max_generation_ = std::max(max_generation_, e.generation);
+  run_head_ = e.index;
+  ReplaceEntry(&manifests_, std::move(e));
+}
+
 void CheckpointDir::RecordResume(int64_t index) {
   std::lock_guard<std::mutex> lock(mu_);
   run_head_ = index;
@@ -217,6 +248,16 @@ std::vector<CheckpointEntry> CheckpointDir::Checkpoints() const {
   {
     std::lock_guard<std::mutex> lock(mu_);
     out = checkpoints_;
+  }
+  SortNewestFirst(&out);
+  return out;
+}
+
+std::vector<CheckpointEntry> CheckpointDir::Manifests() const {
+  std::vector<CheckpointEntry> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = manifests_;
   }
   SortNewestFirst(&out);
   return out;
@@ -240,17 +281,32 @@ uint64_t CheckpointDir::files_deleted() const {
 
 void CheckpointDir::Delete(const CheckpointEntry& entry, std::vector<CheckpointEntry>* list) {
   if (!o_.writer) throw Error::InvalidArgument("a reader of '" + o_.dir + "' deletes nothing");
-  if (IsOpenForReading(entry.path)) {
-    log_->info("retention: keeping {} while it is being read", entry.path);
-    return;
+  std::vector<std::string> files{entry.path};
+  for (const auto& p : entry.parts) files.push_back(JoinPath(o_.dir, p));
+  for (const auto& f : files) {
+    if (IsOpenForReading(f)) {
+      log_->info("retention: keeping {} while {} is being read", entry.path, f);
+      return;
+    }
   }
   try {
+    // A manifest goes first (and durably): the checkpoint stops existing
+    // before its parts are removed, so a crash in between leaves only
+    // orphan parts, which RemoveOrphanParts collects.
     o_.env->RemoveFile(entry.path);
+    if (!entry.parts.empty()) o_.env->SyncDir(o_.dir);
     log_->info("retention: deleted {}", entry.path);
   } catch (const Error& e) {
     if (e.code() != Error::Code::kNotFound) {
       log_->error("retention: {}", e.message());
       return;
+    }
+  }
+  for (size_t i = 1; i < files.size(); ++i) {
+    try {
+      o_.env->RemoveFile(files[i]);
+    } catch (const Error& e) {
+      if (e.code() != Error::Code::kNotFound) log_->warn("retention: {}", e.message());
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -260,16 +316,38 @@ void CheckpointDir::Delete(const CheckpointEntry& entry, std::vector<CheckpointE
               list->end());
 }
 
-size_t CheckpointDir::ApplyRetention(const RetentionPolicy& policy) {
+size_t CheckpointDir::ApplyRetention(const RetentionPolicy& policy, FileKind kind) {
   if (!policy.any_rule()) return 0;
-  std::vector<CheckpointEntry> entries = Checkpoints();
+  const bool parts = kind == FileKind::kPart;
+  std::vector<CheckpointEntry> entries = parts ? Manifests() : Checkpoints();
   size_t deleted = 0;
   for (const auto& doomed : EvaluateRetention(&entries, policy)) {
     const uint64_t before = files_deleted();
-    Delete(doomed, &checkpoints_);
+    Delete(doomed, parts ? &manifests_ : &checkpoints_);
     deleted += files_deleted() - before;
   }
   return deleted;
+}
+
+void CheckpointDir::RemoveOrphanParts(const std::function<bool(int64_t)>& may_remove) {
+  if (!o_.writer) throw Error::InvalidArgument("a reader of '" + o_.dir + "' deletes nothing");
+  for (const auto& name : GetChildrenIfExists(o_.env.get(), o_.dir)) {
+    auto part = ParsePartFileName(name, o_.prefix, o_.ext);
+    if (!part || !may_remove(part->first)) continue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const bool committed =
+          std::any_of(manifests_.begin(), manifests_.end(),
+                      [&](const CheckpointEntry& e) { return e.index == part->first; });
+      if (committed) continue;
+    }
+    try {
+      o_.env->RemoveFile(JoinPath(o_.dir, name));
+      log_->info("removed part {} of a checkpoint that never committed", name);
+    } catch (const Error& e) {
+      if (e.code() != Error::Code::kNotFound) log_->warn("{}", e.message());
+    }
+  }
 }
 
 size_t CheckpointDir::ApplyModelRetention(int64_t keep_last) {
@@ -301,7 +379,24 @@ size_t CheckpointDir::DeleteOwnFiles() {
   std::lock_guard<std::mutex> lock(mu_);
   checkpoints_.clear();
   models_.clear();
+  manifests_.clear();
   return removed;
+}
+
+std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
+                                                   const std::string& prefix,
+                                                   const std::string& ext) {
+  CheckpointDirOptions o;
+  o.dir = dir;
+  o.prefix = prefix;
+  o.ext = ext;
+  o.writer = false;
+  o.env = std::shared_ptr<Env>(env, [](Env*) {});  // borrowed
+  auto d = CheckpointDir::Open(std::move(o));
+  std::vector<CheckpointEntry> out = d->Checkpoints();
+  for (auto& e : d->Manifests()) out.push_back(std::move(e));
+  SortNewestFirst(&out);
+  return out;
 }
 
 }  // namespace ackpt

@@ -23,23 +23,36 @@ std::string EncodeMetrics(const std::map<std::string, double>& metrics) {
   return j.dump();
 }
 
-std::map<std::string, std::string> BaseMetadata(const char* kind, int64_t index,
+const char* KindName(FileKind kind) {
+  switch (kind) {
+    case FileKind::kCheckpoint:
+      return "checkpoint";
+    case FileKind::kModel:
+      return "model";
+    case FileKind::kPart:
+      return "part";
+  }
+  return "checkpoint";
+}
+
+double WallTimeNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::map<std::string, std::string> BaseMetadata(FileKind kind, int64_t index,
                                                 const std::map<std::string, double>& metrics) {
   char time[64];
-  std::snprintf(time, sizeof time, "%.6f",
-                std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-                    .count());
+  std::snprintf(time, sizeof time, "%.6f", WallTimeNow());
   std::map<std::string, std::string> m{
-      {kMetaKind, kind}, {kMetaIndex, std::to_string(index)}, {kMetaTime, time}};
+      {kMetaKind, KindName(kind)}, {kMetaIndex, std::to_string(index)}, {kMetaTime, time}};
   if (!metrics.empty()) m[kMetaMetrics] = EncodeMetrics(metrics);
   return m;
 }
 
-std::map<std::string, double> ParseMetrics(const std::map<std::string, std::string>& metadata) {
+std::map<std::string, double> ParseMetricsJson(const std::string& text) {
   std::map<std::string, double> out;
-  auto it = metadata.find(kMetaMetrics);
-  if (it == metadata.end()) return out;
-  json j = json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return out;
   for (auto m = j.begin(); m != j.end(); ++m) {
     if (m.value().is_number()) {
@@ -49,6 +62,12 @@ std::map<std::string, double> ParseMetrics(const std::map<std::string, std::stri
     }
   }
   return out;
+}
+
+std::map<std::string, double> ParseMetrics(const std::map<std::string, std::string>& metadata) {
+  auto it = metadata.find(kMetaMetrics);
+  if (it == metadata.end()) return {};
+  return ParseMetricsJson(it->second);
 }
 
 double ParseSaveTime(const std::map<std::string, std::string>& metadata) {

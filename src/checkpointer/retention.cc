@@ -1,30 +1,11 @@
-// Retention rules and the on-disk listing they run on.
+// Retention rules: which checkpoints of a catalog to keep, and the order they rank in.
 #include "ackpt/retention.h"
 
 #include <algorithm>
 #include <cmath>
-#include <nlohmann/json.hpp>
-#include <set>
-
-#include "ackpt/error.h"
-#include "ackpt/file_names.h"
-#include "ackpt/format.h"
-#include "checkpointer/checkpoint_dir.h"
-#include "checkpointer/metadata_keys.h"
+#include <map>
 
 namespace ackpt {
-
-std::vector<CheckpointEntry> ListCheckpointEntries(Env* env, const std::string& dir,
-                                                   const std::string& prefix,
-                                                   const std::string& ext) {
-  CheckpointDirOptions o;
-  o.dir = dir;
-  o.prefix = prefix;
-  o.ext = ext;
-  o.writer = false;
-  o.env = std::shared_ptr<Env>(env, [](Env*) {});  // borrowed
-  return CheckpointDir::Open(std::move(o))->Checkpoints();
-}
 
 void SortNewestFirst(std::vector<CheckpointEntry>* entries) {
   auto& all = *entries;

@@ -9,6 +9,7 @@
 
 #include "ackpt/error.h"
 #include "format/internal.h"
+#include "util/logger.h"
 
 namespace ackpt {
 namespace engine {
@@ -26,7 +27,7 @@ StagingOptions StagingOptionsFor(const EngineOptions& o,
                                  const std::function<void(const std::string&)>& warn) {
   StagingOptions s;
   s.budget = o.staging_budget_bytes;
-  s.chunk_bytes = StagingChunkBytes(o.write.chunk_size, o.staging_budget_bytes);
+  s.chunk_bytes = StagingChunkBytes(o.chunk_size, o.staging_budget_bytes);
   s.pin = o.pin_host_memory;
   s.warn = warn;
   return s;
@@ -63,11 +64,12 @@ struct Engine::Job {
 };
 
 struct Engine::State {
-  State(const EngineOptions& o, std::shared_ptr<spdlog::logger> log,
+  State(const EngineOptions& o, EngineTestHooks hooks, std::shared_ptr<spdlog::logger> log,
         std::function<void(const std::string&)> warn)
       : options(o),
+        test_hooks(std::move(hooks)),
         logger(std::move(log)),
-        writers(format::ResolveThreads(o.writer_threads), "ackpt-writer", o.priority, warn),
+        writers(format::ResolveThreads(o.writer_threads), "ackpt-writer", o.writer_priority, warn),
         strand(asio::make_strand(writers.pool())),
         staging(StagingOptionsFor(o, warn)) {
     const int copy_threads =
@@ -79,7 +81,7 @@ struct Engine::State {
     // save() took ~9 ms instead of ~0.5 ms with 2 copy threads).
     const int pool_threads = o.overlap_snapshot ? std::max(1, copy_threads - 1) : copy_threads - 1;
     if (pool_threads > 0)
-      copiers = std::make_unique<TaskPool>(pool_threads, "ackpt-copy", o.priority, warn);
+      copiers = std::make_unique<TaskPool>(pool_threads, "ackpt-copy", o.writer_priority, warn);
   }
   // Handlers still queued (for saves that kReplacePending dropped) touch this
   // state, so they must finish before any member is destroyed.
@@ -88,6 +90,7 @@ struct Engine::State {
     if (copiers) copiers->pool().join();
   }
   const EngineOptions options;
+  const EngineTestHooks test_hooks;
   std::shared_ptr<DetachableEnv> env;  // options.env points at it
   const std::shared_ptr<spdlog::logger> logger;
   TaskPool writers;
@@ -111,16 +114,33 @@ struct Engine::State {
   bool callbacks_enabled = true;  // guarded by callback_mu
 };
 
-Engine::Engine(EngineOptions options) {
+void ValidateEngineOptions(const EngineOptions& o, const std::string& name) {
+  if (o.writer_threads < 0)
+    throw Error::InvalidArgument(name + ".writer_threads must be >= 0, got " +
+                                 std::to_string(o.writer_threads));
+  if (o.snapshot_threads < 0)
+    throw Error::InvalidArgument(name + ".snapshot_threads must be >= 0, got " +
+                                 std::to_string(o.snapshot_threads));
+  if (!(o.drain_timeout_seconds >= 0))
+    throw Error::InvalidArgument(name + ".drain_timeout_seconds must be >= 0");
+  format::ValidateWriteOptions(o);
+}
+
+Engine::Engine(const EngineOptions& options, const std::string& options_name,
+               EngineTestHooks test_hooks) {
+  ValidateEngineOptions(options, options_name);
+  logger_ = ResolveLogger(options.log_level, options.logger, options_name + ".log_level");
   env_ = DetachableEnv::Create(options.env ? options.env : Env::Default());
-  options.env = env_.get();
-  logger_ = options.logger ? options.logger : spdlog::default_logger();
-  format::ValidateWriteOptions(options.write);
+  EngineOptions o = options;
+  o.env = env_.get();  // the background sees the file system through env_
+  o.logger = logger_;
   auto logger = logger_;
-  state_ =
-      new State(options, logger_, [logger](const std::string& msg) { logger->warn("{}", msg); });
+  state_ = new State(o, std::move(test_hooks), logger_,
+                     [logger](const std::string& msg) { logger->warn("{}", msg); });
   state_->env = env_;
 }
+
+const EngineOptions& Engine::options() const { return state_->options; }
 
 Engine::~Engine() {
   bool drained = false;
@@ -303,7 +323,7 @@ bool Engine::Copy(State& s, Job& job, bool in_save) {
   bool torn = false;
   TaskPool* pool = job.stats.bytes >= kParallelCopyBytes || !in_save ? s.copiers.get() : nullptr;
   try {
-    if (s.options.before_copy) s.options.before_copy(job.stats.index);
+    if (s.test_hooks.before_copy) s.test_hooks.before_copy(job.stats.index);
     if (job.streaming) {
       const std::vector<uint8_t*> bounce = job.stream->Take(0, 1);
       HashSources(&job.tensors, bounce.empty() ? nullptr : bounce[0], job.stream->chunk_bytes(),
@@ -346,8 +366,9 @@ void Engine::RunNext(State& s) {
     job = std::move(s.pending.front());
     s.pending.pop_front();
   }
-  CommitInfo commit;
-  Process(s, *job, &commit);
+  WriteResult written;
+  Metadata metadata;
+  Process(s, *job, &written, &metadata);
   {
     // The copy may still run after a failed write (it stops at its next chunk).
     std::unique_lock<std::mutex> lock(s.mu);
@@ -359,7 +380,7 @@ void Engine::RunNext(State& s) {
     if (s.callbacks_enabled) {
       if (job->stats.ok && job->hooks.after_commit) {
         try {
-          job->hooks.after_commit(commit);
+          job->hooks.after_commit(written, metadata);
         } catch (const std::exception& e) {
           s.logger->error("after saving index {}: {}", job->stats.index, e.what());
         }
@@ -388,12 +409,12 @@ void Engine::RunNext(State& s) {
   s.cv.notify_all();
 }
 
-void Engine::Process(State& s, Job& job, CommitInfo* commit) {
+void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadata_out) {
   const EngineOptions& opts = s.options;
   spdlog::logger& log = *s.logger;
   try {
     if (s.cancel.load()) throw Error::TimedOut("abandoned at shutdown before it started");
-    std::map<std::string, std::string> metadata = job.hooks.metadata;
+    Metadata metadata = job.hooks.metadata;
     if (job.hooks.stamp) job.hooks.stamp(&metadata);
     TaskPool& pool = s.writers;
     const format::ParallelForFn parallel_for =
@@ -414,22 +435,21 @@ void Engine::Process(State& s, Job& job, CommitInfo* commit) {
       job.stats.hash_seconds = Seconds(Clock::now() - h0);
     }
     const format::EncodeResult r =
-        format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts.write, metadata, job.path,
+        format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts, metadata, job.path,
                                       opts.env, job.stream.get(), parallel_for, &s.cancel);
     {
       // The copy has published its last byte; let it finish its bookkeeping.
       std::unique_lock<std::mutex> lock(s.mu);
       s.cv.wait(lock, [&] { return job.copied; });
     }
-    commit->index = job.stats.index;
-    commit->path = job.path;
-    commit->compressed = opts.write.compression != Compression::kNone;
-    commit->tensor_bytes = r.tensor_bytes;
-    commit->logical_bytes = r.logical_bytes;
-    commit->file_bytes = r.file_bytes;
-    commit->header_xxh3 = r.header_xxh3;
-    commit->metadata = std::move(metadata);
-    if (job.hooks.publish) job.hooks.publish(*commit);
+    written->path = job.path;
+    written->compressed = opts.compression != Compression::kNone;
+    written->tensor_bytes = r.tensor_bytes;
+    written->logical_bytes = r.logical_bytes;
+    written->file_bytes = r.file_bytes;
+    written->header_xxh3 = r.header_xxh3;
+    *metadata_out = std::move(metadata);
+    if (job.hooks.publish) job.hooks.publish(*written, *metadata_out);
     job.stats.file_bytes = r.file_bytes;
     job.stats.compress_seconds = r.compress_seconds;
     job.stats.write_seconds = r.write_seconds;

@@ -27,59 +27,42 @@ class logger;
 namespace ackpt {
 namespace engine {
 
-struct EngineOptions {
-  WriteOptions write;  // compression, level, chunk size, fsync, user metadata
-  int writer_threads = 0;
-  int snapshot_threads = 0;
-  uint64_t staging_budget_bytes = 0;
-  bool pin_host_memory = true;
-  BackpressurePolicy backpressure = BackpressurePolicy::kBlock;
-  // save() plans the snapshot and returns; copy threads fill staging while
-  // the caller goes on; WaitSnapshot() is the fence.
-  bool overlap_snapshot = false;
-  // Scheduling of the writer and copy threads.
-  WriterPriority priority = WriterPriority::kNormal;
-  double drain_timeout_seconds = 600;
-  Env* env = nullptr;  // wrapped in a DetachableEnv; null = Env::Default()
-  std::shared_ptr<spdlog::logger> logger;
-  std::function<void(const SaveStats&)> on_save;
-  // Tests only: runs on the copying thread right before a snapshot copy
-  // starts, with the save's index (lets a test act inside the overlap window).
+// Test-only hooks (not options a user sets).
+struct EngineTestHooks {
+  // Runs on the copying thread right before a snapshot copy starts, with the
+  // save's index (lets a test act inside the overlap window).
   std::function<void(int64_t)> before_copy;
 };
 
-// What a durable save wrote, for the layers above (catalog, retention).
-struct CommitInfo {
-  int64_t index = 0;
-  std::string path;
-  bool compressed = false;
-  uint64_t tensor_bytes = 0;
-  uint64_t logical_bytes = 0;
-  uint64_t file_bytes = 0;
-  std::string header_xxh3;
-  std::map<std::string, std::string> metadata;  // the internal "ackpt.*" entries written
-};
+// The internal "ackpt.*" metadata entries a file was written with.
+using Metadata = std::map<std::string, std::string>;
+// Called with what a durable save wrote (the file) and its internal metadata.
+using CommitHook = std::function<void(const WriteResult& written, const Metadata& metadata)>;
 
 struct SaveHooks {
   // Internal "ackpt.*" metadata entries for the header.
-  std::map<std::string, std::string> metadata;
+  Metadata metadata;
   // Runs on the writer, in commit order, right before the header is encoded:
   // may add entries that depend on the saves before it (lineage).
-  std::function<void(std::map<std::string, std::string>*)> stamp;
+  std::function<void(Metadata*)> stamp;
   // Runs on the writer right after the save is durable, before after_commit;
   // an exception fails the save like a write error (sticky, raised at the
   // next Save()/Wait()). For commits that need more than this file (the
   // distributed manifest). Same lifetime rule as after_commit.
-  std::function<void(const CommitInfo&)> publish;
+  CommitHook publish;
   // Runs on the writer right after the save is durable. It must hold (by
   // shared_ptr) everything it touches: it may run after the Engine is gone
   // when a stuck write was abandoned. Its errors are logged, not raised.
-  std::function<void(const CommitInfo&)> after_commit;
+  CommitHook after_commit;
 };
 
 class Engine {
  public:
-  explicit Engine(EngineOptions options);
+  // Validates `options` (kInvalidArgument naming "<options_name>.<field>",
+  // e.g. "DefaultCheckpointerArguments.writer_threads") and resolves the
+  // logger (options.logger, else the "ackpt" logger at options.log_level).
+  explicit Engine(const EngineOptions& options, const std::string& options_name = "EngineOptions",
+                  EngineTestHooks test_hooks = {});
   // Drains within drain_timeout_seconds; never throws. If a write is still
   // stuck then, the file system is detached (nothing the background does
   // afterwards touches the caller's Env), on_save is no longer called, and
@@ -110,12 +93,15 @@ class Engine {
   // The file system as the background sees it: detached at shutdown if a
   // write is stuck. Layers above use it for their background work too.
   std::shared_ptr<Env> env() const { return env_; }
+  // The logger the engine and the layers above it log to.
+  const std::shared_ptr<spdlog::logger>& logger() const { return logger_; }
+  const EngineOptions& options() const;
 
  private:
   struct Job;
   struct State;
   static void RunNext(State& s);
-  static void Process(State& s, Job& job, CommitInfo* commit);
+  static void Process(State& s, Job& job, WriteResult* written, Metadata* metadata);
   // Copies job's snapshot (hashing the sources first for a streaming save);
   // in_save: on the caller's thread inside Save(). Returns false if it failed.
   static bool Copy(State& s, Job& job, bool in_save);

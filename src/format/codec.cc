@@ -836,7 +836,7 @@ uint32_t EncodeDataFrame(const VisitFn& visit, uint64_t offset, size_t n, const 
     e.zstd_bytes_per_s = m.zstd;
     e.grouped_bytes_per_s = m.grouped;
   }
-  e.threads = ResolveThreads(options.threads);
+  e.threads = ResolveThreads(options.writer_threads);
   AutoChoice choice = AutoChoice::kStore;
   if (e.disk_bytes_per_s > 0) {
     const Sample s = TakeSample(src, n, segments);
@@ -885,7 +885,7 @@ void RecordSave(const WriteOptions& options, uint64_t file_bytes, double write_s
   if (options.compression == Compression::kNone && !options.fsync) return;
   // Time not spent compressing (compress time is summed over threads) is
   // time spent writing and syncing: a lower bound on the device's speed.
-  const double threads = ResolveThreads(options.threads);
+  const double threads = ResolveThreads(options.writer_threads);
   const double io = write_seconds - compress_seconds / threads;
   if (file_bytes < (1u << 20) || !(io > 1e-4)) return;  // too small to tell
   std::lock_guard<std::mutex> lock(Model().mu);

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -262,36 +261,6 @@ void DescribeTensors(std::vector<FlatTensor>* tensors);
 // For the synchronous writer: points each tensor's `data` at contiguous CPU
 // bytes, copying (into `keep_alive`) only tensors that are not already so.
 void PrepareContiguous(std::vector<FlatTensor>* tensors, std::vector<at::Tensor>* keep_alive);
-
-// ---- reader: loading into tensors the caller holds ---------------------------
-// While one is alive on a thread, CheckpointReader::ReadStateDict() called on
-// that thread (for example by a checkpointer's load()) reads every tensor
-// named in `destinations` whose dtype and shape match straight into that
-// tensor, as ReadStateDictInto(destinations, /*strict=*/false) does; the
-// returned StateDict holds those very tensors. The Trainer uses it on resume
-// so the module's parameters are filled in place through whatever
-// checkpointer it was given. Scopes nest (the innermost applies). A read
-// that fails after it began writing (e.g. a checksum mismatch, found as the
-// bytes land) leaves its destinations partly overwritten: damaged() lists
-// those that no later successful read in the scope rewrote, so a caller
-// whose checkpointer fell back to an older file, or to none, can tell.
-class ScopedReadInto {
- public:
-  explicit ScopedReadInto(std::map<std::string, at::Tensor> destinations);
-  ~ScopedReadInto();
-  ScopedReadInto(const ScopedReadInto&) = delete;
-  ScopedReadInto& operator=(const ScopedReadInto&) = delete;
-
-  const std::map<std::string, at::Tensor>& destinations() const { return destinations_; }
-  std::vector<std::string> damaged() const;
-  // Called by the reader: `names` were written by a read that succeeded or failed.
-  void Record(const std::vector<std::string>& names, bool success);
-
- private:
-  std::map<std::string, at::Tensor> destinations_;
-  std::set<std::string> damaged_;
-  ScopedReadInto* previous_;
-};
 
 }  // namespace format
 

@@ -187,8 +187,6 @@ struct Target {
   uint8_t* data;
 };
 
-thread_local ScopedReadInto* g_read_into = nullptr;
-
 struct DCtxDeleter {
   void operator()(ZSTD_DCtx* c) const { ZSTD_freeDCtx(c); }
 };
@@ -274,24 +272,7 @@ class ReaderImpl final : public CheckpointReader {
   const FileInfo& info() const override { return info_; }
 
   StateDict ReadStateDict() override {
-    ScopedReadInto* scope = g_read_into;
-    if (scope == nullptr || scope->destinations().empty()) {
-      return Guard(info_.path, "reading the state",
-                   [&] { return ReadStateDictImpl(nullptr, true); });
-    }
-    // A trainer resuming through a checkpointer: tensors it named go
-    // straight into its tensors where they fit, the rest are allocated.
-    std::vector<std::string> written;
-    try {
-      StateDict out = Guard(info_.path, "reading the state", [&] {
-        return ReadStateDictImpl(&scope->destinations(), /*strict=*/false, &written);
-      });
-      scope->Record(written, /*success=*/true);
-      return out;
-    } catch (...) {
-      scope->Record(written, /*success=*/false);
-      throw;
-    }
+    return Guard(info_.path, "reading the state", [&] { return ReadStateDictImpl(nullptr, true); });
   }
 
   StateDict ReadStateDictInto(const std::map<std::string, at::Tensor>& destinations,
@@ -302,7 +283,7 @@ class ReaderImpl final : public CheckpointReader {
 
   std::map<std::string, at::Tensor> ReadTensors(const std::vector<std::string>& names) override {
     return Guard(info_.path, "reading tensors", [&] {
-      return Load(Lookup(names), /*destinations=*/nullptr, /*strict=*/true, nullptr);
+      return Load(Lookup(names), /*destinations=*/nullptr, /*strict=*/true);
     });
   }
 
@@ -311,7 +292,7 @@ class ReaderImpl final : public CheckpointReader {
       std::vector<std::string> names;
       names.reserve(destinations.size());
       for (const auto& kv : destinations) names.push_back(kv.first);
-      Load(Lookup(names), &destinations, /*strict=*/true, nullptr);
+      Load(Lookup(names), &destinations, /*strict=*/true);
     });
   }
 
@@ -344,8 +325,7 @@ class ReaderImpl final : public CheckpointReader {
     return out;
   }
 
-  StateDict ReadStateDictImpl(const std::map<std::string, at::Tensor>* destinations, bool strict,
-                              std::vector<std::string>* written = nullptr) {
+  StateDict ReadStateDictImpl(const std::map<std::string, at::Tensor>* destinations, bool strict) {
     std::vector<const TensorInfo*> all;
     all.reserve(info_.tensors.size());
     for (const auto& t : info_.tensors) all.push_back(&t);
@@ -359,7 +339,7 @@ class ReaderImpl final : public CheckpointReader {
         }
       }
     }
-    std::map<std::string, at::Tensor> tensors = Load(all, destinations, strict, written);
+    std::map<std::string, at::Tensor> tensors = Load(all, destinations, strict);
     if (!info_.written_by_ackpt) {
       StateDict flat;
       for (const auto& t : info_.tensors) flat.set(t.name, tensors.at(t.name));
@@ -386,12 +366,10 @@ class ReaderImpl final : public CheckpointReader {
   // strict throws kInvalidArgument naming both, lenient allocates a fresh
   // tensor); the others into fresh CPU tensors. Contiguous CPU destinations
   // take the bytes directly; others through bounce tensors (kBounceBatch).
-  // Every checksum is checked on the bytes as they land. `written` (when
-  // given) receives the names of destinations whose bytes were (or, on
-  // failure, may have been) overwritten.
+  // Every checksum is checked on the bytes as they land.
   std::map<std::string, at::Tensor> Load(const std::vector<const TensorInfo*>& wanted,
                                          const std::map<std::string, at::Tensor>* destinations,
-                                         bool strict, std::vector<std::string>* written) {
+                                         bool strict) {
     std::map<std::string, at::Tensor> out;
     std::vector<Target> direct;
     std::vector<std::pair<const TensorInfo*, at::Tensor>> bounced;
@@ -405,7 +383,6 @@ class ReaderImpl final : public CheckpointReader {
             const at::Tensor& d = it->second;
             out[t->name] = d;
             touched.push_back(d);
-            if (written) written->push_back(t->name);
             if (d.device().is_cpu() && d.is_contiguous() && !d.is_conj() && !d.is_neg()) {
               if (t->nbytes() > 0) direct.push_back({t, static_cast<uint8_t*>(d.data_ptr())});
             } else if (t->nbytes() > 0) {
@@ -872,31 +849,6 @@ std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path
     return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
   });
 }
-
-namespace format {
-
-ScopedReadInto::ScopedReadInto(std::map<std::string, at::Tensor> destinations)
-    : destinations_(std::move(destinations)), previous_(g_read_into) {
-  g_read_into = this;
-}
-
-ScopedReadInto::~ScopedReadInto() { g_read_into = previous_; }
-
-void ScopedReadInto::Record(const std::vector<std::string>& names, bool success) {
-  for (const auto& n : names) {
-    if (success) {
-      damaged_.erase(n);
-    } else {
-      damaged_.insert(n);
-    }
-  }
-}
-
-std::vector<std::string> ScopedReadInto::damaged() const {
-  return std::vector<std::string>(damaged_.begin(), damaged_.end());
-}
-
-}  // namespace format
 
 std::map<std::string, at::Tensor> FlattenTensors(const StateDict& state) {
   std::vector<format::FlatTensor> flat;

@@ -285,7 +285,7 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
   const auto ranges = FrameRanges(header_bytes, stream.size(), options.chunk_size);
   if (ranges.size() > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
   std::atomic<int64_t> compress_ns{0};
-  const size_t window = static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.threads)));
+  const size_t window = static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.writer_threads)));
   std::vector<std::string> frames(std::min(window, ranges.size()));
   std::vector<uint32_t> sums(frames.size());
   std::vector<FrameEntry> entries;
@@ -485,7 +485,7 @@ WriteResult WriteStateDictSync(const StateDict& state, const std::string& path,
   format::Flatten(state, &tensors, &tree);
   std::vector<at::Tensor> keep_alive;
   format::PrepareContiguous(&tensors, &keep_alive);
-  const int threads = options.threads;
+  const int threads = options.writer_threads;
   const format::EncodeResult r =
       format::EncodeAndCommit(&tensors, tree, options, internal_metadata, path, env,
                               [threads](size_t n, const std::function<void(size_t)>& fn) {

@@ -12,7 +12,6 @@
 
 #include "ackpt/error.h"
 #include "ackpt/format.h"
-#include "format/internal.h"
 #include "util/logger.h"
 
 namespace ackpt {
@@ -20,9 +19,6 @@ namespace ackpt {
 namespace {
 
 constexpr const char* kLoggerName = "ackpt.trainer";
-// The group a DefaultCheckpointer stores ModuleInterface state under (its
-// tensors are named "module_interface_state/<key>" in the file).
-constexpr const char* kModuleGroup = "module_interface_state";
 
 void Validate(const TrainerArguments& a) {
   auto bad = [](const std::string& what) {
@@ -51,42 +47,36 @@ void CheckRecipe(const OptimizersSchedulers& os) {
   }
 }
 
-// checkpointer.load(), reading the module's tensors straight into the module.
+// checkpointer.load(), reading the module's tensors straight into the module:
+// the tensors of module.get_state() (by default the parameters and buffers
+// themselves) are the load targets. Tensors whose dtype or shape differ are
+// read as before and left to update_state(), which then finds the others
+// already in place (LoadModuleState skips copying a tensor onto itself). The
+// optimizers' state does not exist yet (LibTorch creates it at the first
+// step), so it is read into fresh tensors.
 Checkpoint LoadIntoModule(AbstractCheckpointer& checkpointer, ModuleInterface& module,
                           spdlog::logger& logger) {
-  // The module's tensors are read straight into the module: the checkpointer
-  // reads the file on this thread, and ScopedReadInto hands the reader the
-  // tensors of module.get_state() (by default the parameters and buffers
-  // themselves) under the names the checkpoint gives them. Tensors whose
-  // dtype or shape differ are read as before and left to update_state(),
-  // which then finds the others already in place (LoadModuleState skips
-  // copying a tensor onto itself). The optimizers' state does not exist yet
-  // (LibTorch creates it at the first step), so it is read into fresh tensors.
-  std::map<std::string, at::Tensor> into;
+  LoadTargets targets;
+  targets.into.module_interface_state = module.get_state();
   try {
-    StateDict root;
-    root.set(kModuleGroup, module.get_state());
-    into = FlattenTensors(root);
+    FlattenTensors(targets.into.module_interface_state);
   } catch (const Error& e) {
     // A state that cannot be flattened could not have been saved either.
     logger.debug("module state not loaded in place: {}", e.what());
-    into.clear();
+    targets.into.module_interface_state.clear();
   }
-  format::ScopedReadInto scope(std::move(into));
-  Checkpoint loaded = checkpointer.load();
-  const std::vector<std::string> damaged = scope.damaged();
-  if (!damaged.empty()) {
-    std::string names;
-    for (size_t i = 0; i < damaged.size() && i < 5; ++i) names += (i ? ", " : "") + damaged[i];
-    if (damaged.size() > 5) names += ", ... (" + std::to_string(damaged.size()) + " in all)";
-    throw Error::Corruption(
-        "a checkpoint failed to load after part of it had been read into the module (see the "
-        "warnings above), and no checkpoint loaded after it restored these tensors: " +
-        names +
-        ". The module no longer holds its initial values; rebuild it and retry, or "
-        "remove the damaged checkpoint");
-  }
-  return loaded;
+  return checkpointer.load(targets);
+}
+
+// An int the checkpoint recorded at `key` of `group`, or `fallback`.
+int64_t Recorded(const StateDict& group, const char* key, int64_t fallback) {
+  const Value* v = group.find(key);
+  return v != nullptr && v->is_int() ? v->to_int() : fallback;
+}
+
+// Optimizers that evaluate the loss themselves, several times per step.
+bool NeedsClosure(const torch::optim::Optimizer& o) {
+  return dynamic_cast<const torch::optim::LBFGS*>(&o) != nullptr;
 }
 
 }  // namespace
@@ -151,6 +141,8 @@ double SingleProcess::train_epoch(int64_t epoch) {
     if (args_.max_train_steps_per_epoch > 0 && steps >= args_.max_train_steps_per_epoch) break;
     if (stop_requested()) break;
     torch::Tensor loss = m.train_step(global_step_completed_ + 1, epoch, b);
+    step_epoch_ = epoch;
+    step_batches_.push_back(b);
     if (!loss.defined() || loss.numel() != 1) {
       throw Error::InvalidArgument("train_step() must return a one-element loss tensor (epoch " +
                                    std::to_string(epoch) + ", batch " + std::to_string(b) + ")");
@@ -177,6 +169,7 @@ double SingleProcess::train_epoch(int64_t epoch) {
   if (in_step > 0) {
     if (stop_requested()) {
       m.module().zero_grad(/*set_to_none=*/true);  // drop the unfinished step
+      step_batches_.clear();
     } else {
       process_global_step(step_sum / static_cast<double>(in_step));
     }
@@ -194,7 +187,31 @@ void SingleProcess::process_global_step(double mean_loss) {
   // The snapshot fence: an overlapped save()'s copy must finish before the
   // optimizer writes the parameters and its state.
   if (args_.checkpointer) args_.checkpointer->wait_snapshot();
-  for (const auto& o : args_.optimizers) o->step();
+  // LBFGS evaluates the loss itself (several times per step): its closure
+  // runs the step's batches again, as the loop above did.
+  const auto closure = [&]() -> torch::Tensor {
+    m.module().zero_grad(/*set_to_none=*/true);
+    torch::Tensor total;
+    for (int64_t b : step_batches_) {
+      torch::Tensor loss = m.train_step(global_step_completed_ + 1, step_epoch_, b);
+      if (args_.gradient_accumulation > 1) loss = loss / static_cast<double>(args_.gradient_accumulation);
+      loss.backward();
+      total = total.defined() ? total + loss.detach() : loss.detach();
+    }
+    reduce_gradients();
+    if (args_.clip_grads) {
+      torch::nn::utils::clip_grad_norm_(m.module().parameters(), args_.max_grad_norm);
+    }
+    return total;
+  };
+  for (const auto& o : args_.optimizers) {
+    if (NeedsClosure(*o)) {
+      o->step(closure);
+    } else {
+      o->step();
+    }
+  }
+  step_batches_.clear();
   // Reset gradients to none (not to zero), so that a resumed process, whose
   // gradients start undefined, accumulates exactly as an uninterrupted one.
   for (const auto& o : args_.optimizers) {
@@ -313,7 +330,16 @@ TrainerBackendArguments Trainer::backend_args() {
   return ba;
 }
 
-int64_t Trainer::global_steps_finished() const { return backend_->get_global_steps_completed(); }
+int64_t Trainer::last_epoch() const {
+  if (restored_) return last_epoch_;
+  return Recorded(checkpointed_states_.trainer_state, "last_epoch", last_epoch_);
+}
+
+int64_t Trainer::global_steps_finished() const {
+  if (restored_) return backend_->get_global_steps_completed();
+  return Recorded(checkpointed_states_.trainer_backend_state, "global_step_completed",
+                  backend_->get_global_steps_completed());
+}
 
 StateDict Trainer::get_state() {
   StateDict state;

@@ -1,0 +1,214 @@
+#include "checkpointer/checkpointer_core.h"
+
+#include <limits.h>
+#include <spdlog/spdlog.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "ackpt/error.h"
+#include "checkpointer/metadata_keys.h"
+
+namespace ackpt {
+
+namespace {
+
+constexpr const char* kArgs = "DefaultCheckpointerArguments";
+
+// `path` made absolute and normalized lexically ("a/./b/../c/" -> "/cwd/a/c"),
+// then resolved through symbolic links when it exists.
+std::string CanonicalDir(const std::string& path) {
+  char buf[PATH_MAX];
+  if (::realpath(path.c_str(), buf) != nullptr) return buf;
+  std::string abs = path;
+  if (abs.empty() || abs[0] != '/') {
+    if (::getcwd(buf, sizeof buf) != nullptr) abs = std::string(buf) + "/" + abs;
+  }
+  std::vector<std::string> parts;
+  size_t b = 0;
+  while (b <= abs.size()) {
+    size_t e = abs.find('/', b);
+    if (e == std::string::npos) e = abs.size();
+    const std::string p = abs.substr(b, e - b);
+    if (p == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else if (!p.empty() && p != ".") {
+      parts.push_back(p);
+    }
+    b = e + 1;
+  }
+  std::string out;
+  for (const auto& p : parts) out += "/" + p;
+  return out.empty() ? "/" : out;
+}
+
+// Two spellings of one directory ("ck", "ck/", "./ck", "/abs/ck") must be
+// one owner: a second CheckpointDir on it would find its own lock taken.
+bool SameDirectory(const std::string& a, const std::string& b) {
+  return a == b || CanonicalDir(a) == CanonicalDir(b);
+}
+
+}  // namespace
+
+void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& a) {
+  const std::string n = kArgs;
+  if (a.period <= 0) {
+    throw Error::InvalidArgument(n + ".period must be >= 1, got " + std::to_string(a.period));
+  }
+  if (a.file_prefix.empty() || a.file_prefix.find('/') != std::string::npos) {
+    throw Error::InvalidArgument(n + ".file_prefix '" + a.file_prefix +
+                                 "' must be non-empty and contain no '/'");
+  }
+  if (a.file_ext.empty() || a.file_ext.find('/') != std::string::npos || a.file_ext[0] == '.') {
+    throw Error::InvalidArgument(n + ".file_ext '" + a.file_ext +
+                                 "' must be non-empty, contain no '/' and not start with '.'");
+  }
+  if (a.checkpoint && a.save_dir.empty()) throw Error::InvalidArgument(n + ".save_dir is empty");
+  const RetentionPolicy& r = a.retention;
+  if (r.keep_last < 0 || r.keep_every < 0 || r.keep_best < 0 || r.model_keep_last < 0 ||
+      !(r.keep_time_interval_seconds >= 0)) {
+    throw Error::InvalidArgument(n + ".retention: counts and intervals must be >= 0");
+  }
+  if (r.keep_best > 0 && r.best_metric.empty()) {
+    throw Error::InvalidArgument(n + ".retention.keep_best needs best_metric");
+  }
+}
+
+CheckpointerCore::CheckpointerCore(DefaultCheckpointerArguments a, bool owns_save_dir)
+    : args_(std::move(a)) {
+  ValidateCheckpointerArguments(args_);
+  env_ = args_.env ? args_.env : Env::Default();
+  engine_ = std::make_unique<engine::Engine>(args_, kArgs);
+  if (args_.save_dir.empty()) return;
+  const bool writer = args_.checkpoint && owns_save_dir;
+  if (owns_save_dir) {
+    dir_ = OpenDir(args_.save_dir, writer);
+  } else if (args_.checkpoint) {
+    engine_->env()->CreateDirs(args_.save_dir);
+  }
+  // A separate model directory is owned (locked) only once save_model()
+  // writes there, or delete_existing_checkpoints asks to clean it: several
+  // checkpointers with their own save_dir but the default
+  // model_state_save_dir must not refuse each other.
+  if (writer && !args_.model_state_save_dir.empty()) {
+    if (SameDirectory(args_.model_state_save_dir, args_.save_dir)) {
+      model_dir_ = dir_;
+    } else if (args_.delete_existing_checkpoints) {
+      model_dir_ = OpenDir(args_.model_state_save_dir, /*writer=*/true);
+    }
+  }
+  if (writer && args_.delete_existing_checkpoints) {
+    dir_->DeleteOwnFiles();
+    if (model_dir_ && model_dir_ != dir_) model_dir_->DeleteOwnFiles();
+  }
+}
+
+CheckpointerCore::~CheckpointerCore() { engine_.reset(); }
+
+std::shared_ptr<CheckpointDir> CheckpointerCore::OpenDir(const std::string& dir,
+                                                         bool writer) const {
+  CheckpointDirOptions o;
+  o.dir = dir;
+  o.prefix = args_.file_prefix;
+  o.ext = args_.file_ext;
+  o.writer = writer;
+  // Background work (retention) goes through the engine's detachable Env.
+  o.env = engine_->env();
+  o.logger = engine_->logger();
+  return CheckpointDir::Open(std::move(o));
+}
+
+std::shared_ptr<CheckpointDir> CheckpointerCore::Catalog() {
+  if (args_.save_dir.empty())
+    throw Error::InvalidArgument(std::string(kArgs) + ".save_dir is empty");
+  if (!dir_) return OpenDir(args_.save_dir, /*writer=*/false);
+  dir_->Refresh();
+  return dir_;
+}
+
+bool CheckpointerCore::ShouldSave(int64_t index, bool force) const {
+  if (!args_.checkpoint) return false;
+  if (!force && index % args_.period != 0) return false;
+  if (index < 0)
+    throw Error::InvalidArgument("checkpoint index " + std::to_string(index) + " is negative");
+  return true;
+}
+
+engine::SaveHooks CheckpointerCore::CheckpointFileHooks(
+    int64_t index, const std::map<std::string, double>& metrics) const {
+  engine::SaveHooks hooks;
+  std::shared_ptr<CheckpointDir> dir = dir_;
+  hooks.metadata = dir->Metadata(FileKind::kCheckpoint, index, metrics, args_.retention);
+  hooks.stamp = [dir](engine::Metadata* m) { dir->StampLineage(m); };
+  const RetentionPolicy policy = args_.retention;
+  hooks.after_commit = [dir, policy, index](const WriteResult& w, const engine::Metadata& m) {
+    dir->RecordCommit(FileKind::kCheckpoint, index, w.path, w.file_bytes, w.logical_bytes,
+                      w.compressed, m);
+    dir->ApplyRetention(policy);
+  };
+  return hooks;
+}
+
+void CheckpointerCore::SaveModel(const StateDict& model_state, int64_t index) {
+  if (!args_.checkpoint || args_.model_state_save_dir.empty()) return;
+  if (index < 0)
+    throw Error::InvalidArgument("model index " + std::to_string(index) + " is negative");
+  if (!model_dir_) model_dir_ = OpenDir(args_.model_state_save_dir, /*writer=*/true);
+  std::shared_ptr<CheckpointDir> dir = model_dir_;
+  engine::SaveHooks hooks;
+  hooks.metadata = dir->Metadata(FileKind::kModel, index, {}, args_.retention);
+  const int64_t keep = args_.retention.model_keep_last;
+  hooks.after_commit = [dir, keep, index](const WriteResult& w, const engine::Metadata& m) {
+    dir->RecordCommit(FileKind::kModel, index, w.path, w.file_bytes, w.logical_bytes,
+                      w.compressed, m);
+    dir->ApplyModelRetention(keep);
+  };
+  // Synchronous, as in pymarlin: it is the last thing a training run does.
+  engine_->Save(model_state, index, dir->PathFor(FileKind::kModel, index, compressed()),
+                /*force=*/true, std::move(hooks));
+}
+
+void CheckpointerCore::Drain() { engine_->Drain(args_.drain_timeout_seconds); }
+
+ReadOptions CheckpointerCore::LoadReadOptions() const {
+  ReadOptions ro;
+  ro.verify_checksums = args_.verify_on_load;
+  return ro;
+}
+
+void CheckpointerCore::Loaded(const std::string& path, int64_t index, bool in_save_dir) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_loaded_path_ = path;
+  }
+  if (in_save_dir && dir_ && index >= 0) dir_->RecordResume(index);
+}
+
+void CheckpointerCore::Saved(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  last_saved_path_ = path;
+}
+
+std::string CheckpointerCore::last_saved_path() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_saved_path_;
+}
+
+std::string CheckpointerCore::last_loaded_path() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_loaded_path_;
+}
+
+CheckpointerCounters CheckpointerCore::counters() const {
+  CheckpointerCounters c;
+  static_cast<EngineCounters&>(c) = engine_->counters();
+  for (const auto& d : {dir_, model_dir_ == dir_ ? nullptr : model_dir_}) {
+    if (!d) continue;
+    c.files_deleted += d->files_deleted();
+    c.temp_files_removed += d->temp_files_removed();
+  }
+  return c;
+}
+
+}  // namespace ackpt

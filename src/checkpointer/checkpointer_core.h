@@ -1,0 +1,88 @@
+// What every checkpointer is built on (DefaultCheckpointer and
+// DistributedCheckpointer): the validated arguments, the logger, the save
+// engine, the period/index gate of save(), the directory it owns (the
+// CheckpointDir of save_dir: names, catalog, lineage, retention), the model
+// directory and save_model(), and the load bookkeeping. Each checkpointer adds
+// only its own policy: where a save goes and how load() finds what to read.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "ackpt/checkpointer.h"
+#include "checkpointer/checkpoint_dir.h"
+#include "checkpointer/checkpoint_file.h"
+#include "engine/engine.h"
+
+namespace ackpt {
+
+// Throws kInvalidArgument naming "DefaultCheckpointerArguments.<field>" for
+// arguments no checkpointer accepts (the engine's own fields are checked by
+// the engine, under the same name).
+void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& args);
+
+class CheckpointerCore {
+ public:
+  // Validates `args`, builds the engine and, when `owns_save_dir`, opens
+  // save_dir as its one writer (the lock, temp hygiene, and
+  // delete_existing_checkpoints); otherwise save_dir is only created.
+  CheckpointerCore(DefaultCheckpointerArguments args, bool owns_save_dir);
+  // The engine drains (and goes) first: its threads use the directories.
+  ~CheckpointerCore();
+  CheckpointerCore(const CheckpointerCore&) = delete;
+  CheckpointerCore& operator=(const CheckpointerCore&) = delete;
+
+  const DefaultCheckpointerArguments& args() const { return args_; }
+  spdlog::logger& log() const { return *engine_->logger(); }
+  engine::Engine& engine() { return *engine_; }
+  // The caller's Env, for foreground reads.
+  Env* env() const { return env_; }
+  bool compressed() const { return args_.compression != Compression::kNone; }
+  // save_dir's CheckpointDir when this process owns it, else null.
+  const std::shared_ptr<CheckpointDir>& dir() const { return dir_; }
+  // save_dir's CheckpointDir, opened for reading when this process does not
+  // own it (a reader rescans: the owning writer may have committed since).
+  std::shared_ptr<CheckpointDir> Catalog();
+  // A CheckpointDir of `dir` with this checkpointer's names (writer: take
+  // its lock; else only read it, e.g. load_dir).
+  std::shared_ptr<CheckpointDir> OpenDir(const std::string& dir, bool writer) const;
+
+  // The gate of save(index, force): false when checkpointing is off or the
+  // index is not due (index % period); throws kInvalidArgument for a
+  // negative index.
+  bool ShouldSave(int64_t index, bool force) const;
+  // Hooks that commit a checkpoint file into dir(): its metadata, the
+  // lineage stamp, and the catalog update and retention after the commit.
+  engine::SaveHooks CheckpointFileHooks(int64_t index,
+                                        const std::map<std::string, double>& metrics) const;
+  // save_model(): model_state to "{prefix}_model_{index}" in
+  // model_state_save_dir, durable when it returns; model retention after.
+  void SaveModel(const StateDict& model_state, int64_t index);
+  // Waits (drain_timeout_seconds) for pending saves: load() never reads a
+  // file still being written.
+  void Drain();
+
+  ReadOptions LoadReadOptions() const;
+  // load() read `path` (index -1: unknown); when it is in save_dir, the next
+  // save continues its lineage.
+  void Loaded(const std::string& path, int64_t index, bool in_save_dir);
+  void Saved(const std::string& path);
+  std::string last_saved_path() const;
+  std::string last_loaded_path() const;
+  CheckpointerCounters counters() const;
+
+ private:
+  DefaultCheckpointerArguments args_;
+  Env* env_ = nullptr;
+  // Declared before the engine so that the engine (and its drain) goes first.
+  std::shared_ptr<CheckpointDir> dir_;        // save_dir, when owned
+  std::shared_ptr<CheckpointDir> model_dir_;  // model_state_save_dir (may be dir_)
+  std::unique_ptr<engine::Engine> engine_;
+  mutable std::mutex mu_;
+  std::string last_saved_path_;
+  std::string last_loaded_path_;
+};
+
+}  // namespace ackpt
