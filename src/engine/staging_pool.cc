@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -37,6 +38,21 @@ uint64_t UsableMemory() {
     if (in >> limit && limit > 0) mem = std::min(mem, limit);  // "max" does not parse
   }
   return mem;
+}
+
+// One warning per process: every checkpointer (and every rank's) hits the
+// same limit, and one line with the fix says all there is to say.
+std::atomic<bool> g_memlock_warned{false};
+
+// The exact fix for a page-locking limit of `limit` bytes when `want` are needed.
+std::string MemlockFix(uint64_t want) {
+  const uint64_t kib = (want + 1023) / 1024;
+  return "To page-lock all of it, raise RLIMIT_MEMLOCK to at least " + std::to_string(kib) +
+         " KiB before training starts: `ulimit -l " + std::to_string(kib) +
+         "` (or `ulimit -l unlimited`) in the shell that launches it, `LimitMEMLOCK=infinity` "
+         "in a systemd unit, `--ulimit memlock=-1` for `docker run`, or a `memlock` line in "
+         "/etc/security/limits.conf; or set pin_host_memory = false to use pageable staging "
+         "(this warning is shown once per process)";
 }
 
 uint64_t MemlockLimit() {
@@ -154,12 +170,10 @@ StagingChunk* StagingPool::Allocate(bool cuda_pinned) {
     if (locked_ + chunk_ <= memlock_limit_) {
       locked_ += chunk_;  // claimed before mlock, so concurrent allocations stay within the limit
       c->locked = true;
-    } else if (!warned_) {
+    } else if (!g_memlock_warned.exchange(true)) {
       why = "page-locking staging memory stops at RLIMIT_MEMLOCK (" + MiB(memlock_limit_) +
-            "): " + MiB(locked_) +
-            " are locked, further staging chunks stay pageable. Raise the limit (ulimit -l) "
-            "or set pin_host_memory = false.";
-      warned_ = true;
+            "): " + MiB(locked_) + " are locked, further staging chunks stay pageable. " +
+            MemlockFix(std::max(budget_, locked_ + chunk_));
     }
   }
   if (c->locked && ::mlock(p, chunk_) != 0) {
@@ -167,15 +181,16 @@ StagingChunk* StagingPool::Allocate(bool cuda_pinned) {
     std::lock_guard<std::mutex> lock(mu_);
     locked_ -= chunk_;
     c->locked = false;
-    if (!warned_) {
+    if (!g_memlock_warned.exchange(true)) {
       why = std::string("cannot page-lock staging memory (mlock: ") + std::strerror(err) +
-            "); using pageable memory. Raise RLIMIT_MEMLOCK or set pin_host_memory = false.";
-      warned_ = true;
+            "); using pageable memory. " + MemlockFix(std::max(budget_, locked_ + chunk_));
     }
   }
   if (!why.empty() && options_.warn) options_.warn(why);
   return c.release();
 }
+
+void StagingPool::ResetMemlockWarningForTesting() { g_memlock_warned.store(false); }
 
 void StagingPool::Free(StagingChunk* c) {
   if (c->cuda_pinned) {

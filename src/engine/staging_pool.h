@@ -81,6 +81,8 @@ class StagingPool {
   uint64_t budget() const;
   uint64_t allocations() const;  // chunks allocated over the pool's life
   uint64_t locked_bytes() const;
+  // The page-locking warning is given once per process; tests reset it.
+  static void ResetMemlockWarningForTesting();
 
  private:
   // Takes a free chunk of the right kind, else allocates one within the
@@ -105,7 +107,6 @@ class StagingPool {
   uint64_t allocations_ = 0;
   uint64_t waits_ = 0;
   uint64_t locked_ = 0;
-  bool warned_ = false;
   std::vector<std::unique_ptr<StagingChunk>> all_;  // every allocated chunk
   std::vector<StagingChunk*> free_;
 };

@@ -2,14 +2,14 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <mutex>
 
-#include "ackpt/env.h"
+#include "io/posix_env.h"
+
 #include "ackpt/error.h"
 
 namespace ackpt {
@@ -230,42 +230,6 @@ class PosixEnv final : public Env {
 
 }  // namespace
 
-Env* Env::Default() {
-  static PosixEnv* env = new PosixEnv();  // never destroyed: used from detached threads
-  return env;
-}
-
-bool ProcessExists(int64_t pid) {
-  if (pid <= 0) return false;
-  // EPERM: it exists but belongs to someone else.
-  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
-}
-
-std::vector<std::string> GetChildrenIfExists(Env* env, const std::string& dir) {
-  try {
-    return env->GetChildren(dir);
-  } catch (const Error& e) {
-    if (e.code() == Error::Code::kNotFound) return {};
-    throw;
-  }
-}
-
-std::string DirName(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string BaseName(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  if (dir.empty() || dir == ".") return name;
-  if (dir.back() == '/') return dir + name;
-  return dir + "/" + name;
-}
+Env* NewPosixEnv() { return new PosixEnv(); }
 
 }  // namespace ackpt
