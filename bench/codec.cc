@@ -19,6 +19,7 @@
 #include <zstd.h>
 
 #include "bench_common.h"
+#include "format/transpose.h"
 
 using namespace bench;
 namespace codec = ackpt::format::codec;

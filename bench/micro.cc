@@ -16,7 +16,12 @@
 #include "ackpt/ackpt.h"
 #include "engine/snapshot.h"
 #include "engine/task_pool.h"
-#include "format/internal.h"
+#include "format/auto_policy.h"
+#include "format/checksum.h"
+#include "format/flatten.h"
+#include "format/header.h"
+#include "format/parallel.h"
+#include "format/writer.h"
 
 namespace {
 
@@ -145,8 +150,9 @@ void BM_EncodeAndCommitNoDisk(benchmark::State& state) {
   };
   for (auto _ : state) {
     std::vector<format::FlatTensor> tensors{t};
-    format::EncodeResult r = format::EncodeAndCommit(&tensors, R"({"d":[["w",{"T":"w"}]]})", o, {},
-                                                     "/tmp/ackpt-micro-null", &env, pf);
+    WriteResult r = format::EncodeAndCommit(&tensors, R"({"d":[["w",{"T":"w"}]]})", o, {},
+                                            "/tmp/ackpt-micro-null", &env, pf,
+                                            &format::codec::DefaultAutoModel());
     benchmark::DoNotOptimize(r.file_bytes);
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <string>
 
-#include "format/internal.h"
+#include "format/header.h"
 #include "fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -2,7 +2,7 @@
 // Input: a whole file.
 #include <string>
 
-#include "format/internal.h"
+#include "format/seekable.h"
 #include "fuzz_util.h"
 #include "mem_env.h"
 

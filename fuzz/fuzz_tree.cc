@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "format/internal.h"
+#include "format/flatten.h"
 #include "fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

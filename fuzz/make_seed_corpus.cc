@@ -9,7 +9,7 @@
 #include <string>
 
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/header.h"
 #include "test_util.h"
 #include "zstd_layout.h"
 

@@ -88,7 +88,7 @@ __version__ = "1.0"
 # Format versions this reader understands (__metadata__["ackpt.version"]).
 SUPPORTED_VERSIONS = ("1", "2", "3")
 
-# Limits of docs/FORMAT.md (src/format/internal.h).
+# Limits of docs/FORMAT.md (src/format/constants.h).
 MAX_HEADER_BYTES = 100_000_000
 MAX_FRAME_BYTES = 0x40000000
 MAX_EXPANSION = 65536

@@ -1,8 +1,9 @@
-// The byte-grouped codec (src/format/codec.h, docs/FORMAT.md section 14):
-// transposition kernels against the scalar definition, frame round trips
-// for every segment shape and plane coder, whole files of every dtype
-// through WriteStateDict / the reader (full, partial, Verify, export),
-// damaged and hostile frames, and kAuto's decision rule.
+// The byte-grouped codec (src/format/codec.h, transpose.h and auto_policy.h;
+// docs/FORMAT.md section 14): transposition kernels against the scalar
+// definition, frame round trips for every segment shape and plane coder,
+// whole files of every dtype through WriteStateDict / the reader (full,
+// partial, Verify, export), damaged and hostile frames, and kAuto's decision
+// rule and model.
 #include "format/codec.h"
 
 #include <ATen/ATen.h>
@@ -14,7 +15,8 @@
 
 #include "ackpt/error.h"
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/auto_policy.h"
+#include "format/transpose.h"
 #include "test_util.h"
 
 namespace ackpt {
@@ -394,11 +396,11 @@ TEST(AutoTest, WritesReadableFilesWhateverItChooses) {
       {20e6, format::codec::AutoChoice::kGrouped},  // slow disk: compress (the last frame: bf16)
   };
   for (const auto& [speed, expect] : cases) {
-    format::codec::SetAutoDiskSpeedForTesting(speed);
+    format::codec::DefaultAutoModel().SetDiskSpeedForTesting(speed);
     const std::string path = dir.file("a.safetensors.zst");
     const WriteResult w = WriteStateDict(s, path, o);
     format::codec::AutoChoice got;
-    const auto est = format::codec::LastAutoEstimateForTesting(&got);
+    const auto est = format::codec::DefaultAutoModel().LastEstimateForTesting(&got);
     EXPECT_EQ(got, expect) << "disk " << speed << " ratios " << est.zstd_ratio << " "
                            << est.grouped_ratio;
     auto r = CheckpointReader::Open(path);
@@ -408,7 +410,7 @@ TEST(AutoTest, WritesReadableFilesWhateverItChooses) {
     if (expect == format::codec::AutoChoice::kStore) EXPECT_GT(w.file_bytes, w.logical_bytes);
     if (expect != format::codec::AutoChoice::kStore) EXPECT_LT(w.file_bytes, w.logical_bytes);
   }
-  format::codec::SetAutoDiskSpeedForTesting(0);
+  format::codec::DefaultAutoModel().SetDiskSpeedForTesting(0);
 }
 
 }  // namespace

@@ -17,7 +17,9 @@
 
 #include "ackpt/error.h"
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/checksum.h"
+#include "format/constants.h"
+#include "format/seekable.h"
 #include "test_util.h"
 #include "zstd_layout.h"
 

@@ -23,6 +23,9 @@
 #include "engine/snapshot.h"
 #include "engine/staging_pool.h"
 #include "engine/task_pool.h"
+#include "format/auto_policy.h"
+#include "format/checksum.h"
+#include "format/writer.h"
 #include "test_util.h"
 
 namespace ackpt {
@@ -537,6 +540,44 @@ TEST(EnginePriorityTest, PriorityIsAppliedToEveryWriterAndCopyThread) {
     EXPECT_EQ(::sched_getscheduler(0), SCHED_OTHER);
     EXPECT_EQ(::getpriority(PRIO_PROCESS, 0), base);
   }
+}
+
+// kAuto's model belongs to its engine: two engines (checkpointers writing
+// to different disks) each decide from their own disk speed, and neither
+// touches the synchronous writer's process-wide model.
+TEST(EngineAutoTest, EachEngineDecidesFromItsOwnModel) {
+  TempDir dir;
+  StateDict st;
+  st.set("w", at::randn({300000}).mul(0.02));
+  st.set("z", at::zeros({200000}));
+  st.set("h", at::randn({100000}).to(at::kBFloat16));
+  EngineOptions o = Options(/*overlap=*/false, Compression::kAuto);
+  o.chunk_size = 256 << 10;
+  o.fsync = false;
+  Engine fast_disk(o), slow_disk(o);
+  fast_disk.auto_model().SetDiskSpeedForTesting(1e12);  // faster than any codec: store
+  slow_disk.auto_model().SetDiskSpeedForTesting(20e6);  // slow: compress
+  format::codec::AutoChoice untouched = format::codec::AutoChoice::kZstd;
+  const double before =
+      format::codec::DefaultAutoModel().LastEstimateForTesting(&untouched).disk_bytes_per_s;
+  ASSERT_TRUE(fast_disk.Save(st, 1, dir.file("fast.st"), /*force=*/true, {}));
+  ASSERT_TRUE(slow_disk.Save(st, 1, dir.file("slow.st"), /*force=*/true, {}));
+  format::codec::AutoChoice fast_choice, slow_choice;
+  EXPECT_EQ(fast_disk.auto_model().LastEstimateForTesting(&fast_choice).disk_bytes_per_s, 1e12);
+  EXPECT_EQ(slow_disk.auto_model().LastEstimateForTesting(&slow_choice).disk_bytes_per_s, 20e6);
+  EXPECT_EQ(fast_choice, format::codec::AutoChoice::kStore);
+  EXPECT_NE(slow_choice, format::codec::AutoChoice::kStore);
+  auto fast = CheckpointReader::Open(dir.file("fast.st"));
+  auto slow = CheckpointReader::Open(dir.file("slow.st"));
+  EXPECT_GT(fast->info().file_bytes, fast->info().logical_bytes);  // stored frames
+  EXPECT_LT(slow->info().file_bytes, slow->info().logical_bytes);  // compressed frames
+  ExpectFileHolds(dir.file("fast.st"), st);
+  ExpectFileHolds(dir.file("slow.st"), st);
+  format::codec::AutoChoice after_choice;
+  EXPECT_EQ(
+      format::codec::DefaultAutoModel().LastEstimateForTesting(&after_choice).disk_bytes_per_s,
+      before);
+  EXPECT_EQ(after_choice, untouched);
 }
 
 }  // namespace

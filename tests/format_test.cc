@@ -13,7 +13,9 @@
 #include <set>
 
 #include "ackpt/error.h"
-#include "format/internal.h"
+#include "format/checksum.h"
+#include "format/constants.h"
+#include "format/seekable.h"
 #include "test_util.h"
 
 namespace ackpt {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the layer rule of DESIGN.md on the sources: a file in src/<layer>/
+# Checks the layer rule of docs/ARCHITECTURE.md ("Layers") on the sources: a file in src/<layer>/
 # includes only headers of its own layer or of layers below it, and public
 # headers of layers below (include/ackpt/<name>.h belongs to the layer named
 # in PUBLIC_LAYER below). The link side of the same rule is enforced by the

@@ -16,7 +16,6 @@
 #include "ackpt/format.h"
 #include "ackpt/torch_state.h"
 #include "ackpt/trainer.h"
-#include "format/internal.h"
 #include "test_util.h"
 
 namespace ackpt {

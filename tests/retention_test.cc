@@ -11,7 +11,7 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/open_files.h"
 #include "test_util.h"
 
 namespace ackpt {

@@ -6,7 +6,7 @@
 
 #include "ackpt/error.h"
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/flatten.h"
 #include "test_util.h"
 
 namespace ackpt {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "format/internal.h"
+#include "format/seekable.h"
 
 namespace ackpt {
 namespace testing {

@@ -196,7 +196,7 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
   ackpt::RetentionPolicy policy;
   bool have_policy = false;
   for (const auto& e : entries) {
-    if (!e.readable) continue;
+    if (!e.readable || e.world_size > 0) continue;  // manifests record no policy
     try {
       have_policy =
           ackpt::ParseRetention(ackpt::CheckpointReader::Open(e.path)->info().metadata, &policy);
@@ -210,7 +210,13 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
   if (verify) {
     for (size_t i = 0; i < entries.size(); ++i) {
       try {
-        ackpt::CheckpointReader::Open(entries[i].path)->Verify();
+        // A distributed checkpoint verifies part by part.
+        std::vector<std::string> files{entries[i].path};
+        if (entries[i].world_size > 0) {
+          files.clear();
+          for (const auto& p : entries[i].parts) files.push_back(ackpt::JoinPath(dir, p));
+        }
+        for (const auto& f : files) ackpt::CheckpointReader::Open(f)->Verify();
         status[i] = "ok";
       } catch (const ackpt::Error&) {
         status[i] = "CORRUPT";
@@ -234,6 +240,10 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
           {"time", e.save_time},        {"time_utc", UtcTime(e.save_time)},
           {"file_bytes", e.file_bytes}, {"compression_ratio", e.compression_ratio()},
           {"readable", e.readable},     {"kept_by", e.kept_by}};
+      if (e.world_size > 0) {
+        c["world_size"] = e.world_size;
+        c["parts"] = e.parts;
+      }
       nlohmann::ordered_json m = nlohmann::ordered_json::object();
       for (const auto& kv : e.metrics) {
         if (std::isfinite(kv.second)) {
@@ -262,6 +272,8 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
                metrics.empty() ? std::string("-") : fmt::format("{}", fmt::join(metrics, " ")),
                kept_by(e.kept_by));
     if (!e.readable) fmt::print("         unreadable: {}\n", e.error);
+    if (e.world_size > 0)
+      fmt::print("         distributed: {} ({} parts)\n", ackpt::BaseName(e.path), e.parts.size());
   }
   fmt::print("{} checkpoints in {}; retention: {}\n", entries.size(), dir,
              have_policy ? ackpt::EncodeRetention(policy) : std::string("keep all"));

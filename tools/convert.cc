@@ -14,25 +14,6 @@ namespace {
 
 using ackpt::Error;
 
-// The key path in ackpt's tensor-name form (docs/FORMAT.md section 7): keys
-// joined by '/', with '%' and '/' inside a key escaped as %25 and %2F.
-std::string PathName(const std::vector<std::string>& path) {
-  std::string out;
-  for (const auto& key : path) {
-    if (!out.empty()) out += '/';
-    for (const char c : key) {
-      if (c == '%') {
-        out += "%25";
-      } else if (c == '/') {
-        out += "%2F";
-      } else {
-        out += c;
-      }
-    }
-  }
-  return out;
-}
-
 class Converter {
  public:
   Converter(const ConvertOptions& options, std::vector<std::string>* dropped)
@@ -63,7 +44,7 @@ class Converter {
           throw Error::Unsupported("None at " + Where(*path) +
                                    " (use --none skip to drop None values)");
         }
-        dropped_->push_back(PathName(*path));
+        dropped_->push_back(ackpt::FlatTensorName(*path));
       } else {
         out.set(key, Value(*v, path));
       }
@@ -74,7 +55,7 @@ class Converter {
 
  private:
   static std::string Where(const std::vector<std::string>& path) {
-    return path.empty() ? std::string("the root") : "'" + PathName(path) + "'";
+    return path.empty() ? std::string("the root") : "'" + ackpt::FlatTensorName(path) + "'";
   }
 
   ackpt::Value Value(const PyObj& v, std::vector<std::string>* path) {

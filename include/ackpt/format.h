@@ -70,14 +70,17 @@ struct WriteOptions {
   std::map<std::string, std::string> metadata;
 };
 
-// What a write put on disk.
+// What a write committed, and what it cost.
 struct WriteResult {
-  std::string path;
-  bool compressed = false;     // zstd seekable frames (any Compression but kNone)
-  uint64_t tensor_bytes = 0;   // sum of tensor sizes
-  uint64_t logical_bytes = 0;  // the plain safetensors stream
-  uint64_t file_bytes = 0;     // on disk
-  std::string header_xxh3;     // hex of the header checksum (docs/FORMAT.md 8.2)
+  std::string path;             // where the file was committed
+  bool compressed = false;      // zstd seekable frames (any compression but kNone)
+  uint64_t tensor_bytes = 0;    // sum of tensor sizes
+  uint64_t logical_bytes = 0;   // the plain safetensors stream
+  uint64_t file_bytes = 0;      // on disk
+  std::string header_xxh3;      // hex64 of the header checksum (docs/FORMAT.md 8.2)
+  double hash_seconds = 0;      // per-tensor XXH3, wall (0 where the caller hashed first)
+  double compress_seconds = 0;  // zstd / byte grouping, summed over threads
+  double write_seconds = 0;     // compress + write + fsync + rename, wall
 };
 
 // Serializes `state` and commits it atomically at `path`: a hidden temp file in
@@ -219,6 +222,12 @@ class ACKPT_EXPORT CheckpointReader {
 // {"model/w": t}. The tensors are the state's own (shared, not copied).
 // Throws kInvalidArgument where writing `state` would (empty keys, ...).
 ACKPT_EXPORT std::map<std::string, at::Tensor> FlattenTensors(const StateDict& state);
+
+// The flattened tensor name of a path of keys and list indices, e.g.
+// {"optimizer", "state", "0"} -> "optimizer/state/0" (docs/FORMAT.md section
+// 7). Keys are escaped so the mapping is one-to-one ('%' -> "%25", '/' ->
+// "%2F"): {"a/b"} -> "a%2Fb".
+ACKPT_EXPORT std::string FlatTensorName(const std::vector<std::string>& path);
 
 // Convenience: CheckpointReader::Open(path)->ReadStateDict().
 ACKPT_EXPORT StateDict ReadStateDict(const std::string& path, const ReadOptions& options = {},

@@ -12,7 +12,7 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/open_files.h"
 #include "io/atomic_file.h"
 #include "io/process.h"
 

@@ -7,7 +7,7 @@
 #include "ackpt/async_writer.h"
 #include "ackpt/error.h"
 #include "checkpointer/metadata_keys.h"
-#include "format/internal.h"
+#include "format/writer.h"
 
 namespace ackpt {
 

@@ -16,7 +16,8 @@
 #include "checkpointer/manifest.h"
 #include "checkpointer/metadata_keys.h"
 #include "checkpointer/store_commit.h"
-#include "format/internal.h"
+#include "format/constants.h"
+#include "format/flatten.h"
 
 namespace ackpt {
 

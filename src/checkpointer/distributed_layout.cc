@@ -4,7 +4,7 @@
 
 #include "ackpt/error.h"
 #include "checkpointer/checkpoint_file.h"
-#include "format/internal.h"
+#include "format/flatten.h"
 
 namespace ackpt {
 

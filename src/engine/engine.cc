@@ -8,7 +8,10 @@
 #include <thread>
 
 #include "ackpt/error.h"
-#include "format/internal.h"
+#include "format/auto_policy.h"
+#include "format/flatten.h"
+#include "format/parallel.h"
+#include "format/writer.h"
 #include "util/logger.h"
 
 namespace ackpt {
@@ -97,6 +100,8 @@ struct Engine::State {
   asio::strand<asio::thread_pool::executor_type> strand;
   std::unique_ptr<TaskPool> copiers;
   StagingPool staging;
+  // kAuto's model of this engine's disk and codecs (every save feeds it).
+  format::codec::AutoModel auto_model;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -434,9 +439,9 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
       format::HashTensors(&job.tensors, job.stream.get(), parallel_for);
       job.stats.hash_seconds = Seconds(Clock::now() - h0);
     }
-    const format::EncodeResult r =
-        format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts, metadata, job.path,
-                                      opts.env, job.stream.get(), parallel_for, &s.cancel);
+    const WriteResult r = format::EncodeStreamAndCommit(
+        job.tensors, job.tree_json, opts, metadata, job.path, opts.env, job.stream.get(),
+        parallel_for, &s.auto_model, &s.cancel);
     {
       // The copy has published its last byte; let it finish its bookkeeping.
       std::unique_lock<std::mutex> lock(s.mu);
@@ -500,6 +505,8 @@ void Engine::WaitSnapshot() {
   std::unique_lock<std::mutex> lock(s.mu);
   s.cv.wait(lock, [&] { return s.copying == 0; });
 }
+
+format::codec::AutoModel& Engine::auto_model() { return state_->auto_model; }
 
 std::vector<int> Engine::writer_thread_ids() const { return state_->writers.thread_ids(); }
 

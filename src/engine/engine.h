@@ -25,6 +25,11 @@ class logger;
 }
 
 namespace ackpt {
+namespace format {
+namespace codec {
+class AutoModel;
+}
+}  // namespace format
 namespace engine {
 
 // Test-only hooks (not options a user sets).
@@ -90,6 +95,8 @@ class Engine {
   // Linux thread ids of the writer and copy threads (tests check their priority).
   std::vector<int> writer_thread_ids() const;
   std::vector<int> copy_thread_ids() const;
+  // kAuto's model of this engine's saves (tests set its disk speed).
+  format::codec::AutoModel& auto_model();
   // The file system as the background sees it: detached at shutdown if a
   // write is stuck. Layers above use it for their background work too.
   std::shared_ptr<Env> env() const { return env_; }

@@ -10,6 +10,10 @@
 #include <thread>
 #include <utility>
 
+#include "format/checksum.h"
+#include "format/header.h"
+#include "format/writer.h"
+
 namespace ackpt {
 namespace engine {
 

@@ -17,7 +17,8 @@
 #include "ackpt/error.h"
 #include "engine/staging_pool.h"
 #include "engine/task_pool.h"
-#include "format/internal.h"
+#include "format/data_source.h"
+#include "format/flatten.h"
 
 namespace ackpt {
 namespace engine {

@@ -1,5 +1,6 @@
-// The byte-grouped frame codec (docs/FORMAT.md section 14) and the automatic
-// choice between storing, zstd and byte grouping (Compression::kAuto).
+// The byte-grouped frame codec (docs/FORMAT.md section 14). The automatic
+// choice between storing, zstd and byte grouping (Compression::kAuto) is in
+// format/auto_policy.h, the byte transposition in format/transpose.h.
 //
 // A float tensor looks like noise to zstd: its sign/exponent bytes are highly
 // redundant while its low mantissa bytes are nearly random, and interleaved
@@ -13,24 +14,21 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "ackpt/format.h"
-#include "format/internal.h"
+#include "format/flatten.h"
 
 namespace ackpt {
 namespace format {
 namespace codec {
 
-// Files that may hold byte-grouped frames are format version 3 and name the
-// codec in __metadata__ (readers of versions 1-2 refuse them instead of
-// misreading a frame).
-inline constexpr int kByteGroupedFormatVersion = 3;
-inline constexpr const char* kMetaCodec = "ackpt.codec";
-inline constexpr const char* kCodecByteGrouped = "bytegroup1";
+// Files that may hold byte-grouped frames are kByteGroupedFormatVersion and
+// name the codec (kMetaCodec = kCodecByteGrouped) in __metadata__
+// (format/constants.h).
+
 // First 4 bytes of a byte-grouped frame: "AKBG" (41 4B 42 47). Not a zstd
 // frame magic, not a skippable-frame magic, so `zstd -d` stops loudly.
 inline constexpr uint32_t kGroupedFrameMagic = 0x47424B41;
@@ -63,11 +61,6 @@ std::vector<Segment> SegmentsOf(const Layout& layout, uint64_t offset, uint64_t 
 // 14.2): for k = 8, 4, 2 with any whole k-byte element, k planes; then the
 // rest (1-byte tensors, tails of k-segments) if not empty.
 std::vector<uint64_t> StreamSizes(const std::vector<Segment>& segments);
-
-// Transposition of m elements of K bytes into K planes (plane j gets byte j
-// of every element) and back. SSE2 where available (x86-64 baseline).
-void Group(const uint8_t* src, size_t m, size_t k, uint8_t* const* planes);
-void Ungroup(const uint8_t* const* planes, size_t m, size_t k, uint8_t* dst);
 
 // How a compressible plane is coded. kAdaptive picks per plane from its
 // byte histogram; the others force one coder (benchmarks, tests).
@@ -114,10 +107,6 @@ uint32_t EncodeZstdFrame(const uint8_t* src, size_t n, int level, std::string* o
 uint32_t EncodeStoredFrame(const uint8_t* src, size_t n, std::string* out);
 
 // ---- writer integration -------------------------------------------------------
-// The pieces of logical bytes [offset, offset + n), in order.
-using VisitFn = std::function<void(uint64_t offset, uint64_t n,
-                                   const std::function<void(const void*, size_t)>& fn)>;
-
 // The data layout of tensors about to be written (staging_offset their
 // offset in the data section, which starts at byte header_bytes).
 Layout LayoutOf(const std::vector<FlatTensor>& tensors, uint64_t header_bytes);
@@ -126,33 +115,6 @@ Layout LayoutOf(const std::vector<FlatTensor>& tensors, uint64_t header_bytes);
 bool UsesCodec(Compression compression);
 // Adds ackpt.codec and ackpt.version for such files.
 void AddCodecMetadata(const WriteOptions& options, std::map<std::string, std::string>* internal);
-
-// Encodes data frame [offset, offset + n) per options.compression
-// (kZstdByteGrouped or kAuto) into *out; returns its checksum.
-uint32_t EncodeDataFrame(const VisitFn& visit, uint64_t offset, size_t n, const Layout& layout,
-                         const WriteOptions& options, std::string* out);
-
-// After a save: feeds the measured write speed to kAuto's model.
-void RecordSave(const WriteOptions& options, uint64_t file_bytes, double write_seconds,
-                double compress_seconds);
-
-// ---- kAuto ------------------------------------------------------------------------
-// What kAuto chose for a frame, and the model behind it (docs/FORMAT.md 14.5).
-enum class AutoChoice { kStore, kZstd, kGrouped };
-struct AutoEstimate {
-  double disk_bytes_per_s = 0;               // measured (or assumed) write speed of the file system
-  double threads = 1;                        // compressing in parallel
-  double zstd_ratio = 1, grouped_ratio = 1;  // on the frame's sample
-  double zstd_bytes_per_s = 0, grouped_bytes_per_s = 0;  // per thread
-};
-// The decision rule: the smallest estimated output among the choices whose
-// estimated time (compress on `threads` + write the output) is no more than
-// storing's (write all n bytes); storing when nothing qualifies.
-AutoChoice Decide(const AutoEstimate& e);
-// Test hooks: the disk speed kAuto assumes (0 = measure, the default), and
-// the last frame's estimate and choice.
-void SetAutoDiskSpeedForTesting(double bytes_per_s);
-AutoEstimate LastAutoEstimateForTesting(AutoChoice* choice);
 
 // ---- reader integration -----------------------------------------------------------
 // The data layout of an opened file (tensors in data order).

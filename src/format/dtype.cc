@@ -1,7 +1,10 @@
+// safetensors dtype names (format/dtype.h).
+#include "format/dtype.h"
+
 #include <c10/core/ScalarType.h>
 
 #include "ackpt/error.h"
-#include "format/internal.h"
+#include "ackpt/format.h"
 
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>

@@ -1,4 +1,6 @@
 // StateDict <-> (named tensors, JSON tree). docs/FORMAT.md, "The state tree".
+#include "format/flatten.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -6,7 +8,7 @@
 #include <set>
 
 #include "ackpt/error.h"
-#include "format/internal.h"
+#include "ackpt/format.h"
 
 namespace ackpt {
 namespace format {
@@ -14,8 +16,6 @@ namespace format {
 using json = nlohmann::json;
 
 namespace {
-
-constexpr int kMaxDepth = 256;
 
 std::string JoinName(const std::string& prefix, const std::string& component) {
   return prefix.empty() ? component : prefix + "/" + component;
@@ -27,9 +27,9 @@ json FlattenValue(const Value& v, const std::string& name, int depth, std::vecto
 
 json FlattenDict(const StateDict& d, const std::string& name, int depth,
                  std::vector<FlatTensor>* out) {
-  if (depth > kMaxDepth) {
-    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " +
-                                 Where(name));
+  if (depth > kMaxTreeDepth) {
+    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxTreeDepth) +
+                                 " at " + Where(name));
   }
   json items = json::array();
   for (const auto& kv : d) {
@@ -43,10 +43,10 @@ json FlattenDict(const StateDict& d, const std::string& name, int depth,
 json FlattenValue(const Value& v, const std::string& name, int depth,
                   std::vector<FlatTensor>* out) {
   // Every node, leaves included, counts: Unflatten rejects any node deeper
-  // than kMaxDepth, so the writer must never produce one.
-  if (depth > kMaxDepth) {
-    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxDepth) + " at " +
-                                 Where(name));
+  // than kMaxTreeDepth, so the writer must never produce one.
+  if (depth > kMaxTreeDepth) {
+    throw Error::InvalidArgument("state tree deeper than " + std::to_string(kMaxTreeDepth) +
+                                 " at " + Where(name));
   }
   switch (v.kind()) {
     case Value::Kind::kTensor:
@@ -346,7 +346,7 @@ void Flatten(const StateDict& state, std::vector<FlatTensor>* tensors, std::stri
 
 StateDict Unflatten(const std::string& tree_json, const std::map<std::string, at::Tensor>& tensors,
                     const std::string& path_for_errors, int max_depth) {
-  TreeSax sax(tensors, path_for_errors, std::min(max_depth, kMaxDepth));
+  TreeSax sax(tensors, path_for_errors, std::min(max_depth, kMaxTreeDepth));
   json::sax_parse(tree_json.begin(), tree_json.end(), &sax);
   StateDict out = sax.TakeRoot();
   if (sax.used().size() != tensors.size()) {

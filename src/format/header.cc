@@ -1,6 +1,5 @@
 // The safetensors header with ackpt's metadata. docs/FORMAT.md, "Header".
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "format/header.h"
 
 #include <algorithm>
 #include <cstring>
@@ -9,7 +8,10 @@
 #include <set>
 
 #include "ackpt/error.h"
-#include "format/internal.h"
+#include "format/bytes.h"
+#include "format/checksum.h"
+#include "format/constants.h"
+#include "format/dtype.h"
 
 namespace ackpt {
 namespace format {
@@ -60,30 +62,16 @@ void CheckHeaderChecksum(const std::string& region, const std::string* stored,
     Bad(path, "header checksum field is not present exactly once");
   }
   const std::string zero = HeaderChecksumField(kZeroHash);
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, region.data(), pos);
-  XXH3_64bits_update(&state, zero.data(), zero.size());
-  XXH3_64bits_update(&state, region.data() + pos + field.size(),
-                     region.size() - pos - field.size());
-  if (XXH3_64bits_digest(&state) != stored_hash) {
+  Xxh3Stream hash;
+  hash.Update(region.data(), pos);
+  hash.Update(zero.data(), zero.size());
+  hash.Update(region.data() + pos + field.size(), region.size() - pos - field.size());
+  if (hash.Digest() != stored_hash) {
     throw Error::Corruption("header checksum mismatch in '" + path + "'");
   }
 }
 
 }  // namespace
-
-uint64_t Xxh3(const void* data, size_t n) { return XXH3_64bits(data, n); }
-
-std::string Hex64(uint64_t v) {
-  static const char* kDigits = "0123456789abcdef";
-  std::string s(16, '0');
-  for (int i = 15; i >= 0; --i) {
-    s[static_cast<size_t>(i)] = kDigits[v & 0xf];
-    v >>= 4;
-  }
-  return s;
-}
 
 void SortForAlignment(std::vector<FlatTensor>* tensors) {
   std::stable_sort(tensors->begin(), tensors->end(), [](const FlatTensor& a, const FlatTensor& b) {
@@ -150,10 +138,9 @@ std::string EncodeHeader(const std::vector<FlatTensor>& tensors, const std::stri
     throw Error::InvalidArgument("header of " + std::to_string(text.size()) +
                                  " bytes exceeds the safetensors limit of 100 MB");
   }
-  std::string region(8, '\0');
-  uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i)
-    region[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  uint8_t length[8];
+  StoreLE64(length, text.size());
+  std::string region(reinterpret_cast<const char*>(length), sizeof length);
   region += text;
   // The real field is the last member of __metadata__ and tensor entries
   // cannot contain the pattern, so it is the last occurrence. An earlier one
@@ -164,6 +151,13 @@ std::string EncodeHeader(const std::vector<FlatTensor>& tensors, const std::stri
   const uint64_t hash = Xxh3(region.data(), region.size());
   region.replace(pos, placeholder.size(), HeaderChecksumField(Hex64(hash)));
   return region;
+}
+
+std::string HeaderChecksumOf(const std::string& region) {
+  // EncodeHeader stores it as the last member of __metadata__.
+  const std::string key = std::string("\"") + kMetaHeaderChecksum + "\":\"";
+  const size_t pos = region.rfind(key);
+  return pos == std::string::npos ? std::string() : region.substr(pos + key.size(), 16);
 }
 
 void ValidateReadOptions(const ReadOptions& o) {

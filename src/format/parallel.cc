@@ -1,10 +1,12 @@
+// ParallelFor and ResolveThreads (format/parallel.h).
+#include "format/parallel.h"
+
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include "format/internal.h"
 
 namespace ackpt {
 namespace format {

@@ -1,9 +1,11 @@
 // zstd seekable format seek table (facebook/zstd contrib/seekable_format).
+#include "format/seekable.h"
+
 #include <algorithm>
 #include <cstring>
 
 #include "ackpt/error.h"
-#include "format/internal.h"
+#include "format/bytes.h"
 
 namespace ackpt {
 namespace format {
@@ -11,12 +13,9 @@ namespace format {
 namespace {
 
 void PutLE32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-uint32_t GetLE32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
-         (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+  uint8_t b[4];
+  StoreLE32(b, v);
+  out->append(reinterpret_cast<const char*>(b), sizeof b);
 }
 
 [[noreturn]] void Bad(const RandomAccessFile& file, const std::string& what) {
@@ -45,11 +44,11 @@ bool LooksCompressed(const RandomAccessFile& file) {
   if (file.Size() < 4) return false;
   uint8_t magic[4];
   file.Read(0, 4, magic);
-  return GetLE32(magic) == kZstdFrameMagic;
+  return LoadLE32(magic) == kZstdFrameMagic;
 }
 
 uint32_t SeekTable::Field(size_t i, int k) const {
-  return GetLE32(reinterpret_cast<const uint8_t*>(raw_.data()) + i * entry_size_ + 4 * k);
+  return LoadLE32(reinterpret_cast<const uint8_t*>(raw_.data()) + i * entry_size_ + 4 * k);
 }
 
 FrameEntry SeekTable::frame(size_t i) const {
@@ -85,9 +84,9 @@ SeekTable ReadSeekTable(const RandomAccessFile& file, uint64_t max_frames) {
     Bad(file, "file of " + std::to_string(size) + " bytes is too small");
   uint8_t footer[kSeekTableFooterSize];
   file.Read(size - kSeekTableFooterSize, kSeekTableFooterSize, footer);
-  if (GetLE32(footer + 5) != kSeekableFooterMagic)
+  if (LoadLE32(footer + 5) != kSeekableFooterMagic)
     Bad(file, "footer magic missing (truncated file?)");
-  const uint32_t num_frames = GetLE32(footer);
+  const uint32_t num_frames = LoadLE32(footer);
   const uint8_t descriptor = footer[4];
   if (descriptor & 0x7c) Bad(file, "reserved descriptor bits are set");
   if (num_frames > kMaxFrames || num_frames > max_frames) {
@@ -107,8 +106,8 @@ SeekTable ReadSeekTable(const RandomAccessFile& file, uint64_t max_frames) {
   uint8_t head[8];
   const uint64_t table_start = size - table.table_bytes;
   file.Read(table_start, 8, head);
-  if (GetLE32(head) != kSeekableSkippableMagic) Bad(file, "skippable frame magic missing");
-  if (GetLE32(head + 4) != table.table_bytes - 8)
+  if (LoadLE32(head) != kSeekableSkippableMagic) Bad(file, "skippable frame magic missing");
+  if (LoadLE32(head + 4) != table.table_bytes - 8)
     Bad(file, "skippable frame size does not match the frame count");
   table.raw_.resize(static_cast<size_t>(uint64_t{num_frames} * table.entry_size_));
   file.Read(table_start + 8, table.raw_.size(), table.raw_.data());

@@ -1,7 +1,7 @@
-// Serializing a checkpoint and committing it atomically.
-#define XXH_INLINE_ALL
+// Serializing a checkpoint and committing it atomically (format/writer.h).
+#include "format/writer.h"
+
 #include <ATen/ATen.h>
-#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -10,8 +10,16 @@
 #include <cstring>
 
 #include "ackpt/error.h"
+#include "format/auto_policy.h"
+#include "format/bytes.h"
+#include "format/checksum.h"
 #include "format/codec.h"
-#include "format/internal.h"
+#include "format/constants.h"
+#include "format/dtype.h"
+#include "format/header.h"
+#include "format/seekable.h"
+#include "format/zstd_context.h"
+#include "io/atomic_file.h"
 
 namespace ackpt {
 namespace format {
@@ -24,27 +32,12 @@ double SecondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-struct CCtxDeleter {
-  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
-};
-
-ZSTD_CCtx* ThreadCCtx() {
-  thread_local std::unique_ptr<ZSTD_CCtx, CCtxDeleter> cctx(ZSTD_createCCtx());
-  if (!cctx) throw Error(Error::Code::kIOError, "ZSTD_createCCtx failed (out of memory)");
-  return cctx.get();
-}
-
-void CheckZstd(size_t rc, const char* call) {
-  if (ZSTD_isError(rc))
-    throw Error(Error::Code::kIOError, std::string(call) + ": " + ZSTD_getErrorName(rc));
-}
-
 // The logical stream of a checkpoint: the header region, then the data
 // section from its source.
 struct Logical {
   const std::string& header;
   const DataSource& data;
-  const codec::Layout* layout = nullptr;  // tensors' spans, for codec::EncodeDataFrame
+  const codec::Layout* layout = nullptr;  // tensors' spans, for EncodeCodecFrame
   uint64_t size() const { return header.size() + data.size(); }
   void Visit(uint64_t offset, uint64_t n,
              const std::function<void(const void*, size_t)>& fn) const {
@@ -61,15 +54,7 @@ struct Logical {
 
 // A context for one frame of `level`, with its content checksum (which the
 // seek table reuses) and its size in the frame header.
-ZSTD_CCtx* StartFrame(int level) {
-  ZSTD_CCtx* cctx = ThreadCCtx();
-  CheckZstd(ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters), "ZSTD_CCtx_reset");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level),
-            "ZSTD_c_compressionLevel");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1), "ZSTD_c_checksumFlag");
-  CheckZstd(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1), "ZSTD_c_contentSizeFlag");
-  return cctx;
-}
+ZSTD_CCtx* StartFrame(int level) { return ThreadFrameCCtx(level, /*checksum=*/true); }
 
 // The low 32 bits of XXH64 of a frame's input: exactly the frame's own
 // content checksum (zstd format: "lowest 4 bytes of XXH64, seed 0,
@@ -79,9 +64,7 @@ ZSTD_CCtx* StartFrame(int level) {
 uint32_t FrameChecksum(const std::string& frame) {
   if (frame.size() < 4)
     throw Error(Error::Code::kIOError, "zstd produced a frame without a content checksum");
-  const auto* tail = reinterpret_cast<const uint8_t*>(frame.data() + frame.size() - 4);
-  return static_cast<uint32_t>(tail[0]) | (static_cast<uint32_t>(tail[1]) << 8) |
-         (static_cast<uint32_t>(tail[2]) << 16) | (static_cast<uint32_t>(tail[3]) << 24);
+  return LoadLE32(reinterpret_cast<const uint8_t*>(frame.data() + frame.size() - 4));
 }
 
 using Feed = std::function<void(const void*, size_t)>;
@@ -163,6 +146,33 @@ uint32_t CompressArriving(const Logical& stream, DataSource* source, uint64_t of
       out);
 }
 
+// Encodes data frame [offset, offset + n) of a file written through the
+// codec: kZstdByteGrouped's frame, or the one kAuto's model chooses. The
+// frame's bytes in one piece: in place when the stream holds them so (most
+// frames lie inside one tensor), else gathered.
+uint32_t EncodeCodecFrame(const Logical& stream, uint64_t offset, size_t n,
+                          const WriteOptions& options, codec::AutoModel* auto_model,
+                          std::string* out) {
+  const uint8_t* src = nullptr;
+  size_t pieces = 0;
+  stream.Visit(offset, n, [&](const void* p, size_t) {
+    if (pieces++ == 0) src = static_cast<const uint8_t*>(p);
+  });
+  if (pieces != 1) {
+    uint8_t* gather = ThreadScratch(BufferUse::kGather).Get(n);
+    size_t at = 0;
+    stream.Visit(offset, n, [&](const void* p, size_t len) {
+      std::memcpy(gather + at, p, len);
+      at += len;
+    });
+    src = gather;
+  }
+  const std::vector<codec::Segment> segments = codec::SegmentsOf(*stream.layout, offset, n);
+  if (options.compression == Compression::kZstdByteGrouped)
+    return codec::EncodeByteGroupedDataFrame(src, n, segments, options.zstd_level, out);
+  return auto_model->EncodeFrame(src, n, segments, options, out);
+}
+
 // Coalesces small appends so a state of many tiny tensors is not written
 // with one syscall per tensor.
 class BufferedAppender {
@@ -204,50 +214,6 @@ void ValidateWriteOptions(const WriteOptions& o) {
   }
 }
 
-MemorySource::MemorySource(std::vector<FlatTensor>* tensors)
-    : DataSource([&] {
-        uint64_t n = 0;
-        for (const auto& t : *tensors) n += t.nbytes;
-        return n;
-      }()) {
-  uint64_t offset = 0;
-  for (auto& t : *tensors) {
-    t.staging_offset = offset;
-    if (t.nbytes > 0) {
-      pieces_.emplace_back(static_cast<const uint8_t*>(t.data), offset);
-      ends_.push_back(offset + t.nbytes);
-    }
-    offset += t.nbytes;
-  }
-}
-
-uint64_t MemorySource::WaitFor(uint64_t) { return size(); }
-
-void MemorySource::Visit(uint64_t offset, uint64_t n,
-                         const std::function<void(const void*, size_t)>& fn) const {
-  // The first piece ending after `offset`.
-  size_t i =
-      static_cast<size_t>(std::upper_bound(ends_.begin(), ends_.end(), offset) - ends_.begin());
-  const uint64_t end = offset + n;
-  for (; i < pieces_.size() && pieces_[i].second < end; ++i) {
-    const uint64_t b = std::max(offset, pieces_[i].second);
-    const uint64_t e = std::min(end, ends_[i]);
-    if (b < e) fn(pieces_[i].first + (b - pieces_[i].second), static_cast<size_t>(e - b));
-  }
-}
-
-Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
-  if (state_ == nullptr) throw Error(Error::Code::kIOError, "XXH3_createState: out of memory");
-  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
-}
-Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
-void Xxh3Stream::Update(const void* data, size_t n) {
-  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, n);
-}
-uint64_t Xxh3Stream::Digest() const {
-  return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_));
-}
-
 void HashTensors(std::vector<FlatTensor>* tensors, DataSource* source,
                  const ParallelForFn& parallel_for) {
   std::vector<FlatTensor>& ts = *tensors;
@@ -280,7 +246,8 @@ std::vector<std::pair<uint64_t, uint64_t>> FrameRanges(uint64_t header_bytes, ui
 // never waited on for more than it can deliver; written bytes are released.
 void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource* source,
                  WritableFile* file, const ParallelForFn& parallel_for,
-                 const std::function<void()>& check_cancel, EncodeResult* result) {
+                 codec::AutoModel* auto_model, const std::function<void()>& check_cancel,
+                 WriteResult* result) {
   const uint64_t header_bytes = stream.header.size();
   const auto ranges = FrameRanges(header_bytes, stream.size(), options.chunk_size);
   if (ranges.size() > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
@@ -331,11 +298,8 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
       const auto c0 = Clock::now();
       const auto& r = ranges[first + j];
       if (first + j > 0 && codec::UsesCodec(options.compression)) {  // data frames only
-        sums[j] = codec::EncodeDataFrame(
-            [&](uint64_t o, uint64_t n, const std::function<void(const void*, size_t)>& fn) {
-              stream.Visit(o, n, fn);
-            },
-            r.first, static_cast<size_t>(r.second), *stream.layout, options, &frames[j]);
+        sums[j] = EncodeCodecFrame(stream, r.first, static_cast<size_t>(r.second), options,
+                                   auto_model, &frames[j]);
       } else {
         sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second), options.zstd_level,
                                 &frames[j]);
@@ -367,7 +331,7 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
 // delivers it, in pieces of at most chunk_size, released once appended.
 void WritePlain(const std::string& header, const WriteOptions& options, DataSource* source,
                 WritableFile* file, const std::function<void()>& check_cancel,
-                EncodeResult* result) {
+                WriteResult* result) {
   BufferedAppender out(file);
   out.Append(header.data(), header.size());
   const uint64_t total = source->size();
@@ -386,27 +350,21 @@ void WritePlain(const std::string& header, const WriteOptions& options, DataSour
   result->file_bytes = header.size() + total;
 }
 
-std::string HeaderChecksumOf(const std::string& region) {
-  // EncodeHeader stores it as the last member of __metadata__.
-  const std::string key = std::string("\"") + kMetaHeaderChecksum + "\":\"";
-  const size_t pos = region.rfind(key);
-  return pos == std::string::npos ? std::string() : region.substr(pos + key.size(), 16);
-}
-
 }  // namespace
 
-EncodeResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
-                                   const std::string& tree_json, const WriteOptions& options,
-                                   const std::map<std::string, std::string>& internal_metadata,
-                                   const std::string& path, Env* env, DataSource* source,
-                                   const ParallelForFn& parallel_for,
-                                   const std::atomic<bool>* cancel) {
-  ValidateWriteOptions(options);
+WriteResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
+                                  const std::string& tree_json, const WriteOptions& options,
+                                  const std::map<std::string, std::string>& internal_metadata,
+                                  const std::string& path, Env* env, DataSource* source,
+                                  const ParallelForFn& parallel_for, codec::AutoModel* auto_model,
+                                  const std::atomic<bool>* cancel) {
   auto check_cancel = [cancel, &path] {
     if (cancel != nullptr && cancel->load())
       throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
   };
-  EncodeResult result;
+  WriteResult result;
+  result.path = path;
+  result.compressed = options.compression != Compression::kNone;
   std::map<std::string, std::string> internal = internal_metadata;
   codec::AddCodecMetadata(options, &internal);  // ackpt.codec, version 3
   const std::string header = EncodeHeader(tensors, tree_json, options.metadata, internal);
@@ -422,27 +380,26 @@ EncodeResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
     if (options.compression == Compression::kNone) {
       WritePlain(header, options, source, file, check_cancel, &result);
     } else {
-      WriteFrames(stream, options, source, file, parallel_for, check_cancel, &result);
+      WriteFrames(stream, options, source, file, parallel_for, auto_model, check_cancel, &result);
     }
   });
   result.write_seconds = SecondsSince(t0);
-  codec::RecordSave(options, result.file_bytes, result.write_seconds, result.compress_seconds);
+  auto_model->RecordSave(options, result.file_bytes, result.write_seconds, result.compress_seconds);
   return result;
 }
 
-EncodeResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
-                             const WriteOptions& options,
-                             const std::map<std::string, std::string>& internal_metadata,
-                             const std::string& path, Env* env, const ParallelForFn& parallel_for,
-                             const std::atomic<bool>* cancel) {
-  ValidateWriteOptions(options);
+WriteResult EncodeAndCommit(std::vector<FlatTensor>* tensors, const std::string& tree_json,
+                            const WriteOptions& options,
+                            const std::map<std::string, std::string>& internal_metadata,
+                            const std::string& path, Env* env, const ParallelForFn& parallel_for,
+                            codec::AutoModel* auto_model, const std::atomic<bool>* cancel) {
   SortForAlignment(tensors);
   MemorySource source(tensors);
   const auto h0 = Clock::now();
   HashTensors(tensors, &source, parallel_for);
   const double hash_seconds = SecondsSince(h0);
-  EncodeResult result = EncodeStreamAndCommit(*tensors, tree_json, options, internal_metadata, path,
-                                              env, &source, parallel_for, cancel);
+  WriteResult result = EncodeStreamAndCommit(*tensors, tree_json, options, internal_metadata, path,
+                                             env, &source, parallel_for, auto_model, cancel);
   result.hash_seconds = hash_seconds;
   return result;
 }
@@ -472,31 +429,21 @@ void PrepareContiguous(std::vector<FlatTensor>* tensors, std::vector<at::Tensor>
   }
 }
 
-}  // namespace format
-
-namespace format {
-
 WriteResult WriteStateDictSync(const StateDict& state, const std::string& path,
                                const WriteOptions& options,
                                const std::map<std::string, std::string>& internal_metadata,
                                Env* env) {
-  std::vector<format::FlatTensor> tensors;
+  ValidateWriteOptions(options);
+  std::vector<FlatTensor> tensors;
   std::string tree;
-  format::Flatten(state, &tensors, &tree);
+  Flatten(state, &tensors, &tree);
   std::vector<at::Tensor> keep_alive;
-  format::PrepareContiguous(&tensors, &keep_alive);
+  PrepareContiguous(&tensors, &keep_alive);
   const int threads = options.writer_threads;
-  const format::EncodeResult r =
-      format::EncodeAndCommit(&tensors, tree, options, internal_metadata, path, env,
-                              [threads](size_t n, const std::function<void(size_t)>& fn) {
-                                format::ParallelFor(n, threads, fn);
-                              });
-  WriteResult result;
-  result.path = path;
-  result.tensor_bytes = r.tensor_bytes;
-  result.logical_bytes = r.logical_bytes;
-  result.file_bytes = r.file_bytes;
-  return result;
+  return EncodeAndCommit(
+      &tensors, tree, options, internal_metadata, path, env,
+      [threads](size_t n, const std::function<void(size_t)>& fn) { ParallelFor(n, threads, fn); },
+      &codec::DefaultAutoModel());
 }
 
 }  // namespace format
