@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 
+from report_common import median_bars, mm, pct, table, verdict
 import report_gbench  # Google Benchmark JSON of the stall, throughput and compression drivers
 from report_load import load_section  # the "Load into tensors" section (bench/load.cc)
 from report_distributed import distributed_section  # "Many ranks" (bench/distributed.cc)
@@ -100,26 +101,6 @@ def load(results, name):
 
 def ms(x):
     return f"{x * 1e3:.1f}"
-
-
-def pct(x, digits=1):
-    return f"{x * 100:.{digits}f} %"
-
-
-def mm(stat, scale=1e3, fmt="{:.1f}"):
-    """'median (min–max)' of a {median,min,max} dict."""
-    return f"{fmt.format(stat['median'] * scale)} ({fmt.format(stat['min'] * scale)}–{fmt.format(stat['max'] * scale)})"
-
-
-def table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(str(c) for c in r) + " |")
-    return "\n".join(out) + "\n"
-
-
-def verdict(met):
-    return "**met**" if met else "**missed**"
 
 
 class Plots:
@@ -535,30 +516,16 @@ def throughput_section(j, plots, targets, headline, micro):
         ax = axes[0]
         keys = [k for k in r if k.startswith(("persist_", "raw_write", "zstd_lib", "zstd_cli"))]
         keys.sort(key=lambda k: (k.split("_")[0] != "persist", k))
-        ys = [r[k]["gbps"]["median"] for k in keys]
-        lo = [r[k]["gbps"]["median"] - r[k]["gbps"]["min"] for k in keys]
-        hi = [r[k]["gbps"]["max"] - r[k]["gbps"]["median"] for k in keys]
         colors = ["tab:blue" if k.startswith("persist") else "tab:gray" if k.startswith("raw") else "tab:orange"
                   for k in keys]
-        ax.barh(range(len(keys)), ys, xerr=[lo, hi], color=colors, capsize=2)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels(keys, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("GB/s of logical bytes (median; bars min–max)")
-        ax.set_title("Persist (blue) vs raw disk (gray) and zstd (orange)")
+        median_bars(ax, [r[k]["gbps"] for k in keys], keys, colors, log=False,
+                    xlabel="GB/s of logical bytes (median; bars min–max)",
+                    title="Persist (blue) vs raw disk (gray) and zstd (orange)")
         ax = axes[1]
         keys = sorted(k for k in r if k.startswith(("load_", "raw_read")))
-        ys = [r[k]["gbps"]["median"] for k in keys]
-        lo = [r[k]["gbps"]["median"] - r[k]["gbps"]["min"] for k in keys]
-        hi = [r[k]["gbps"]["max"] - r[k]["gbps"]["median"] for k in keys]
         colors = ["tab:blue" if k.startswith("load") else "tab:gray" for k in keys]
-        ax.barh(range(len(keys)), ys, xerr=[lo, hi], color=colors, capsize=2)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels(keys, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_xlabel("GB/s (log; median, bars min–max)")
-        ax.set_title("Load (blue) vs raw read (gray)")
+        median_bars(ax, [r[k]["gbps"] for k in keys], keys, colors,
+                    xlabel="GB/s (log; median, bars min–max)", title="Load (blue) vs raw read (gray)")
         out.append("\n" + plots.save(fig, "throughput.png"))
     return "".join(out)
 

@@ -5,15 +5,11 @@ bench/report.py calls codec_section() with the JSON of `ackpt_bench_codec
 codec's tables and targets live next to nothing else.
 """
 
+from report_common import table as _table
+
 TARGET_SMALLER = 0.08       # >= 8 % smaller than zstd -1 on fp32 and bf16 parameters
 TARGET_SMALLER_BF16 = 0.15  # stretch, bf16 parameters
 TARGET_SPEED = 0.9          # compression and decompression >= 0.9 x zstd -1, per thread
-
-
-def _table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out) + "\n"
 
 
 def _key(r):

@@ -5,16 +5,7 @@ headline), like the other sections: returns the markdown, appends to
 is there."""
 
 
-def _table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(str(c) for c in r) + " |")
-    return "\n".join(out) + "\n"
-
-
-def _mm(stat):
-    """'median (min–max)' in ms."""
-    return f"{stat['median'] * 1e3:.1f} ({stat['min'] * 1e3:.1f}–{stat['max'] * 1e3:.1f})"
+from report_common import median_bars, mm as _mm, table as _table
 
 
 def distributed_section(j, plots, targets, headline):
@@ -85,15 +76,8 @@ def distributed_section(j, plots, targets, headline):
                 ("dist_stall_slowest_seconds", "stall, slowest rank", "tab:blue"),
                 ("rank0_only_seconds", "replicated: rank 0 alone", "tab:gray"),
                 ("replicated_seconds", f"replicated: spread over {n}", "tab:blue")]
-        ys = [r[k]["median"] * 1e3 for k, _, _ in keys]
-        lo = [(r[k]["median"] - r[k]["min"]) * 1e3 for k, _, _ in keys]
-        hi = [(r[k]["max"] - r[k]["median"]) * 1e3 for k, _, _ in keys]
-        ax.barh(range(len(keys)), ys, xerr=[lo, hi], color=[c for _, _, c in keys], capsize=2)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels([lbl for _, lbl, _ in keys], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_xlabel("ms (log; median, bars min–max)")
-        ax.set_title(f"Distributed checkpointing: {n} ranks (blue) vs one process (gray)")
+        median_bars(ax, [r[k] for k, _, _ in keys], [lbl for _, lbl, _ in keys], [c for _, _, c in keys],
+                    scale=1e3, fontsize=8, xlabel="ms (log; median, bars min–max)",
+                    title=f"Distributed checkpointing: {n} ranks (blue) vs one process (gray)")
         out.append("\n" + plots.save(fig, "distributed.png"))
     return "".join(out)

@@ -4,15 +4,7 @@ like the other sections: returns the markdown, appends to `targets` and
 `headline`, and saves its plot through `plots` when matplotlib is there."""
 
 
-def _table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(str(c) for c in r) + " |")
-    return "\n".join(out) + "\n"
-
-
-def _verdict(met):
-    return "**met**" if met else "**missed**"
+from report_common import median_bars, table as _table, verdict as _verdict
 
 
 # Why a target is missed, when it is: what the measurement shows and what would close it.
@@ -133,17 +125,10 @@ def load_section(j, plots, targets, headline):
             f"zstd_lib_{t}t", "zstd_lib_1t", "load_into_noverify_hot_zstd", "load_into_hot_zstd",
             "load_fresh_hot_zstd", "raw_read_reused_cold_plain", "load_into_cold_plain",
             "raw_read_reused_cold_zstd", "load_into_cold_zstd"] if k in r]
-        ys = [r[k]["gbps"]["median"] for k in keys]
-        lo = [r[k]["gbps"]["median"] - r[k]["gbps"]["min"] for k in keys]
-        hi = [r[k]["gbps"]["max"] - r[k]["gbps"]["median"] for k in keys]
         colors = ["tab:blue" if k.startswith("load") else "tab:orange" if k.startswith("zstd") else "tab:gray"
                   for k in keys]
-        ax.barh(range(len(keys)), ys, xerr=[lo, hi], color=colors, capsize=2)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels(keys, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_xlabel("GB/s (log; median, bars min–max)")
-        ax.set_title("Load (blue) vs raw read (gray) and libzstd (orange)")
+        median_bars(ax, [r[k]["gbps"] for k in keys], keys, colors,
+                    xlabel="GB/s (log; median, bars min–max)",
+                    title="Load (blue) vs raw read (gray) and libzstd (orange)")
         out.append("\n" + plots.save(fig, "load.png"))
     return "".join(out)

@@ -24,6 +24,8 @@
 namespace ackpt {
 namespace {
 
+using testing::CatchError;
+
 using testing::TempDir;
 
 // A one-rank Gloo group over a FileStore in `dir`.
@@ -52,16 +54,6 @@ DefaultCheckpointerArguments Quiet(const std::string& dir) {
   a.fsync = false;
   a.log_level = "OFF";
   return a;
-}
-
-Error CatchError(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected an ackpt::Error";
-  return Error(Error::Code::kTimedOut, "<no error thrown>");
 }
 
 TEST(CheckpointerCoreTest, ValidationErrorsAreIdenticalForBothCheckpointers) {

@@ -10,16 +10,14 @@
 namespace ackpt {
 namespace {
 
+using testing::Contains;
+
 using testing::PatternTensor;
 using testing::ReadFileBytes;
 using testing::RunCommand;
 using testing::SampleState;
 using testing::TempDir;
 using testing::WriteFileBytes;
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
 

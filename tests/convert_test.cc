@@ -11,6 +11,8 @@
 namespace ackpt {
 namespace {
 
+using testing::Contains;
+
 using testing::PatternTensor;
 using testing::ReadFileBytes;
 using testing::RunCommand;
@@ -18,10 +20,6 @@ using testing::TempDir;
 using testing::WriteFileBytes;
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 // Writes the object `case_name` selects with torch.save(obj, path, **kwargs).
 // pattern() mirrors testing::PatternTensor.

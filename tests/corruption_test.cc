@@ -20,11 +20,15 @@
 #include "format/checksum.h"
 #include "format/constants.h"
 #include "format/seekable.h"
+#include "mem_env.h"
 #include "test_util.h"
 #include "zstd_layout.h"
 
 namespace ackpt {
 namespace {
+
+using testing::Contains;
+using testing::MemEnv;
 
 using testing::PatternTensor;
 using testing::ReadFileBytes;
@@ -37,46 +41,6 @@ using testing::WriteFileBytes;
 std::string VersionField() {
   return "\"ackpt.version\":\"" + std::to_string(format::kFormatVersion) + "\"";
 }
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-// ---- an in-memory Env, so thousands of variants need no file system ----------------
-
-class StringFile : public RandomAccessFile {
- public:
-  StringFile(std::string path, std::shared_ptr<const std::string> data)
-      : path_(std::move(path)), data_(std::move(data)) {}
-  void Read(uint64_t offset, size_t n, void* dst) const override {
-    if (offset > data_->size() || n > data_->size() - offset) {
-      throw Error::Corruption("pread '" + path_ + "': unexpected end of file");
-    }
-    if (n) std::memcpy(dst, data_->data() + offset, n);
-  }
-  uint64_t Size() const override { return data_->size(); }
-  const std::string& path() const override { return path_; }
-
- private:
-  std::string path_;
-  std::shared_ptr<const std::string> data_;
-};
-
-class MemEnv : public EnvWrapper {
- public:
-  MemEnv() : EnvWrapper(Env::Default()) {}
-  void Put(const std::string& path, std::string bytes) {
-    files_[path] = std::make_shared<const std::string>(std::move(bytes));
-  }
-  std::unique_ptr<RandomAccessFile> NewRandomAccessFile(const std::string& path) override {
-    auto it = files_.find(path);
-    if (it == files_.end()) return EnvWrapper::NewRandomAccessFile(path);
-    return std::make_unique<StringFile>(path, it->second);
-  }
-
- private:
-  std::map<std::string, std::shared_ptr<const std::string>> files_;
-};
 
 enum class Outcome { kAckptError, kEqual, kWrongData, kOtherException };
 

@@ -21,6 +21,11 @@
 namespace ackpt {
 namespace {
 
+using testing::CatchError;
+using testing::Contains;
+using testing::TensorBytes;
+using testing::AllDtypes;
+
 using testing::FaultInjectionEnv;
 using testing::ListDir;
 using testing::PatternTensor;
@@ -30,34 +35,6 @@ using testing::SafetensorsBytes;
 using testing::SampleState;
 using testing::TempDir;
 using testing::WriteFileBytes;
-
-// Runs f and returns the ackpt::Error it throws; a test failure if none.
-template <typename F>
-Error CatchError(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected an ackpt::Error";
-  return Error(Error::Code::kTimedOut, "<no error thrown>");
-}
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::string TensorBytes(const at::Tensor& t) {
-  at::Tensor c = t.contiguous();
-  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
-}
-
-const std::vector<at::ScalarType>& AllDtypes() {
-  static const std::vector<at::ScalarType> kAll = {at::kBool,  at::kByte,  at::kChar, at::kShort,
-                                                   at::kInt,   at::kLong,  at::kHalf, at::kBFloat16,
-                                                   at::kFloat, at::kDouble};
-  return kAll;
-}
 
 // ---- round trips under every storage configuration ---------------------------
 

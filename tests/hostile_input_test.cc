@@ -25,16 +25,14 @@
 namespace ackpt {
 namespace {
 
+using testing::Contains;
+
 using testing::MemEnv;
 using testing::PatternTensor;
 using testing::ReadFileBytes;
 using testing::SafetensorsBytes;
 using testing::TempDir;
 using testing::WriteFileBytes;
-
-bool Contains(const std::string& s, const std::string& sub) {
-  return s.find(sub) != std::string::npos;
-}
 
 // Peak resident memory of this process so far, in bytes.
 uint64_t PeakRss() {

@@ -21,37 +21,15 @@
 namespace ackpt {
 namespace {
 
+using testing::CatchError;
+using testing::Contains;
+using testing::TensorBytes;
+using testing::AllDtypes;
+
 using testing::PatternTensor;
 using testing::ReadFileBytes;
 using testing::TempDir;
 using testing::WriteFileBytes;
-
-template <typename F>
-Error CatchError(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected an ackpt::Error";
-  return Error(Error::Code::kTimedOut, "<no error thrown>");
-}
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::string Bytes(const at::Tensor& t) {
-  at::Tensor c = t.contiguous().cpu();
-  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
-}
-
-const std::vector<at::ScalarType>& AllDtypes() {
-  static const std::vector<at::ScalarType> kAll = {at::kBool,  at::kByte,  at::kChar, at::kShort,
-                                                   at::kInt,   at::kLong,  at::kHalf, at::kBFloat16,
-                                                   at::kFloat, at::kDouble};
-  return kAll;
-}
 
 struct Layout {
   const char* name;
@@ -136,7 +114,7 @@ TEST_P(LoadIntoTest, EveryDtypeBitExactIntoExistingTensors) {
       SCOPED_TRACE(kv.first);
       const at::Tensor& d = dest.at(kv.first);
       EXPECT_EQ(d.scalar_type(), kv.second.scalar_type());
-      EXPECT_EQ(Bytes(d), Bytes(kv.second));
+      EXPECT_EQ(TensorBytes(d), TensorBytes(kv.second));
       if (d.numel()) EXPECT_EQ(d.data_ptr(), ptrs[kv.first]) << "not filled in place";
     }
     // StateDict-shaped.
@@ -144,7 +122,7 @@ TEST_P(LoadIntoTest, EveryDtypeBitExactIntoExistingTensors) {
     CheckpointReader::Open(path, ro)->ReadInto(dest2);
     for (const auto& kv : FlattenTensors(dest2)) {
       SCOPED_TRACE(kv.first);
-      EXPECT_EQ(Bytes(kv.second), Bytes(want.at(kv.first)));
+      EXPECT_EQ(TensorBytes(kv.second), TensorBytes(want.at(kv.first)));
     }
     // The whole state, a few tensors into destinations, the rest fresh.
     std::map<std::string, at::Tensor> some = {
@@ -157,7 +135,7 @@ TEST_P(LoadIntoTest, EveryDtypeBitExactIntoExistingTensors) {
     for (const auto& kv : want) {
       SCOPED_TRACE(kv.first);
       const std::string key = kv.first.substr(std::string("model/").size());
-      EXPECT_EQ(Bytes(whole.at("model").dict().at(key).tensor()), Bytes(kv.second));
+      EXPECT_EQ(TensorBytes(whole.at("model").dict().at(key).tensor()), TensorBytes(kv.second));
     }
   }
 }
@@ -485,7 +463,7 @@ TrainerArguments Args(const std::string& dir, int64_t epochs) {
 
 std::map<std::string, std::string> ParamBytes(const torch::nn::Module& m) {
   std::map<std::string, std::string> out;
-  for (const auto& kv : FlattenTensors(ModuleState(m))) out[kv.first] = Bytes(kv.second);
+  for (const auto& kv : FlattenTensors(ModuleState(m))) out[kv.first] = TensorBytes(kv.second);
   return out;
 }
 
@@ -532,7 +510,7 @@ TEST(TrainerLoadIntoTest, CorruptNewestFallsBackAndOverwritesWhatItDamaged) {
   ASSERT_TRUE(Env::Default()->FileExists(newest));
   std::map<std::string, std::string> want;
   for (const auto& kv : FlattenTensors(ReadStateDict(older).at("module_interface_state").dict()))
-    want[kv.first] = Bytes(kv.second);
+    want[kv.first] = TensorBytes(kv.second);
   // Damage the last module tensor of the newest file: read after the others,
   // so they have all been written into the module when the checksum fails.
   auto info = CheckpointReader::Open(newest)->info();

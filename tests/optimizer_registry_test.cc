@@ -13,6 +13,8 @@
 namespace ackpt {
 namespace {
 
+using testing::Contains;
+
 using testing::TempDir;
 
 // A small optimizer with fields of many kinds: sign descent on a momentum,
@@ -129,10 +131,6 @@ std::string ErrorOf(const std::function<void()>& f, Error::Code code) {
   }
   ADD_FAILURE() << "no ackpt::Error thrown";
   return "";
-}
-
-bool Contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
 }
 
 class RegistryTest : public ::testing::Test {

@@ -25,6 +25,36 @@
 namespace ackpt {
 namespace testing {
 
+// Runs f and returns the ackpt::Error it throws; a test failure if none.
+template <typename F>
+Error CatchError(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected an ackpt::Error";
+  return Error(Error::Code::kTimedOut, "<no error thrown>");
+}
+
+inline bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// A tensor's bytes (contiguous, on the CPU), for bit-exact comparisons.
+inline std::string TensorBytes(const at::Tensor& t) {
+  at::Tensor c = t.contiguous().cpu();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+// Every dtype the format stores.
+inline const std::vector<at::ScalarType>& AllDtypes() {
+  static const std::vector<at::ScalarType> kAll = {at::kBool,  at::kByte,  at::kChar, at::kShort,
+                                                   at::kInt,   at::kLong,  at::kHalf, at::kBFloat16,
+                                                   at::kFloat, at::kDouble};
+  return kAll;
+}
+
 // A fresh directory under $TMPDIR, removed (recursively) on destruction.
 class TempDir {
  public:

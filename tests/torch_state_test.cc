@@ -10,6 +10,8 @@
 namespace ackpt {
 namespace {
 
+using testing::Contains;
+
 using testing::TempDir;
 
 struct NetImpl : torch::nn::Module {
@@ -60,10 +62,6 @@ std::string ErrorOf(const std::function<void()>& f) {
   }
   ADD_FAILURE() << "no ackpt::Error thrown";
   return "";
-}
-
-bool Contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
 }
 
 TEST(ModuleStateTest, ParametersAndBuffersByName) {

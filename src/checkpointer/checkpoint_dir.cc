@@ -243,32 +243,25 @@ void CheckpointDir::RecordResume(int64_t index) {
   run_head_ = index;
 }
 
+std::vector<CheckpointEntry> CheckpointDir::CopyOf(const std::vector<CheckpointEntry>& list) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return list;
+}
+
 std::vector<CheckpointEntry> CheckpointDir::Checkpoints() const {
-  std::vector<CheckpointEntry> out;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    out = checkpoints_;
-  }
+  std::vector<CheckpointEntry> out = CopyOf(checkpoints_);
   SortNewestFirst(&out);
   return out;
 }
 
 std::vector<CheckpointEntry> CheckpointDir::Manifests() const {
-  std::vector<CheckpointEntry> out;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    out = manifests_;
-  }
+  std::vector<CheckpointEntry> out = CopyOf(manifests_);
   SortNewestFirst(&out);
   return out;
 }
 
 std::vector<CheckpointEntry> CheckpointDir::Models() const {
-  std::vector<CheckpointEntry> out;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    out = models_;
-  }
+  std::vector<CheckpointEntry> out = CopyOf(models_);
   std::sort(out.begin(), out.end(),
             [](const CheckpointEntry& a, const CheckpointEntry& b) { return a.index > b.index; });
   return out;

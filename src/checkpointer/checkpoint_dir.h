@@ -122,6 +122,8 @@ class CheckpointDir {
   size_t RemoveStaleTempFiles();
   bool IsOwnName(const std::string& name) const;
   void Delete(const CheckpointEntry& entry, std::vector<CheckpointEntry>* list);
+  // A copy of one of the lists below, taken under mu_.
+  std::vector<CheckpointEntry> CopyOf(const std::vector<CheckpointEntry>& list) const;
 
   const CheckpointDirOptions o_;
   std::shared_ptr<spdlog::logger> log_;
