@@ -85,3 +85,7 @@ def _make(code, code_name, what, message, key_path):
         if m:
             path = m.group(1)
     return cls(what, message, index=index, path=path, key_path=key_path or None)
+
+
+for _cls in [Error] + _BY_CODE:
+    _cls.__module__ = "ackpt"

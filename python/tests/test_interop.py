@@ -49,6 +49,8 @@ def state():
 
 class Interop(unittest.TestCase):
     def setUp(self):
+        if not os.path.exists(CLI):
+            self.skipTest("the ackpt CLI is not built (%s)" % CLI)
         self.dir = tempfile.mkdtemp(prefix="ackpt_interop_")
 
     def tearDown(self):
