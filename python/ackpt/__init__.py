@@ -120,12 +120,23 @@ Keyword arguments:
         return {"module_interface_state": mis, "trainer_state": ts, "trainer_backend_state": tbs,
                 "metrics": metrics, "path": path, "layout": layout}
 
-    def load(self):
+    def load(self, into=None):
         """The newest valid checkpoint (or the one load_dir / load_filename
         name), as saved: the dict given to save(). A checkpoint written with
         save_checkpoint() or from C++ comes back as a dict of its three
-        groups, "metrics" and "path". None if there is none."""
-        return self._result(self._c.load(), False)
+        groups, "metrics" and "path". None if there is none.
+
+        into: a state shaped like the saved one (e.g. {"model":
+        model.state_dict(), ...}) whose tensors are read into in place where
+        the checkpoint has a tensor of the same dtype and shape at the same
+        path; the returned state then holds those very tensors (so
+        model.load_state_dict has nothing to copy). Everything else loads
+        into fresh tensors."""
+        if into is None:
+            return self._result(self._c.load(), False)
+        if not isinstance(into, dict):
+            raise TypeError("load() into must be a dict, not %s" % type(into).__name__)
+        return self._result(self._c.load_into(None, into, None), False)
 
     def load_index(self, index):
         """Exactly checkpoint `index` (ackpt.NotFoundError if there is none)."""

@@ -78,8 +78,13 @@ class AsyncCheckpointer(AbstractCheckpointer):
     def save_model(self, model_state: Dict, index: int) -> None:
         self._c.save_model(model_state, index)
 
-    def load(self) -> Checkpoint:
-        r = self._c.load_checkpoint()
+    def load(self, into: Checkpoint = None) -> Checkpoint:
+        """pymarlin's load(); `into` (optional): tensors to read into in place."""
+        if into is not None:
+            r = self._c._result(self._c._c.load_into(into.module_interface_state, into.trainer_state,
+                                                     into.trainer_backend_state), True)
+        else:
+            r = self._c.load_checkpoint()
         if r is None:
             return Checkpoint()
         return Checkpoint(r["module_interface_state"], r["trainer_state"], r["trainer_backend_state"])

@@ -780,6 +780,18 @@ PYBIND11_MODULE(_ackpt, m) {
       .def("save", &PyCheckpointer::Save)
       .def("save_model", &PyCheckpointer::SaveModel)
       .def("load", [](PyCheckpointer& c) { return c.Load([](auto& d) { return d.load(); }); })
+      .def("load_into",
+           [](PyCheckpointer& c, py::handle mis, py::handle ts, py::handle tbs) {
+             ackpt::LoadTargets t;
+             t.into.module_interface_state = EncodeGroup(mis, "module_interface_state");
+             t.into.trainer_state = EncodeGroup(ts, "into");
+             t.into.trainer_backend_state = EncodeGroup(tbs, "trainer_backend_state");
+             py::object r = c.Load([&t](auto& d) { return d.load(t); });
+             {
+               ackpt::LoadTargets drop = std::move(t);  // tensor references released under the GIL
+             }
+             return r;
+           })
       .def("load_latest",
            [](PyCheckpointer& c) { return c.Load([](auto& d) { return d.load_latest(); }); })
       .def("load_index", [](PyCheckpointer& c,

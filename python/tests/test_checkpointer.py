@@ -142,6 +142,25 @@ class RoundTrip(Base):
             c.wait()
             self.assertTrue(torch.all(c.load_index(2)["t"] == 7))
 
+    def test_load_into_existing_tensors(self):
+        m = make_model()
+        opt = torch.optim.AdamW(m.parameters())
+        train(m, opt, 1, 0)
+        with self.ckpt() as c:
+            c.save({"model": m.state_dict(), "optimizer": opt.state_dict()}, 1, force=True)
+            fresh = make_model()
+            with torch.no_grad():
+                for p in fresh.parameters():
+                    p.zero_()
+            targets = fresh.state_dict()
+            out = c.load(into={"model": targets})
+            for k, v in m.state_dict().items():
+                self.assertTrue(torch.equal(targets[k], v), k)  # read in place
+                self.assertEqual(out["model"][k].data_ptr(), targets[k].data_ptr(), k)
+            fresh_opt = torch.optim.AdamW(fresh.parameters())
+            fresh_opt.load_state_dict(out["optimizer"])
+            self.assertEqual(list(out["optimizer"]["state"]), [0, 1, 2, 3])
+
     def test_load_nothing_and_load_index(self):
         with self.ckpt() as c:
             self.assertIsNone(c.load())
