@@ -97,7 +97,7 @@ def main():
             times = {k: [] for k in ("ackpt_save_none", "ackpt_cpp_stall_none", "ackpt_durable_none",
                                      "ackpt_save_zstd", "ackpt_cpp_stall_zstd", "ackpt_durable_zstd",
                                      "torch_save_fsync", "dcp_save", "ackpt_resume_none", "ackpt_resume_zstd",
-                                     "torch_load_resume")}
+                                     "ackpt_resume_into_none", "ackpt_resume_into_zstd", "torch_load_resume")}
             ck = {}
             for comp in ("none", "zstd"):
                 d = os.path.join(root, "ackpt_" + comp)
@@ -162,6 +162,14 @@ def main():
                 fresh_opt.load_state_dict(s["optimizer"])
                 times["ackpt_resume_" + comp].append(time.perf_counter() - t0)
 
+            def ackpt_resume_into(comp):
+                c = ck[comp]
+                t0 = time.perf_counter()
+                s = c.load(into={"model": fresh_model.state_dict()})
+                fresh_model.load_state_dict(s["model"])
+                fresh_opt.load_state_dict(s["optimizer"])
+                times["ackpt_resume_into_" + comp].append(time.perf_counter() - t0)
+
             def torch_resume():
                 t0 = time.perf_counter()
                 s = torch.load(pt)
@@ -169,10 +177,12 @@ def main():
                 fresh_opt.load_state_dict(s["optimizer"])
                 times["torch_load_resume"].append(time.perf_counter() - t0)
 
-            loads = [lambda: ackpt_resume("none"), lambda: ackpt_resume("zstd"), torch_resume]
+            loads = [lambda: ackpt_resume("none"), lambda: ackpt_resume("zstd"), lambda: ackpt_resume_into("none"),
+                     lambda: ackpt_resume_into("zstd"), torch_resume]
             for m in loads:
                 m()  # warm the page cache for every file
-            for v in ("ackpt_resume_none", "ackpt_resume_zstd", "torch_load_resume"):
+            for v in ("ackpt_resume_none", "ackpt_resume_zstd", "ackpt_resume_into_none", "ackpt_resume_into_zstd",
+                      "torch_load_resume"):
                 times[v].clear()
             for _ in range(a.reps):
                 order = list(loads)
@@ -218,6 +228,8 @@ def markdown(r):
              ("dcp_save", "DCP `save_state_dict` (FileSystemWriter)"),
              ("ackpt_resume_none", "resume: ackpt `load()` + `load_state_dict` (none)"),
              ("ackpt_resume_zstd", "resume: ackpt `load()` + `load_state_dict` (zstd)"),
+             ("ackpt_resume_into_none", "resume: ackpt `load(into=model.state_dict())` + `load_state_dict` (none)"),
+             ("ackpt_resume_into_zstd", "resume: ackpt `load(into=...)` + `load_state_dict` (zstd)"),
              ("torch_load_resume", "resume: `torch.load` + `load_state_dict`")]
     for s in r["states"]:
         for k, label in names:
@@ -225,15 +237,18 @@ def markdown(r):
                 lo, hi = s["min_max"][k]
                 lines.append("| %d MiB | %s | %s | %s–%s |" % (s["mib"], label, ms(s["median"][k]), ms(lo), ms(hi)))
     lines += ["", "| state | stall Python / C++ (target ≤ 1.1) | stall / torch.save+fsync (target ≤ 0.1) | "
-              "durable / torch.save+fsync | resume / torch.load (target ≤ 0.5) |", "|---|---|---|---|---|"]
+              "durable / torch.save+fsync | resume / torch.load (target ≤ 0.5) | resume with into= / torch.load |",
+              "|---|---|---|---|---|---|"]
     for s in r["states"]:
         m = s["median"]
         t = m["torch_save_fsync"]
-        lines.append("| %d MiB | none %.2f, zstd %.2f | none %.3f, zstd %.3f | none %.2f, zstd %.2f | none %.2f, zstd %.2f |" % (
+        lines.append("| %d MiB | none %.2f, zstd %.2f | none %.3f, zstd %.3f | none %.2f, zstd %.2f | none %.2f, zstd %.2f "
+                     "| none %.2f, zstd %.2f |" % (
             s["mib"], m["ackpt_save_none"] / m["ackpt_cpp_stall_none"], m["ackpt_save_zstd"] / m["ackpt_cpp_stall_zstd"],
             m["ackpt_save_none"] / t, m["ackpt_save_zstd"] / t, m["ackpt_durable_none"] / t,
             m["ackpt_durable_zstd"] / t, m["ackpt_resume_none"] / m["torch_load_resume"],
-            m["ackpt_resume_zstd"] / m["torch_load_resume"]))
+            m["ackpt_resume_zstd"] / m["torch_load_resume"], m["ackpt_resume_into_none"] / m["torch_load_resume"],
+            m["ackpt_resume_into_zstd"] / m["torch_load_resume"]))
     if r["dcp_error"]:
         lines += ["", "DCP not measured: importing it failed on this torch/Python: `%s`" % r["dcp_error"][:200]]
     return "\n".join(lines) + "\n"
@@ -247,6 +262,7 @@ def plot(r, path):
             ("ackpt_durable_none", "ackpt durable none"), ("ackpt_durable_zstd", "ackpt durable zstd"),
             ("torch_save_fsync", "torch.save+fsync"), ("dcp_save", "DCP"),
             ("ackpt_resume_none", "resume ackpt none"), ("ackpt_resume_zstd", "resume ackpt zstd"),
+            ("ackpt_resume_into_none", "resume ackpt into= none"),
             ("torch_load_resume", "resume torch.load")]
     keys = [k for k in keys if all(k[0] in s["median"] for s in r["states"])]
     fig, ax = plt.subplots(figsize=(9, 4.5))
