@@ -10,6 +10,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libxxhash-dev
   libcli11-dev libgloo-dev
   zstd python3-torch python3-numpy python3-xxhash python3-zstandard
+  # the Python extension (python/, ACKPT_PYTHON)
+  python3-dev pybind11-dev
   # fuzzing and the sanitizer builds (scripts/run-fuzz.sh)
   clang-14 libclang-rt-14-dev
 )
