@@ -7,14 +7,14 @@
 #include <c10/core/CPUAllocator.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
-#include <torch/csrc/distributed/c10d/FileStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/torch.h>
 
 #include <atomic>
 #include <filesystem>
 #include <functional>
 #include <sstream>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include "ackpt/ackpt.h"
 #include "ackpt/distributed.h"
@@ -93,9 +93,7 @@ struct WideImpl : torch::nn::Module {
     table = register_parameter("table", torch::randn({rows, 1024}) * 0.01);
     head = register_module("head", torch::nn::Linear(1024, 1));
   }
-  torch::Tensor forward(torch::Tensor idx) {
-    return head(table.index_select(0, idx)).squeeze(1);
-  }
+  torch::Tensor forward(torch::Tensor idx) { return head(table.index_select(0, idx)).squeeze(1); }
   torch::Tensor table;
   torch::nn::Linear head{nullptr};
 };
@@ -119,8 +117,8 @@ class WideModule : public ModuleInterface {
     OptimizersSchedulers os;
     switch (opt_) {
       case Opt::kSgd:
-        os.optimizers.push_back(std::make_shared<torch::optim::SGD>(
-            w_->parameters(), torch::optim::SGDOptions(0.1)));
+        os.optimizers.push_back(
+            std::make_shared<torch::optim::SGD>(w_->parameters(), torch::optim::SGDOptions(0.1)));
         break;
       case Opt::kAdam:
         os.optimizers.push_back(std::make_shared<torch::optim::Adam>(
@@ -302,7 +300,8 @@ TEST(CheckpointerCoreTest, LoadWarnsNamingEverySkippedFileAndWhy) {
   ASSERT_NE(at, std::string::npos) << log;
   EXPECT_NE(log.find("[warning]"), std::string::npos) << log;
   // ... and why: the reader's reason follows the name.
-  EXPECT_GT(log.find('\n', at) - at, ("skipping unreadable checkpoint " + truncated + ": ").size() + 8)
+  EXPECT_GT(log.find('\n', at) - at,
+            ("skipping unreadable checkpoint " + truncated + ": ").size() + 8)
       << log;
 }
 

@@ -21,10 +21,10 @@
 namespace ackpt {
 namespace {
 
+using testing::AllDtypes;
 using testing::CatchError;
 using testing::Contains;
 using testing::TensorBytes;
-using testing::AllDtypes;
 
 using testing::PatternTensor;
 using testing::ReadFileBytes;

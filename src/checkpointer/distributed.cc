@@ -238,9 +238,9 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
   if (!core.ShouldSave(index, force)) return;
   Guard(Error::Code::kInvalidArgument, "distributed save of index " + std::to_string(index), [&] {
     const SplitCheckpoint split = SplitReplicated(checkpoint, im.args.replicated);
-    const std::string path =
-        JoinPath(im.base().save_dir, PartFileName(im.base().file_prefix, index, im.rank,
-                                                  core.compressed(), im.base().file_ext));
+    const std::string path = JoinPath(
+        im.base().save_dir,
+        PartFileName(im.base().file_prefix, index, im.rank, core.compressed(), im.base().file_ext));
     engine::SaveHooks hooks;
     hooks.metadata = {{kMetaKind, KindName(FileKind::kPart)},
                       {kMetaIndex, std::to_string(index)},
@@ -316,8 +316,7 @@ Checkpoint DistributedCheckpointer::load(const LoadTargets& targets) {
           }
           const int64_t index = im.Broadcast(proposal);
           if (index < 0) {
-            core.log().info("no distributed checkpoint in {}; starting fresh",
-                            im.base().save_dir);
+            core.log().info("no distributed checkpoint in {}; starting fresh", im.base().save_dir);
             break;
           }
           std::string why;

@@ -439,9 +439,9 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
       format::HashTensors(&job.tensors, job.stream.get(), parallel_for);
       job.stats.hash_seconds = Seconds(Clock::now() - h0);
     }
-    const WriteResult r = format::EncodeStreamAndCommit(
-        job.tensors, job.tree_json, opts, metadata, job.path, opts.env, job.stream.get(),
-        parallel_for, &s.auto_model, &s.cancel);
+    const WriteResult r = format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts, metadata,
+                                                        job.path, opts.env, job.stream.get(),
+                                                        parallel_for, &s.auto_model, &s.cancel);
     {
       // The copy has published its last byte; let it finish its bookkeeping.
       std::unique_lock<std::mutex> lock(s.mu);

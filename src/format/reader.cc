@@ -126,9 +126,8 @@ class ReaderImpl final : public CheckpointReader {
   }
 
   std::map<std::string, at::Tensor> ReadTensors(const std::vector<std::string>& names) override {
-    return Guard(info_.path, "reading tensors", [&] {
-      return Load(Lookup(names), /*destinations=*/nullptr, /*strict=*/true);
-    });
+    return Guard(info_.path, "reading tensors",
+                 [&] { return Load(Lookup(names), /*destinations=*/nullptr, /*strict=*/true); });
   }
 
   void ReadInto(const std::map<std::string, at::Tensor>& destinations) override {

@@ -252,7 +252,8 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
   const auto ranges = FrameRanges(header_bytes, stream.size(), options.chunk_size);
   if (ranges.size() > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
   std::atomic<int64_t> compress_ns{0};
-  const size_t window = static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.writer_threads)));
+  const size_t window =
+      static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.writer_threads)));
   std::vector<std::string> frames(std::min(window, ranges.size()));
   std::vector<uint32_t> sums(frames.size());
   std::vector<FrameEntry> entries;
