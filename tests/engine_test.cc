@@ -542,6 +542,67 @@ TEST(EnginePriorityTest, PriorityIsAppliedToEveryWriterAndCopyThread) {
   }
 }
 
+// The copy hashes what it copies, while it is in cache: every tensor's
+// checksum is right whichever thread copied which part, and only the parts
+// it could not hash in order (after a split between copy threads, strided
+// tensors) are left to the writer.
+TEST(EngineCopyHashTest, ChecksumsComeFromTheCopyAndAreExact) {
+  TempDir dir;
+  StateDict st;
+  st.set("big", at::randn({6 << 20}));  // 24 MiB: split between the copy threads
+  for (int i = 0; i < 40; ++i) st.set("small" + std::to_string(i), at::randn({1000 + i}));
+  st.set("strided", at::randn({300, 200}).t());
+  st.set("empty", at::zeros({0}));
+  for (Compression c : {Compression::kNone, Compression::kZstd}) {
+    SCOPED_TRACE(static_cast<int>(c));
+    EngineOptions o = Options(/*overlap=*/false, c);
+    o.chunk_size = 1 << 20;
+    o.fsync = false;
+    std::vector<SaveStats> stats;
+    o.on_save = [&](const SaveStats& s) { stats.push_back(s); };
+    Engine e(o);
+    const std::string path = dir.file("copy_hash_" + std::to_string(static_cast<int>(c)));
+    ASSERT_TRUE(e.Save(st, 1, path, /*force=*/true, {}));
+    ASSERT_EQ(stats.size(), 1u);
+    ASSERT_TRUE(stats[0].ok) << stats[0].error;
+    // The strided tensor is the writer's; of the big one, at most the part
+    // past the split; the small ones were hashed in the copy.
+    const uint64_t strided = 300 * 200 * 4;
+    EXPECT_GE(stats[0].late_hash_bytes, strided);
+    EXPECT_LE(stats[0].late_hash_bytes, strided + (uint64_t{6} << 20) * 4);
+    EXPECT_LT(stats[0].late_hash_bytes, stats[0].bytes / 2 + strided);
+    ExpectFileHolds(path, st);  // verifies every tensor's checksum
+    auto r = CheckpointReader::Open(path);
+    r->Verify();
+  }
+}
+
+// The checksums are taken from the bytes as copied, so a byte that changes
+// in staging afterwards (a stray write, bad memory) is caught on load rather
+// than hashed and saved as if it were the state.
+TEST(EngineCopyHashTest, AByteFlippedInStagingAfterTheCopyIsCaughtOnLoad) {
+  TempDir dir;
+  StateDict st;
+  st.set("a", at::randn({100000}));
+  st.set("b", at::randn({100000}));
+  for (Compression c : {Compression::kNone, Compression::kZstd}) {
+    SCOPED_TRACE(static_cast<int>(c));
+    EngineOptions o = Options(/*overlap=*/false, c);
+    o.fsync = false;
+    EngineTestHooks hooks;
+    hooks.after_copy = [](int64_t, SnapshotStream* staged) {
+      *staged->MutableByteForTesting(400000 + 1234) ^= 0x10;  // inside "b" (file order a, b)
+    };
+    Engine e(o, "EngineOptions", hooks);
+    const std::string path = dir.file("flip_" + std::to_string(static_cast<int>(c)));
+    ASSERT_TRUE(e.Save(st, 1, path, /*force=*/true, {}));
+    const Error err = testing::CatchError([&] { ReadStateDict(path); });
+    EXPECT_EQ(err.code(), Error::Code::kCorruption) << err.what();
+    EXPECT_TRUE(testing::Contains(err.what(), "'b'")) << err.what();
+    EXPECT_TRUE(testing::Contains(err.what(), path)) << err.what();
+  }
+}
+
 // kAuto's model belongs to its engine: two engines (checkpointers writing
 // to different disks) each decide from their own disk speed, and neither
 // touches the synchronous writer's process-wide model.

@@ -51,7 +51,11 @@ struct SaveStats {
   bool overlapped = false;        // the snapshot was copied after save() returned
   double stall_seconds = 0;       // time inside save(), backpressure waits included
   double snapshot_seconds = 0;    // copying tensors into staging
-  double hash_seconds = 0;        // per-tensor XXH3, wall
+  double hash_seconds = 0;        // per-tensor XXH3 the copy left to the writer, wall
+  // Tensor bytes hashed by the writer rather than by the copy while they were
+  // in cache: tensors split between copy threads (from the split on), strided
+  // or on a device, and every byte of a save that streams through the ring.
+  uint64_t late_hash_bytes = 0;
   double compress_seconds = 0;    // zstd, summed over threads
   double write_seconds = 0;       // compress+write+fsync+rename, wall
   double end_to_end_seconds = 0;  // save() entry to durable

@@ -467,6 +467,7 @@ py::dict StatsDict(const ackpt::SaveStats& s) {
   d["stall_seconds"] = s.stall_seconds;
   d["snapshot_seconds"] = s.snapshot_seconds;
   d["hash_seconds"] = s.hash_seconds;
+  d["late_hash_bytes"] = s.late_hash_bytes;
   d["compress_seconds"] = s.compress_seconds;
   d["write_seconds"] = s.write_seconds;
   d["end_to_end_seconds"] = s.end_to_end_seconds;

@@ -56,6 +56,9 @@ struct Engine::Job {
   // caller's tensors first (the header holds the checksums and is written
   // before the ring can hold every byte), then streams.
   bool streaming = false;
+  // Otherwise the copy hashes as it copies; the writer finishes what it
+  // could not (CopyHashes).
+  std::unique_ptr<CopyHashes> hashes;
   Clock::time_point start;
   SaveStats stats;
   // The moment save() was called (version counters, device events).
@@ -285,6 +288,8 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
         opts.overlap_snapshot && !force ? "wait_snapshot()" : "save()");
   }
 
+  if (!job->streaming) job->hashes = std::make_unique<CopyHashes>(job->tensors.size());
+
   // The job is queued before its copy, so the writer can drain a streaming
   // copy's chunks as they fill.
   const bool overlap = opts.overlap_snapshot && !force;
@@ -335,11 +340,13 @@ bool Engine::Copy(State& s, Job& job, bool in_save) {
                   pool);
       std::lock_guard<std::mutex> lock(s.mu);
       job.stats.hash_seconds = Seconds(Clock::now() - t0);
+      job.stats.late_hash_bytes = job.stats.bytes;  // a pass of its own over the sources
       job.hashed = true;
       s.cv.notify_all();
     }
     CopySnapshot(&job.tensors, job.stream.get(), pool, &job.point,
-                 job.streaming ? kStreamBatchChunks : 0);
+                 job.streaming ? kStreamBatchChunks : 0, job.hashes.get());
+    if (s.test_hooks.after_copy) s.test_hooks.after_copy(job.stats.index, job.stream.get());
   } catch (const TornSnapshot&) {
     torn = true;
     error = std::current_exception();
@@ -434,9 +441,15 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
       }
       if (!hashed) job.stream->WaitFor(job.stream->size());  // throws the copy's error
     } else {
-      // Every byte is in staging (or soon will be): hash it there, in parallel.
+      // The copy hashed what it copied; hash the rest (tensors split between
+      // copy threads, strided and device tensors) in staging, in parallel.
+      {
+        std::unique_lock<std::mutex> lock(s.mu);
+        s.cv.wait(lock, [&] { return job.copied; });
+      }
+      job.stream->WaitFor(job.stream->size());  // throws the copy's error
       const auto h0 = Clock::now();
-      format::HashTensors(&job.tensors, job.stream.get(), parallel_for);
+      job.stats.late_hash_bytes = job.hashes->Finish(&job.tensors, *job.stream, parallel_for);
       job.stats.hash_seconds = Seconds(Clock::now() - h0);
     }
     const WriteResult r = format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts, metadata,

@@ -33,10 +33,15 @@ class AutoModel;
 namespace engine {
 
 // Test-only hooks (not options a user sets).
+class SnapshotStream;
+
 struct EngineTestHooks {
   // Runs on the copying thread right before a snapshot copy starts, with the
   // save's index (lets a test act inside the overlap window).
   std::function<void(int64_t)> before_copy;
+  // Runs on the copying thread once the copy finished, before the writer
+  // reads the staged bytes (lets a test damage staging after the checksums).
+  std::function<void(int64_t, SnapshotStream*)> after_copy;
 };
 
 // The internal "ackpt.*" metadata entries a file was written with.

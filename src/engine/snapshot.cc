@@ -20,6 +20,10 @@ namespace engine {
 namespace {
 // Contiguous bytes are split across the pool in ranges of at least this size.
 constexpr uint64_t kMinRange = uint64_t{8} << 20;
+// A copy that hashes copies this much, then hashes it: small enough to still
+// be in the core's L2 (and for memcpy to use cached stores), large enough
+// that the hash's per-call cost vanishes.
+constexpr uint64_t kHashBlock = uint64_t{256} << 10;
 
 int64_t VersionOf(const at::Tensor& t) {
   // Inference tensors have no version counter.
@@ -268,6 +272,62 @@ void SnapshotStream::Abort(std::exception_ptr why) {
   for (StagingChunk* c : back) pool_->Release(c);
 }
 
+uint8_t* SnapshotStream::MutableByteForTesting(uint64_t offset) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t k = static_cast<size_t>(offset / chunk_);
+  if (k >= chunks_.size() || chunks_[k] == nullptr || offset >= published_)
+    throw Error::InvalidArgument("staged byte not held");
+  return chunks_[k]->data + offset % chunk_;
+}
+
+// ---- hashing while copying -------------------------------------------------------
+
+struct CopyHashes::Slot {
+  std::unique_ptr<format::Xxh3Stream> state;  // created at the first block
+  uint64_t hashed = 0;                        // tensor bytes [0, hashed) are in `state`
+};
+
+CopyHashes::CopyHashes(size_t tensors) : slots_(tensors) {}
+CopyHashes::~CopyHashes() = default;
+
+void CopyHashes::Copied(size_t i, uint64_t at, const uint8_t* p, size_t n) {
+  Slot& s = slots_[i];
+  if (at != s.hashed || n == 0) return;
+  if (!s.state) s.state = std::make_unique<format::Xxh3Stream>();
+  s.state->Update(p, n);
+  s.hashed += n;
+}
+
+uint64_t CopyHashes::hashed(size_t i) const { return slots_[i].hashed; }
+
+uint64_t CopyHashes::Finish(
+    std::vector<format::FlatTensor>* tensors, const format::DataSource& source,
+    const std::function<void(size_t, const std::function<void(size_t)>&)>& parallel_for) {
+  std::vector<format::FlatTensor>& ts = *tensors;
+  std::vector<size_t> rest;
+  uint64_t late = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (slots_[i].hashed < ts[i].nbytes) {
+      rest.push_back(i);
+      late += ts[i].nbytes - slots_[i].hashed;
+    } else if (slots_[i].state) {
+      ts[i].xxh3 = slots_[i].state->Digest();
+    } else {
+      ts[i].xxh3 = format::Xxh3(nullptr, 0);
+    }
+  }
+  parallel_for(rest.size(), [&](size_t j) {
+    const size_t i = rest[j];
+    Slot& s = slots_[i];
+    if (!s.state) s.state = std::make_unique<format::Xxh3Stream>();
+    source.Visit(ts[i].staging_offset + s.hashed, ts[i].nbytes - s.hashed,
+                 [&](const void* p, size_t n) { s.state->Update(p, n); });
+    s.hashed = ts[i].nbytes;
+    ts[i].xxh3 = s.state->Digest();
+  });
+  return late;
+}
+
 // ---- hashing the sources -------------------------------------------------------
 
 void HashSources(std::vector<format::FlatTensor>* tensors, uint8_t* bounce, uint64_t chunk_bytes,
@@ -302,7 +362,7 @@ void HashSources(std::vector<format::FlatTensor>* tensors, uint8_t* bounce, uint
 // ---- the copy --------------------------------------------------------------------
 
 void CopySnapshot(std::vector<format::FlatTensor>* tensors, SnapshotStream* stream, TaskPool* pool,
-                  const SnapshotPoint* point, size_t max_batch) {
+                  const SnapshotPoint* point, size_t max_batch, CopyHashes* hashes) {
   // The snapshot never keeps the caller's tensors alive, whatever happens.
   struct DropSources {
     std::vector<format::FlatTensor>* t;
@@ -410,6 +470,13 @@ void CopySnapshot(std::vector<format::FlatTensor>* tensors, SnapshotStream* stre
         contiguous_bytes == 0
             ? 0
             : static_cast<size_t>(std::clamp<uint64_t>(contiguous_bytes / kMinRange, 1, workers));
+    // Each contiguous piece's tensor's hashed prefix before this batch: read
+    // here, as the ranges that extend them run in parallel.
+    std::vector<uint64_t> prefix;
+    if (hashes != nullptr) {
+      prefix.reserve(contiguous.size());
+      for (const Piece& p : contiguous) prefix.push_back(hashes->hashed(p.tensor));
+    }
     auto copy_range = [&](size_t r) {
       const uint64_t rb = contiguous_bytes * r / ranges;
       const uint64_t re = contiguous_bytes * (r + 1) / ranges;
@@ -423,9 +490,14 @@ void CopySnapshot(std::vector<format::FlatTensor>* tensors, SnapshotStream* stre
         // Data-section offsets of this range's part of the piece.
         uint64_t at = p.lo + (std::max(rb, starts[k]) - starts[k]);
         const uint64_t to = p.lo + (std::min(re, starts[k + 1]) - starts[k]);
+        // Only the range whose part starts where the tensor's hashed prefix
+        // ends hashes it.
+        const bool hash = hashes != nullptr && prefix[k] == at - f.staging_offset;
         while (at < to) {
-          const uint64_t n = std::min(to, (at / chunk + 1) * chunk) - at;
+          uint64_t n = std::min(to, (at / chunk + 1) * chunk) - at;
+          if (hash) n = std::min<uint64_t>(n, kHashBlock);
           std::memcpy(dst(at), src + (at - f.staging_offset), n);
+          if (hash) hashes->Copied(p.tensor, at - f.staging_offset, dst(at), n);
           at += n;
         }
       }

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -88,6 +89,8 @@ class SnapshotStream : public format::DataSource {
   // The consumer gives up (its write failed): published chunks go back to
   // the pool now, and the producer's next Take throws `why`.
   void Abort(std::exception_ptr why);
+  // Test hook: the staged byte at `offset` (published, not yet released).
+  uint8_t* MutableByteForTesting(uint64_t offset);
 
  private:
   StagingPool* const pool_;
@@ -112,6 +115,34 @@ class SnapshotStream : public format::DataSource {
 void HashSources(std::vector<format::FlatTensor>* tensors, uint8_t* bounce, uint64_t chunk_bytes,
                  TaskPool* pool);
 
+// The per-tensor checksums (XXH3-64) a copy computes as it goes: each copy
+// thread hashes the bytes it just copied, block by block while they are still
+// in its cache, so the state is read once. A tensor split between two copy
+// threads is hashed that way up to the split (XXH3 cannot join partial
+// hashes); Finish hashes the rest from staging, as it does strided and device
+// tensors, whose bytes land through LibTorch copies.
+class CopyHashes {
+ public:
+  explicit CopyHashes(size_t tensors);
+  ~CopyHashes();
+  CopyHashes(const CopyHashes&) = delete;
+  CopyHashes& operator=(const CopyHashes&) = delete;
+
+  // Tensor i's bytes [at, at + n) were just copied to `p`; hashed if they
+  // continue the hashed prefix (only the thread that owns the prefix calls).
+  void Copied(size_t i, uint64_t at, const uint8_t* p, size_t n);
+  // The end of tensor i's hashed prefix, in tensor bytes.
+  uint64_t hashed(size_t i) const;
+  // Sets every tensor's xxh3, hashing from `source` (published, not yet
+  // released) what the copy did not. Returns those bytes.
+  uint64_t Finish(std::vector<format::FlatTensor>* tensors, const format::DataSource& source,
+                  const std::function<void(size_t, const std::function<void(size_t)>&)>& parallel_for);
+
+ private:
+  struct Slot;
+  std::vector<Slot> slots_;
+};
+
 // Copies the data section into `stream`, chunk by chunk in order: the bytes
 // of contiguous CPU tensors in one contiguous range per thread of `pool` (may
 // be null) plus the caller; non-contiguous tensors straight into place (no
@@ -121,10 +152,11 @@ void HashSources(std::vector<format::FlatTensor>* tensors, uint8_t* bounce, uint
 // version counter is checked once its last byte is copied (before that byte
 // is published): a tensor modified since save() makes it throw TornSnapshot
 // (kInvalidArgument) naming the tensor. `max_batch` bounds the chunks copied
-// before publishing (0: no bound). Afterwards, or when it throws, no tensor
-// refers to the caller's tensor any more.
+// before publishing (0: no bound). With `hashes`, each thread hashes what it
+// copies (CopyHashes). Afterwards, or when it throws, no tensor refers to the
+// caller's tensor any more.
 void CopySnapshot(std::vector<format::FlatTensor>* tensors, SnapshotStream* stream, TaskPool* pool,
-                  const SnapshotPoint* point, size_t max_batch);
+                  const SnapshotPoint* point, size_t max_batch, CopyHashes* hashes = nullptr);
 
 }  // namespace engine
 }  // namespace ackpt
