@@ -64,20 +64,19 @@ Sample TakeSample(const uint8_t* src, size_t n, const std::vector<Segment>& segm
 }  // namespace
 
 AutoChoice Decide(const AutoEstimate& e) {
-  const double d = e.disk_bytes_per_s, t = std::max(1.0, e.threads);
+  const double d = e.disk_bytes_per_s;
   if (!(d > 0)) return AutoChoice::kStore;
-  const double store = 1.0 / d;  // seconds per input byte
-  auto cost = [&](double ratio, double speed) {
-    if (!(speed > 0) || !(ratio > 0)) return static_cast<double>(INFINITY);
-    return 1.0 / (t * speed) + 1.0 / (ratio * d);
+  // Seconds per input byte: CPU spent compressing against device time saved.
+  auto pays = [&](double ratio, double speed) {
+    return speed > 0 && ratio > 1 && 1.0 / speed <= (1.0 - 1.0 / ratio) / d;
   };
   AutoChoice best = AutoChoice::kStore;
   double best_ratio = 1.0;
-  if (cost(e.zstd_ratio, e.zstd_bytes_per_s) <= store && e.zstd_ratio > best_ratio) {
+  if (pays(e.zstd_ratio, e.zstd_bytes_per_s) && e.zstd_ratio > best_ratio) {
     best = AutoChoice::kZstd;
     best_ratio = e.zstd_ratio;
   }
-  if (cost(e.grouped_ratio, e.grouped_bytes_per_s) <= store && e.grouped_ratio > best_ratio) {
+  if (pays(e.grouped_ratio, e.grouped_bytes_per_s) && e.grouped_ratio > best_ratio) {
     best = AutoChoice::kGrouped;
   }
   return best;

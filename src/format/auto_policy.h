@@ -27,8 +27,10 @@ struct AutoEstimate {
   double zstd_bytes_per_s = 0, grouped_bytes_per_s = 0;  // per thread
 };
 // The decision rule: the smallest estimated output among the choices whose
-// estimated time (compress on `threads` + write the output) is no more than
-// storing's (write all n bytes); storing when nothing qualifies.
+// CPU time (compressing on one thread: the writers take it from the trainer)
+// is repaid by the device time the smaller output saves; storing when
+// nothing qualifies. A choice that qualifies also persists no later than
+// storing would on any number of threads.
 AutoChoice Decide(const AutoEstimate& e);
 
 // kAuto's model: the write speed of the file system, measured after each
