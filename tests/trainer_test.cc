@@ -283,6 +283,37 @@ TEST(TrainerTest, ResumeContinuesExactlyWhereItStopped) {
   EXPECT_NO_THROW(ck.load_best("val_loss"));
 }
 
+// The optimizer state is read into the tensors the optimizer then keeps
+// (created before the load), and the Trainer keeps no second reference.
+TEST(TrainerTest, OptimizerStateLoadsInPlaceAndIsHeldOnce) {
+  TempDir dir;
+  TrainRun(dir, 2);
+  torch::manual_seed(0);
+  auto m = std::make_shared<Regression>();
+  Trainer t(m, Args(dir, 4));
+  EXPECT_TRUE(t.optimizers()[0]->state().empty()) << "created state is removed after the load";
+  const StateDict& loaded =
+      t.checkpointed_states().trainer_state.at("optimizers").list()[0].dict().at("state").dict();
+  std::map<std::string, void*> read;
+  for (const auto& kv : FlattenTensors(loaded)) read[kv.first] = kv.second.data_ptr();
+  ASSERT_FALSE(read.empty());
+  t.restore();
+  std::map<std::string, void*> held;
+  for (const auto& kv :
+       FlattenTensors(CaptureOptimizer(*t.optimizers()[0], m->module()).at("state").dict()))
+    held[kv.first] = kv.second.data_ptr();
+  EXPECT_EQ(held, read);  // the loaded tensors themselves, not copies
+  EXPECT_TRUE(t.checkpointed_states()
+                  .trainer_state.at("optimizers")
+                  .list()[0]
+                  .dict()
+                  .at("state")
+                  .dict()
+                  .empty());
+  t.train();
+  EXPECT_EQ(t.global_steps_finished(), 16);
+}
+
 TEST(TrainerTest, ResetOptimizersSchedulersStartsThemAfresh) {
   TempDir dir;
   TrainRun(dir, 2);
