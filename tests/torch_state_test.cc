@@ -249,7 +249,7 @@ TEST_P(OptimizerStateTest, LoadsInPlaceAndResumesBitExact) {
   const auto created = StatePtrs(*opt_b, b);
   EXPECT_FALSE(created.empty()) << "nothing created or built for " << type;
   StateDict loaded = CheckpointReader::Open(path)->ReadStateDictInto(FlattenTensors(targets),
-                                                                    /*strict=*/false);
+                                                                     /*strict=*/false);
   RestoreOptimizer(*opt_b, *b, loaded.at("optimizer").dict());  // copy mode keeps its own
   const auto after = StatePtrs(*opt_b, b);
   size_t kept = 0;

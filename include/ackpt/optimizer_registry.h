@@ -31,11 +31,12 @@
 // Tensors are captured detached, sharing storage (save() snapshots them), and
 // restored as copies with their dtype, on the parameter's device for
 // per-parameter state (RestoreOptimizer's RestoreMode::kAdopt takes them
-// over instead, where they already are on that device). A tensor field of the per-parameter state must have
-// its parameter's shape unless marked .any_shape(); an undefined tensor fails
-// the capture unless marked .optional() (LibTorch leaves state it creates on
-// demand undefined, e.g. SGD's momentum_buffer), which leaves it out while
-// undefined and restores it undefined when absent.
+// over instead, where they already are on that device). A tensor field of
+// the per-parameter state must have its parameter's shape unless marked
+// .any_shape(); an undefined tensor fails the capture unless marked
+// .optional() (LibTorch leaves state it creates on demand undefined, e.g.
+// SGD's momentum_buffer), which leaves it out while undefined and restores
+// it undefined when absent.
 #pragma once
 
 #include <torch/optim/optimizer.h>

@@ -177,8 +177,8 @@ class ACKPT_EXPORT TrainerBackend {
 // end of an epoch) clip gradients, step every optimizer, reset the gradients
 // (set to none), step every scheduler. An optimizer that needs a closure
 // (LBFGS) steps with one that runs the step's batches again (train_step,
-// backward, gradient reduction and clipping), as often as it asks. State: global_step_completed (optimizer
-// steps) and batches_completed.
+// backward, gradient reduction and clipping), as often as it asks. State: global_step_completed
+// (optimizer steps) and batches_completed.
 class ACKPT_EXPORT SingleProcess : public TrainerBackend {
  public:
   void init(const TrainerBackendArguments& args) override;

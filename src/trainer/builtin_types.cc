@@ -127,7 +127,7 @@ void RegisterBuiltinTypes() {
        ACKPT_ARG(momentum), ACKPT_ARG(centered)},
       {ACKPT_ARG(step), ACKPT_ARG(square_avg),
        ACKPT_ARG(momentum_buffer).optional(),  // momentum only
-       ACKPT_ARG(grad_avg).optional()},  // centered only
+       ACKPT_ARG(grad_avg).optional()},        // centered only
       CreateRmspropState);
   RegisterOptimizer<optim::Adagrad, optim::AdagradOptions, optim::AdagradParamState>(
       "Adagrad",

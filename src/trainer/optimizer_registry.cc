@@ -1,12 +1,13 @@
 // The optimizer and scheduler registries, and the out-of-line parts of the
 // field codecs in ackpt/optimizer_registry.h.
+#include "ackpt/optimizer_registry.h"
+
 #include <c10/util/Type.h>
 
 #include <mutex>
 #include <sstream>
 
 #include "ackpt/error.h"
-#include "ackpt/optimizer_registry.h"
 #include "trainer/internal.h"
 
 namespace ackpt {

@@ -17,7 +17,6 @@ namespace ackpt {
 
 // ---- module ----
 
-
 StateDict ModuleState(const torch::nn::Module& module) {
   StateDict out;
   for (const auto& p : module.named_parameters(/*recurse=*/true))

@@ -244,7 +244,8 @@ void SingleProcess::process_global_step(double mean_loss) {
     torch::Tensor total;
     for (int64_t b : step_batches_) {
       torch::Tensor loss = m.train_step(global_step_completed_ + 1, step_epoch_, b);
-      if (args_.gradient_accumulation > 1) loss = loss / static_cast<double>(args_.gradient_accumulation);
+      if (args_.gradient_accumulation > 1)
+        loss = loss / static_cast<double>(args_.gradient_accumulation);
       loss.backward();
       total = total.defined() ? total + loss.detach() : loss.detach();
     }
@@ -343,9 +344,8 @@ Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
   schedulers_ = std::move(os.schedulers);
   // Unless they are to start afresh, in which case their saved state is not wanted.
   static const std::vector<std::shared_ptr<torch::optim::Optimizer>> kNone;
-  checkpointed_states_ = LoadInPlace(*checkpointer_, *module_,
-                                     args_.reset_optimizers_schedulers ? kNone : optimizers_,
-                                     *logger_);
+  checkpointed_states_ = LoadInPlace(
+      *checkpointer_, *module_, args_.reset_optimizers_schedulers ? kNone : optimizers_, *logger_);
   if (!checkpointed_states_.module_interface_state.empty()) {
     module_->update_state(checkpointed_states_.module_interface_state);
   }
@@ -445,8 +445,8 @@ void Trainer::update_state(const StateDict& state) {
     }
     // The Trainer's own loaded checkpoint is handed over to the optimizers
     // (restore() drops it afterwards); any other state is copied.
-    const RestoreMode mode = &state == &checkpointed_states_.trainer_state ? RestoreMode::kAdopt
-                                                                           : RestoreMode::kCopy;
+    const RestoreMode mode =
+        &state == &checkpointed_states_.trainer_state ? RestoreMode::kAdopt : RestoreMode::kCopy;
     for (size_t i = 0; i < optimizers.size(); ++i) {
       RestoreOptimizer(*optimizers_[i], module_->module(),
                        optimizers[i].dict(w + ".optimizers[" + std::to_string(i) + "]"), mode);
