@@ -201,13 +201,14 @@ TEST(TrainerTest, LifecycleInPymarlinOrder) {
   auto m = std::make_shared<Regression>(&log);
   auto ck = std::make_shared<RecordingCheckpointer>(&log, saved);
   Trainer t(m, Args(dir, 4), std::make_shared<RecordingBackend>(&log), ck);
-  EXPECT_EQ(log, (Log{"load", "module.update_state", "get_optimizers_schedulers(4, 4)"}));
+  // The optimizers come first, so that their state loads in place.
+  EXPECT_EQ(log, (Log{"get_optimizers_schedulers(4, 4)", "load", "module.update_state"}));
   EXPECT_FALSE(t.restored());
   // Before restore() the accessors report what the loaded checkpoint recorded.
   EXPECT_EQ(t.last_epoch(), 1);
   EXPECT_EQ(t.global_steps_finished(), 8);
   t.restore();  // what train() does first
-  EXPECT_EQ(log, (Log{"load", "module.update_state", "get_optimizers_schedulers(4, 4)",
+  EXPECT_EQ(log, (Log{"get_optimizers_schedulers(4, 4)", "load", "module.update_state",
                       "scheduler.update_state", "backend.init", "backend.update_state"}));
   EXPECT_EQ(t.last_epoch(), 1);
   EXPECT_EQ(t.global_steps_finished(), 8);
@@ -238,7 +239,7 @@ TEST(TrainerTest, FreshStartRestoresNothing) {
   auto ck = std::make_shared<RecordingCheckpointer>(&log);
   Trainer t(m, Args(dir, 1), std::make_shared<RecordingBackend>(&log), ck);
   t.restore();
-  EXPECT_EQ(log, (Log{"load", "get_optimizers_schedulers(4, 1)", "backend.init",
+  EXPECT_EQ(log, (Log{"get_optimizers_schedulers(4, 1)", "load", "backend.init",
                       "backend.update_state(empty)"}));
   EXPECT_EQ(t.last_epoch(), -1);
   EXPECT_EQ(t.global_steps_finished(), 0);
@@ -282,6 +283,37 @@ TEST(TrainerTest, ResumeContinuesExactlyWhereItStopped) {
   EXPECT_NO_THROW(ck.load_best("val_loss"));
 }
 
+// The optimizer state is read into the tensors the optimizer then keeps
+// (created before the load), and the Trainer keeps no second reference.
+TEST(TrainerTest, OptimizerStateLoadsInPlaceAndIsHeldOnce) {
+  TempDir dir;
+  TrainRun(dir, 2);
+  torch::manual_seed(0);
+  auto m = std::make_shared<Regression>();
+  Trainer t(m, Args(dir, 4));
+  EXPECT_TRUE(t.optimizers()[0]->state().empty()) << "created state is removed after the load";
+  const StateDict& loaded =
+      t.checkpointed_states().trainer_state.at("optimizers").list()[0].dict().at("state").dict();
+  std::map<std::string, void*> read;
+  for (const auto& kv : FlattenTensors(loaded)) read[kv.first] = kv.second.data_ptr();
+  ASSERT_FALSE(read.empty());
+  t.restore();
+  std::map<std::string, void*> held;
+  for (const auto& kv :
+       FlattenTensors(CaptureOptimizer(*t.optimizers()[0], m->module()).at("state").dict()))
+    held[kv.first] = kv.second.data_ptr();
+  EXPECT_EQ(held, read);  // the loaded tensors themselves, not copies
+  EXPECT_TRUE(t.checkpointed_states()
+                  .trainer_state.at("optimizers")
+                  .list()[0]
+                  .dict()
+                  .at("state")
+                  .dict()
+                  .empty());
+  t.train();
+  EXPECT_EQ(t.global_steps_finished(), 16);
+}
+
 TEST(TrainerTest, ResetOptimizersSchedulersStartsThemAfresh) {
   TempDir dir;
   TrainRun(dir, 2);
@@ -293,7 +325,7 @@ TEST(TrainerTest, ResetOptimizersSchedulersStartsThemAfresh) {
   {
     Trainer t(m, a);
     t.restore();
-    EXPECT_EQ(log, (Log{"module.update_state", "get_optimizers_schedulers(4, 5)",
+    EXPECT_EQ(log, (Log{"get_optimizers_schedulers(4, 5)", "module.update_state",
                         "get_optimizers_schedulers(4, 3)"}));
     EXPECT_EQ(t.last_epoch(), 1);
     EXPECT_TRUE(t.optimizers()[0]->state().empty());

@@ -30,11 +30,13 @@
 //
 // Tensors are captured detached, sharing storage (save() snapshots them), and
 // restored as copies with their dtype, on the parameter's device for
-// per-parameter state. A tensor field of the per-parameter state must have
-// its parameter's shape unless marked .any_shape(); an undefined tensor fails
-// the capture unless marked .optional() (LibTorch leaves state it creates on
-// demand undefined, e.g. SGD's momentum_buffer), which leaves it out while
-// undefined and restores it undefined when absent.
+// per-parameter state (RestoreOptimizer's RestoreMode::kAdopt takes them
+// over instead, where they already are on that device). A tensor field of
+// the per-parameter state must have its parameter's shape unless marked
+// .any_shape(); an undefined tensor fails the capture unless marked
+// .optional() (LibTorch leaves state it creates on demand undefined, e.g.
+// SGD's momentum_buffer), which leaves it out while undefined and restores
+// it undefined when absent.
 #pragma once
 
 #include <torch/optim/optimizer.h>
@@ -381,6 +383,13 @@ struct ACKPT_EXPORT OptimizerDescription {
   std::function<std::unique_ptr<torch::optim::OptimizerParamState>(
       const StateDict& saved, const at::Tensor& param, const std::string& where)>
       restore_param_state;
+  // Optional. Creates the per-parameter state the optimizer would create at
+  // its first step (zeros, on each parameter's device, of its dtype), for
+  // parameters requiring grad that have none yet. A resume creates it before
+  // it loads, so the checkpoint's tensors are read straight into the tensors
+  // the optimizer then keeps (CreateOptimizerState, torch_state.h). Unset:
+  // that state is read into fresh tensors, which the optimizer takes over.
+  std::function<void(torch::optim::Optimizer& optimizer)> create_state;
 };
 
 // Adds (or, for a type registered before under the same name, replaces) a
@@ -431,10 +440,12 @@ std::vector<std::string> FieldNames(const Fields<T>& fields) {
 // Registers optimizer type OptimizerT (exactly this type; a subclass needs its
 // own registration) whose param groups hold OptionsT and whose state holds
 // ParamStateT per parameter. `options`: the hyper-parameters, `param_state`:
-// the per-parameter state, in the order they are captured.
+// the per-parameter state, in the order they are captured. `create_state`
+// (optional): see OptimizerDescription::create_state.
 template <typename OptimizerT, typename OptionsT, typename ParamStateT>
 void RegisterOptimizer(const std::string& name, Fields<OptionsT> options,
-                       Fields<ParamStateT> param_state) {
+                       Fields<ParamStateT> param_state,
+                       std::function<void(OptimizerT&)> create_state = nullptr) {
   static_assert(std::is_base_of_v<torch::optim::Optimizer, OptimizerT>,
                 "OptimizerT must derive from torch::optim::Optimizer");
   static_assert(std::is_base_of_v<torch::optim::OptimizerOptions, OptionsT> &&
@@ -473,6 +484,12 @@ void RegisterOptimizer(const std::string& name, Fields<OptionsT> options,
     apply(*s);
     return s;
   };
+  if (create_state) {
+    // The registry calls it only for optimizers whose dynamic type is OptimizerT.
+    d.create_state = [create_state](torch::optim::Optimizer& o) {
+      create_state(static_cast<OptimizerT&>(o));
+    };
+  }
   RegisterOptimizerDescription(std::move(d));
 }
 

@@ -9,7 +9,9 @@
 //
 // The captured StateDicts share tensor storage with the live objects (a
 // checkpointer's save() snapshots the bytes before it returns); restoring
-// always copies, so restored objects never share storage with the StateDict.
+// copies by default, so restored objects do not share storage with the
+// StateDict (RestoreOptimizer's RestoreMode::kAdopt takes the tensors over
+// instead, for a state just loaded that nothing else holds).
 //
 // Optimizer and scheduler types are described to ackpt in a registry
 // (optimizer_registry.h): LibTorch's are built in, register your own there.
@@ -93,19 +95,54 @@ ACKPT_EXPORT StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer
 ACKPT_EXPORT StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
                                         const torch::nn::Module& module);
 
+// How RestoreOptimizer treats the state's tensors.
+enum class RestoreMode {
+  // Copies them onto each parameter's device; the optimizer shares no
+  // storage with the state afterwards.
+  kCopy,
+  // Takes them over as the optimizer's own where they already are on the
+  // parameter's device (no copy, no allocation): the optimizer then writes
+  // into them. For a state that nothing else uses, e.g. one just loaded from
+  // a checkpoint; never for one captured from a live optimizer.
+  kAdopt,
+};
+
 // Restores CaptureOptimizer's output into `optimizer`, typically freshly built
 // over a freshly built module: hyper-parameters of every param group and the
 // per-parameter state, matched by name. The state tensors are copied onto
-// each parameter's device. Everything is checked before anything changes;
+// each parameter's device (or taken over: `mode`). In either mode a saved
+// tensor that already is one of the optimizer's own state tensors (a load
+// read it in place: ReadInto, load(targets) with CaptureOptimizer(optimizer)
+// as targets) is kept as it is, not copied. The optimizer's state of the
+// listed param groups is replaced: parameters the checkpoint holds no state
+// for end up with none. Everything is checked before anything changes;
 // ackpt::Error (kInvalidArgument) names the problem: an optimizer type
 // mismatch (naming both types), a different number of param groups, a
 // parameter name that is missing from or unknown to a group, a state tensor
 // whose shape differs from its parameter's, a missing, mistyped or unknown
 // field.
 ACKPT_EXPORT void RestoreOptimizer(torch::optim::Optimizer& optimizer,
-                                   const NamedTensors& named_parameters, const StateDict& state);
+                                   const NamedTensors& named_parameters, const StateDict& state,
+                                   RestoreMode mode = RestoreMode::kCopy);
 ACKPT_EXPORT void RestoreOptimizer(torch::optim::Optimizer& optimizer,
-                                   const torch::nn::Module& module, const StateDict& state);
+                                   const torch::nn::Module& module, const StateDict& state,
+                                   RestoreMode mode = RestoreMode::kCopy);
+
+// Creates the per-parameter state LibTorch creates lazily at the first
+// step, as the optimizer's registered description knows it (zeros of each
+// parameter's dtype, on its device; for parameters requiring grad that have
+// none yet): Adam and AdamW exp_avg, exp_avg_sq [, max_exp_avg_sq]; SGD
+// momentum_buffer (momentum != 0); RMSprop square_avg [, momentum_buffer,
+// grad_avg]; LBFGS d, prev_flat_grad and H_diag (its history depends on the
+// run, so it is not created); Adagrad creates its state when it is built.
+// A resume calls it before it loads, so that CaptureOptimizer(optimizer) can
+// be the load's targets and the checkpoint's tensors land in the tensors the
+// optimizer keeps; then RestoreOptimizer replaces the state by the
+// checkpoint's (the Trainer does this). Do not step an optimizer with state
+// created this way and not restored: SGD's first step, for one, differs
+// when a momentum buffer exists. Types registered without create_state are
+// left alone. Throws kUnsupported for an unregistered type.
+ACKPT_EXPORT void CreateOptimizerState(torch::optim::Optimizer& optimizer);
 
 // ---- LR schedulers --------------------------------------------------------------
 

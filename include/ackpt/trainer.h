@@ -5,9 +5,9 @@
 //   TrainerBackend   runs the epochs (SingleProcess: one process, one device).
 //   Trainer          ties them to a checkpointer, as pymarlin's Trainer does:
 //
-//     Trainer(module, args)       checkpoint = checkpointer.load()
+//     Trainer(module, args)       optimizers, schedulers = module.get_optimizers_schedulers()
+//                                 checkpoint = checkpointer.load(targets)
 //                                 module.update_state(checkpoint.module_interface_state)
-//                                 optimizers, schedulers = module.get_optimizers_schedulers()
 //     restore() (by train())      trainer.update_state(checkpoint.trainer_state)
 //                                 backend.init();
 //                                 backend.update_state(checkpoint.trainer_backend_state)
@@ -23,6 +23,15 @@
 // The trainer's own state is applied by restore(), which train() calls first,
 // not by the constructor: C++ calls no subclass override from a base class
 // constructor, and this way a Trainer subclass's update_state() takes effect.
+//
+// Unlike pymarlin, the optimizers are built before the load, so that the
+// load reads every tensor straight into the tensor that keeps it (`targets`:
+// the module's get_state() and the optimizers' state, created beforehand
+// where LibTorch creates it at the first step, CreateOptimizerState); the
+// optimizers take the loaded tensors over in restore(). The state is thus
+// held once: no fresh copy is read and copied again, and the Trainer keeps
+// no second reference to it after restore() (checkpointed_states()'s
+// optimizer state is emptied then).
 //
 // To drive the checkpointer from your own training loop instead, use
 // torch_state.h (ModuleState, CaptureOptimizer, CaptureRngState and their
@@ -168,8 +177,8 @@ class ACKPT_EXPORT TrainerBackend {
 // end of an epoch) clip gradients, step every optimizer, reset the gradients
 // (set to none), step every scheduler. An optimizer that needs a closure
 // (LBFGS) steps with one that runs the step's batches again (train_step,
-// backward, gradient reduction and clipping), as often as it asks. State: global_step_completed (optimizer
-// steps) and batches_completed.
+// backward, gradient reduction and clipping), as often as it asks. State: global_step_completed
+// (optimizer steps) and batches_completed.
 class ACKPT_EXPORT SingleProcess : public TrainerBackend {
  public:
   void init(const TrainerBackendArguments& args) override;
@@ -235,11 +244,13 @@ struct TrainerArguments {
 class ACKPT_EXPORT Trainer {
  public:
   // Builds the checkpointer (DefaultCheckpointer(args.checkpointer_args) if
-  // null) and the backend (SingleProcess if null), calls checkpointer->load(),
-  // restores the module from it and builds the optimizers and schedulers
-  // (get_optimizers_schedulers), checking that ackpt can capture their types
-  // (optimizer_registry.h), so an unregistered one fails here and not at the
-  // first save. The rest of the checkpoint is applied by restore().
+  // null) and the backend (SingleProcess if null), builds the optimizers and
+  // schedulers (get_optimizers_schedulers), checking that ackpt can capture
+  // their types (optimizer_registry.h), so an unregistered one fails here
+  // and not at the first save, calls checkpointer->load() reading the module
+  // and the optimizers' state in place (unless reset_optimizers_schedulers),
+  // and restores the module from it. The rest of the checkpoint is applied
+  // by restore().
   Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
           std::shared_ptr<TrainerBackend> backend = nullptr,
           std::shared_ptr<AbstractCheckpointer> checkpointer = nullptr);
@@ -273,6 +284,9 @@ class ACKPT_EXPORT Trainer {
   virtual StateDict get_state();
   // Restores last_epoch, then (unless reset_optimizers_schedulers) the
   // optimizers and schedulers, and the RNG. Empty state: nothing changes.
+  // Given checkpointed_states().trainer_state itself (as restore() does),
+  // the optimizers take its tensors over (RestoreMode::kAdopt); any other
+  // state is copied.
   virtual void update_state(const StateDict& state);
 
   // Asks train() to stop after the current batch. Async-signal-safe: a
@@ -289,7 +303,9 @@ class ACKPT_EXPORT Trainer {
   // it resumes from at once.
   int64_t last_epoch() const;
   int64_t global_steps_finished() const;
-  // The checkpoint load() returned at construction (empty if none).
+  // The checkpoint load() returned at construction (empty if none). Once
+  // restore() has applied it, its optimizers' per-parameter state is empty:
+  // the optimizers hold those tensors (or, when reset, they are freed).
   const Checkpoint& checkpointed_states() const { return checkpointed_states_; }
   // Metrics stored with the next save: "train_loss" and, when validation ran, "val_loss".
   const std::map<std::string, double>& metrics() const { return metrics_; }

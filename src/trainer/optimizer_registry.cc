@@ -1,12 +1,13 @@
 // The optimizer and scheduler registries, and the out-of-line parts of the
 // field codecs in ackpt/optimizer_registry.h.
+#include "ackpt/optimizer_registry.h"
+
 #include <c10/util/Type.h>
 
 #include <mutex>
 #include <sstream>
 
 #include "ackpt/error.h"
-#include "ackpt/optimizer_registry.h"
 #include "trainer/internal.h"
 
 namespace ackpt {
@@ -26,6 +27,20 @@ std::string Join(const std::vector<std::string>& items) {
 }
 
 std::string TypeNameOf(std::type_index type) { return c10::demangle(type.name()); }
+
+bool SameBytes(const at::Tensor& a, const at::Tensor& b) {
+  return a.defined() && b.defined() && a.layout() == at::kStrided && b.layout() == at::kStrided &&
+         a.device() == b.device() && a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
+         a.strides() == b.strides() && a.is_conj() == b.is_conj() && a.is_neg() == b.is_neg() &&
+         a.data_ptr() == b.data_ptr();
+}
+
+namespace {
+thread_local const AdoptTensor* t_adopt = nullptr;
+}  // namespace
+
+ScopedAdoption::ScopedAdoption(const AdoptTensor* adopt) : previous_(t_adopt) { t_adopt = adopt; }
+ScopedAdoption::~ScopedAdoption() { t_adopt = previous_; }
 
 namespace {
 
@@ -157,6 +172,7 @@ at::Tensor RestoreTensor(const Value& value, const std::string& path,
                                  ShapeString(context.param->sizes()));
   }
   const at::Device device = context.param != nullptr ? context.param->device() : t.device();
+  if (t_adopt != nullptr && t.device() == device && (*t_adopt)(t)) return t.detach();
   return t.detach().to(device, t.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "ackpt/error.h"
+#include "ackpt/format.h"
 #include "ackpt/torch_state.h"
 #include "trainer/internal.h"
 
@@ -197,8 +198,30 @@ StateDict CaptureOptimizer(const torch::optim::Optimizer& optimizer,
 }
 
 void RestoreOptimizer(torch::optim::Optimizer& optimizer, const NamedTensors& named_parameters,
-                      const StateDict& state) {
+                      const StateDict& state, RestoreMode mode) {
   const auto d = DescriptionOf(optimizer);
+  // The optimizer's own state tensors: a saved tensor that is one of them (a
+  // load read it in place) is kept, not copied, whatever the mode.
+  std::unordered_multimap<const void*, at::Tensor> own;
+  for (const auto& kv : optimizer.state()) {
+    if (!kv.second) continue;
+    StateDict captured;
+    try {
+      d->capture_param_state(*kv.second, &captured, "optimizer state");
+      for (const auto& t : FlattenTensors(captured)) own.emplace(t.second.data_ptr(), t.second);
+    } catch (const Error&) {
+      // A state it cannot capture holds nothing a saved state could be.
+    }
+  }
+  const AdoptTensor adopt = [&own, mode](const at::Tensor& saved) {
+    if (mode == RestoreMode::kAdopt) return true;
+    auto range = own.equal_range(saved.data_ptr());
+    for (auto it = range.first; it != range.second; ++it) {
+      if (SameBytes(it->second, saved)) return true;
+    }
+    return false;
+  };
+  ScopedAdoption adoption(&adopt);
   const std::string w = "optimizer state";
   const std::string& saved_type = CheckSavedType(state, "optimizer", d->name);
   const List& saved_groups = state.get_list("param_groups", w);
@@ -247,8 +270,13 @@ void RestoreOptimizer(torch::optim::Optimizer& optimizer, const NamedTensors& na
 }
 
 void RestoreOptimizer(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,
-                      const StateDict& state) {
-  RestoreOptimizer(optimizer, module.named_parameters(true), state);
+                      const StateDict& state, RestoreMode mode) {
+  RestoreOptimizer(optimizer, module.named_parameters(true), state, mode);
+}
+
+void CreateOptimizerState(torch::optim::Optimizer& optimizer) {
+  const auto d = DescriptionOf(optimizer);
+  if (d->create_state) d->create_state(optimizer);
 }
 
 // ---- schedulers ----

@@ -17,19 +17,6 @@ namespace ackpt {
 
 // ---- module ----
 
-namespace {
-
-// True when `a` and `b` view the very same elements (same memory, layout,
-// dtype and device): copying one into the other would change nothing.
-bool SameBytes(const torch::Tensor& a, const torch::Tensor& b) {
-  return a.defined() && b.defined() && a.layout() == at::kStrided && b.layout() == at::kStrided &&
-         a.device() == b.device() && a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
-         a.strides() == b.strides() && a.is_conj() == b.is_conj() && a.is_neg() == b.is_neg() &&
-         a.data_ptr() == b.data_ptr();
-}
-
-}  // namespace
-
 StateDict ModuleState(const torch::nn::Module& module) {
   StateDict out;
   for (const auto& p : module.named_parameters(/*recurse=*/true))

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include "ackpt/error.h"
 #include "ackpt/format.h"
@@ -47,15 +48,20 @@ void CheckRecipe(const OptimizersSchedulers& os) {
   }
 }
 
-// checkpointer.load(), reading the module's tensors straight into the module:
-// the tensors of module.get_state() (by default the parameters and buffers
-// themselves) are the load targets. Tensors whose dtype or shape differ are
-// read as before and left to update_state(), which then finds the others
-// already in place (LoadModuleState skips copying a tensor onto itself). The
-// optimizers' state does not exist yet (LibTorch creates it at the first
-// step), so it is read into fresh tensors.
-Checkpoint LoadIntoModule(AbstractCheckpointer& checkpointer, ModuleInterface& module,
-                          spdlog::logger& logger) {
+// checkpointer.load(), reading tensors straight into the tensors that keep
+// them: the tensors of module.get_state() (by default the parameters and
+// buffers themselves) and the optimizers' state, created beforehand where
+// LibTorch creates it lazily (CreateOptimizerState) and placed where
+// Trainer::get_state() saves it. Tensors whose dtype or shape differ are read
+// into fresh tensors and left to update_state(), which then finds the others
+// already in place (LoadModuleState skips copying a tensor onto itself;
+// RestoreOptimizer keeps its own tensors and takes the fresh ones over).
+// The state created here is removed from the optimizers again once the load
+// is done: the loaded checkpoint holds what was read into it until
+// restore() hands it back, and what was not read is freed.
+Checkpoint LoadInPlace(AbstractCheckpointer& checkpointer, ModuleInterface& module,
+                       const std::vector<std::shared_ptr<torch::optim::Optimizer>>& optimizers,
+                       spdlog::logger& logger) {
   LoadTargets targets;
   targets.into.module_interface_state = module.get_state();
   try {
@@ -65,7 +71,51 @@ Checkpoint LoadIntoModule(AbstractCheckpointer& checkpointer, ModuleInterface& m
     logger.debug("module state not loaded in place: {}", e.what());
     targets.into.module_interface_state.clear();
   }
-  return checkpointer.load(targets);
+  std::vector<std::vector<std::string>> created(optimizers.size());
+  if (!optimizers.empty()) {
+    List states;
+    for (size_t i = 0; i < optimizers.size(); ++i) {
+      torch::optim::Optimizer& o = *optimizers[i];
+      std::set<std::string> before;
+      for (const auto& kv : o.state()) before.insert(kv.first);
+      CreateOptimizerState(o);
+      for (const auto& kv : o.state()) {
+        if (before.count(kv.first) == 0) created[i].push_back(kv.first);
+      }
+      states.emplace_back(CaptureOptimizer(o, module.module()));
+    }
+    targets.into.trainer_state.set("optimizers", std::move(states));
+    try {
+      FlattenTensors(targets.into.trainer_state);
+    } catch (const Error& e) {
+      logger.debug("optimizer state not loaded in place: {}", e.what());
+      targets.into.trainer_state.clear();
+    }
+  }
+  auto drop_created = [&] {
+    for (size_t i = 0; i < optimizers.size(); ++i) {
+      for (const auto& key : created[i]) optimizers[i]->state().erase(key);
+    }
+  };
+  Checkpoint c;
+  try {
+    c = checkpointer.load(targets);
+  } catch (...) {
+    drop_created();
+    throw;
+  }
+  drop_created();
+  return c;
+}
+
+// Drops the optimizers' per-parameter state (now the optimizers' own, or not
+// wanted) from a restored trainer state, keeping the rest.
+void DropOptimizerState(StateDict* trainer_state) {
+  Value* optimizers = trainer_state->find("optimizers");
+  if (optimizers == nullptr || !optimizers->is_list()) return;
+  for (Value& o : optimizers->list()) {
+    if (o.is_dict() && o.dict().contains("state")) o.dict().set("state", StateDict());
+  }
 }
 
 // An int the checkpoint recorded at `key` of `group`, or `fallback`.
@@ -194,7 +244,8 @@ void SingleProcess::process_global_step(double mean_loss) {
     torch::Tensor total;
     for (int64_t b : step_batches_) {
       torch::Tensor loss = m.train_step(global_step_completed_ + 1, step_epoch_, b);
-      if (args_.gradient_accumulation > 1) loss = loss / static_cast<double>(args_.gradient_accumulation);
+      if (args_.gradient_accumulation > 1)
+        loss = loss / static_cast<double>(args_.gradient_accumulation);
       loss.backward();
       total = total.defined() ? total + loss.detach() : loss.detach();
     }
@@ -275,12 +326,10 @@ Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
     checkpointer_ = std::make_shared<DefaultCheckpointer>(args_.checkpointer_args);
   if (!backend_) backend_ = std::make_shared<SingleProcess>();
 
-  // pymarlin's order: load, module state, optimizers/schedulers; then, in
-  // restore(), trainer state (which restores them), backend init, backend state.
-  checkpointed_states_ = LoadIntoModule(*checkpointer_, *module_, *logger_);
-  if (!checkpointed_states_.module_interface_state.empty()) {
-    module_->update_state(checkpointed_states_.module_interface_state);
-  }
+  // pymarlin's order, except that the optimizers and schedulers are built
+  // first, so that their state loads in place: optimizers/schedulers, load,
+  // module state; then, in restore(), trainer state (which restores them),
+  // backend init, backend state.
   const int64_t batches = module_->num_train_batches(0);
   estimated_global_steps_per_epoch_ =
       (batches + args_.gradient_accumulation - 1) / args_.gradient_accumulation;
@@ -293,6 +342,13 @@ Trainer::Trainer(std::shared_ptr<ModuleInterface> module, TrainerArguments args,
   CheckRecipe(os);
   optimizers_ = std::move(os.optimizers);
   schedulers_ = std::move(os.schedulers);
+  // Unless they are to start afresh, in which case their saved state is not wanted.
+  static const std::vector<std::shared_ptr<torch::optim::Optimizer>> kNone;
+  checkpointed_states_ = LoadInPlace(
+      *checkpointer_, *module_, args_.reset_optimizers_schedulers ? kNone : optimizers_, *logger_);
+  if (!checkpointed_states_.module_interface_state.empty()) {
+    module_->update_state(checkpointed_states_.module_interface_state);
+  }
 }
 
 void Trainer::restore() {
@@ -308,6 +364,9 @@ void Trainer::restore() {
     restored_ = false;  // a later train() fails the same way instead of training half-restored
     throw;
   }
+  // The optimizers hold their state now (the very tensors loaded): keep no
+  // second reference, and no copy at all when they were reset.
+  DropOptimizerState(&checkpointed_states_.trainer_state);
   if (!checkpointed_states_.empty()) {
     logger_->info("resumed after epoch {} (global step {})", last_epoch_, global_steps_finished());
   }
@@ -384,9 +443,13 @@ void Trainer::update_state(const StateDict& state) {
           " scheduler states but the module built " + std::to_string(schedulers_.size()) +
           " schedulers (set reset_optimizers_schedulers to start them afresh)");
     }
+    // The Trainer's own loaded checkpoint is handed over to the optimizers
+    // (restore() drops it afterwards); any other state is copied.
+    const RestoreMode mode =
+        &state == &checkpointed_states_.trainer_state ? RestoreMode::kAdopt : RestoreMode::kCopy;
     for (size_t i = 0; i < optimizers.size(); ++i) {
       RestoreOptimizer(*optimizers_[i], module_->module(),
-                       optimizers[i].dict(w + ".optimizers[" + std::to_string(i) + "]"));
+                       optimizers[i].dict(w + ".optimizers[" + std::to_string(i) + "]"), mode);
     }
     for (size_t i = 0; i < schedulers.size(); ++i) {
       schedulers_[i]->update_state(
