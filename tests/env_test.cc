@@ -5,8 +5,8 @@
 
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
-#include "io/atomic_file.h"
 #include "ackpt/format.h"
+#include "io/atomic_file.h"
 #include "test_util.h"
 
 namespace ackpt {
@@ -168,6 +168,38 @@ TEST(CommitProtocolTest, DirectoryFsyncFailureIsReportedAfterRename) {
   env.Clear();
   EXPECT_TRUE(ExactlyEqual(ReadStateDict(path), SampleState()));
   EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"m_1.safetensors"});
+}
+
+// A failing writeback hint fails the save with an error naming the call, and
+// the previous file stays; a Sync failing after hints were made fails it too.
+TEST(CommitProtocolTest, WritebackHintFailureFailsTheSaveAndKeepsOldFile) {
+  for (auto compression : {Compression::kNone, Compression::kZstd}) {
+    for (Op op : {Op::kStartWriteback, Op::kSync}) {
+      TempDir dir;
+      FaultInjectionEnv env;
+      WriteOptions options;
+      options.compression = compression;
+      options.writeback_bytes = 1024;
+      const std::string path =
+          dir.file(CheckpointFileName("m", 1, compression == Compression::kZstd));
+      WriteStateDict(SampleState(1), path, options, &env);
+      EXPECT_GT(env.calls(Op::kStartWriteback), 0);
+      const std::string before = testing::ReadFileBytes(path);
+      env.FailOp(op, EIO);
+      try {
+        WriteStateDict(SampleState(2), path, options, &env);
+        ADD_FAILURE() << "no error for " << testing::OpName(op);
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), Error::Code::kIOError);
+        EXPECT_NE(std::string(e.what()).find(std::string(testing::OpName(op)) + " '"),
+                  std::string::npos)
+            << e.what();
+      }
+      env.Clear();
+      EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{BaseName(path)});
+      EXPECT_EQ(testing::ReadFileBytes(path), before);
+    }
+  }
 }
 
 }  // namespace

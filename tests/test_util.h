@@ -99,7 +99,17 @@ inline int RunCommand(const std::string& cmd, std::string* output = nullptr) {
 }
 
 // File-system operations a FaultInjectionEnv can fail.
-enum class Op { kOpenWrite, kAppend, kSync, kClose, kRename, kRemove, kSyncDir, kRead };
+enum class Op {
+  kOpenWrite,
+  kAppend,
+  kSync,
+  kClose,
+  kRename,
+  kRemove,
+  kSyncDir,
+  kRead,
+  kStartWriteback
+};
 
 inline const char* OpName(Op op) {
   switch (op) {
@@ -119,6 +129,8 @@ inline const char* OpName(Op op) {
       return "fsync";
     case Op::kRead:
       return "pread";
+    case Op::kStartWriteback:
+      return "sync_file_range";
   }
   return "?";
 }
@@ -232,6 +244,10 @@ class FaultWritableFile : public WritableFile {
   void Sync() override {
     env_->MaybeFail(Op::kSync, base_->path());
     base_->Sync();
+  }
+  void StartWriteback(uint64_t offset, uint64_t n) override {
+    env_->MaybeFail(Op::kStartWriteback, base_->path());
+    base_->StartWriteback(offset, n);
   }
   void Close() override {
     env_->MaybeFail(Op::kClose, base_->path());

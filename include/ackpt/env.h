@@ -25,6 +25,20 @@ class ACKPT_EXPORT WritableFile {
   virtual void Append(const void* data, size_t n) = 0;
   // Makes the written data durable (fsync/fdatasync).
   virtual void Sync() = 0;
+  // A hint: start writing [offset, offset + n) of what was appended to the
+  // device now, without waiting for it, so the Sync() at the end only has
+  // the tail left to flush. It may wait for writeback it started earlier, to
+  // bound the dirty memory one file holds. Durability still comes only from
+  // Sync(). A failure throws (kIOError) like any other call: once a
+  // writeback error has been waited for, the kernel does not report it to
+  // the Sync() after it, so it must not be swallowed. The writer calls it
+  // every WriteOptions::writeback_bytes appended. Default: does nothing, so
+  // a WritableFile written before this hook keeps working (without the
+  // early writeback).
+  virtual void StartWriteback(uint64_t offset, uint64_t n) {
+    (void)offset;
+    (void)n;
+  }
   // Closes the descriptor; errors from close() are reported. Idempotent.
   virtual void Close() = 0;
   virtual const std::string& path() const = 0;

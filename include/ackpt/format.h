@@ -54,7 +54,8 @@ struct WriteOptions {
   // Higher levels cost CPU time on the writer threads. Default: 1.
   int zstd_level = 1;
   // Bytes of the logical stream per zstd frame; a partial read decompresses
-  // whole frames, and each writer thread holds about two frames in memory.
+  // whole frames, and each writer thread holds about four frames in memory
+  // (two compressing, two being appended).
   // 64 KiB .. 1 GiB. Default: 4 MiB.
   size_t chunk_size = size_t{4} << 20;
   // Threads that hash, compress and write (the writer pool of an
@@ -65,6 +66,14 @@ struct WriteOptions {
   // fsync the file and its directory before/after the rename. Turning this off
   // trades crash safety for speed (the rename is still atomic). Default: true.
   bool fsync = true;
+  // With fsync on: every this many bytes appended, the file is asked to
+  // start writing them to the device (WritableFile::StartWriteback:
+  // sync_file_range on POSIX), so writeback overlaps compression and the
+  // final fsync only flushes the tail; it also waits for the hint before the
+  // previous one, which keeps about two of these per save dirty in the page
+  // cache. Costs a syscall per hint; 0 leaves writeback to the kernel until
+  // the fsync. Default: 8 MiB.
+  uint64_t writeback_bytes = uint64_t{8} << 20;
   // Extra string entries for the header's __metadata__. Keys "format" and
   // "ackpt.*" are reserved. Default: none.
   std::map<std::string, std::string> metadata;

@@ -394,6 +394,7 @@ const std::vector<Field>& Fields() {
       ACKPT_INT(chunk_size, a.chunk_size, 0, kI64Max),
       ACKPT_INT(writer_threads, a.writer_threads, kI32Min, kI32Max),
       ACKPT_BOOL(fsync, a.fsync),
+      ACKPT_INT(writeback_bytes, a.writeback_bytes, 0, kI64Max),
       Field{"metadata", "dict[str, str]",
             [](Args& a, py::handle h) {
               if (!PyDict_Check(h.ptr())) WrongType("metadata", "dict[str, str]", h);

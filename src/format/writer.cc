@@ -198,6 +198,34 @@ class BufferedAppender {
   std::string buf_;
 };
 
+// Hints `file` to start writeback every `every` bytes appended through it
+// (WriteOptions::writeback_bytes; 0: never), so the commit's fsync finds
+// only the tail dirty. Hints end on a page boundary, so a partly written
+// page is not written back once now and again when the rest arrives.
+class WritebackFile final : public WritableFile {
+ public:
+  WritebackFile(WritableFile* file, uint64_t every) : file_(file), every_(every) {}
+  void Append(const void* p, size_t n) override {
+    file_->Append(p, n);
+    appended_ += n;
+    if (every_ == 0 || appended_ - hinted_ < every_) return;
+    const uint64_t end = appended_ & ~uint64_t{kPage - 1};
+    file_->StartWriteback(hinted_, end - hinted_);
+    hinted_ = end;
+  }
+  void Sync() override { file_->Sync(); }
+  void StartWriteback(uint64_t offset, uint64_t n) override { file_->StartWriteback(offset, n); }
+  void Close() override { file_->Close(); }
+  const std::string& path() const override { return file_->path(); }
+
+ private:
+  static constexpr uint64_t kPage = 4096;
+  WritableFile* file_;
+  const uint64_t every_;
+  uint64_t appended_ = 0;
+  uint64_t hinted_ = 0;
+};
+
 }  // namespace
 
 void ValidateWriteOptions(const WriteOptions& o) {
@@ -243,7 +271,11 @@ std::vector<std::pair<uint64_t, uint64_t>> FrameRanges(uint64_t header_bytes, ui
 // Compresses and appends the frames in order. The window of frames
 // compressed in parallel ends where the source's available bytes end (at
 // least one frame, waited for), so a producer filling a bounded ring is
-// never waited on for more than it can deliver; written bytes are released.
+// never waited on for more than it can deliver; compressed bytes are
+// released. Window k is appended while window k+1 compresses (one more task
+// of the same parallel_for, claimed first), so the write syscalls and the
+// writeback hints run beside the compression instead of after it; two sets
+// of frame buffers alternate, and the file still gets the frames in order.
 void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource* source,
                  WritableFile* file, const ParallelForFn& parallel_for,
                  codec::AutoModel* auto_model, const std::function<void()>& check_cancel,
@@ -254,10 +286,27 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
   std::atomic<int64_t> compress_ns{0};
   const size_t window =
       static_cast<size_t>(std::max(4, 2 * ResolveThreads(options.writer_threads)));
-  std::vector<std::string> frames(std::min(window, ranges.size()));
-  std::vector<uint32_t> sums(frames.size());
+  std::vector<std::string> sets[2];
+  for (auto& set : sets) set.resize(std::min(window, ranges.size()));
+  std::vector<uint32_t> sums(sets[0].size());
   std::vector<FrameEntry> entries;
   entries.reserve(ranges.size());
+  size_t cur = 0;      // the set the next window compresses into
+  size_t pending = 0;  // frames of sets[1 - cur] compressed but not yet appended
+  auto append_pending = [&] {
+    const std::vector<std::string>& done = sets[1 - cur];
+    for (size_t j = 0; j < pending; ++j) {
+      file->Append(done[j].data(), done[j].size());
+      result->file_bytes += done[j].size();
+    }
+  };
+  auto add_entry = [&](const std::string& frame, uint64_t size, uint32_t sum) {
+    FrameEntry e;
+    e.compressed_size = static_cast<uint32_t>(frame.size());
+    e.decompressed_size = static_cast<uint32_t>(size);
+    e.checksum = sum;
+    entries.push_back(e);
+  };
   size_t first = 0;
   while (first < ranges.size()) {
     check_cancel();
@@ -274,18 +323,17 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
             " bytes at once), and the float-aware codec needs whole frames: lower chunk_size "
             "or raise staging_budget_bytes");
       }
+      append_pending();
+      pending = 0;
+      std::string& frame = sets[cur][0];
       const auto c0 = Clock::now();
-      sums[0] = CompressArriving(stream, source, r0.first, static_cast<size_t>(r0.second),
-                                 options.zstd_level, &frames[0]);
+      const uint32_t sum = CompressArriving(
+          stream, source, r0.first, static_cast<size_t>(r0.second), options.zstd_level, &frame);
       compress_ns +=
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
-      FrameEntry e;
-      e.compressed_size = static_cast<uint32_t>(frames[0].size());
-      e.decompressed_size = static_cast<uint32_t>(r0.second);
-      e.checksum = sums[0];
-      entries.push_back(e);
-      file->Append(frames[0].data(), frames[0].size());
-      result->file_bytes += frames[0].size();
+      add_entry(frame, r0.second, sum);
+      file->Append(frame.data(), frame.size());
+      result->file_bytes += frame.size();
       ++first;
       continue;
     }
@@ -295,7 +343,14 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
            ranges[first + count].first + ranges[first + count].second <= avail) {
       ++count;
     }
-    parallel_for(count, [&](size_t j) {
+    std::vector<std::string>& frames = sets[cur];
+    const size_t extra = pending > 0 ? 1 : 0;
+    parallel_for(count + extra, [&](size_t i) {
+      if (i < extra) {
+        append_pending();
+        return;
+      }
+      const size_t j = i - extra;
       const auto c0 = Clock::now();
       const auto& r = ranges[first + j];
       if (first + j > 0 && codec::UsesCodec(options.compression)) {  // data frames only
@@ -308,20 +363,16 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
       compress_ns +=
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c0).count();
     });
-    for (size_t j = 0; j < count; ++j) {
-      FrameEntry e;
-      e.compressed_size = static_cast<uint32_t>(frames[j].size());
-      e.decompressed_size = static_cast<uint32_t>(ranges[first + j].second);
-      e.checksum = sums[j];
-      entries.push_back(e);
-      file->Append(frames[j].data(), frames[j].size());
-      result->file_bytes += frames[j].size();
-    }
+    for (size_t j = 0; j < count; ++j) add_entry(frames[j], ranges[first + j].second, sums[j]);
+    // The frames hold copies: the source's bytes are no longer needed.
     const auto& last = ranges[first + count - 1];
     if (last.first + last.second > header_bytes)
       source->Release(last.first + last.second - header_bytes);
     first += count;
+    pending = count;
+    cur = 1 - cur;
   }
+  append_pending();
   const std::string table = EncodeSeekTable(entries);
   file->Append(table.data(), table.size());
   result->file_bytes += table.size();
@@ -377,7 +428,9 @@ WriteResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
   const Logical stream{header, *source, &layout};
   result.logical_bytes = stream.size();
   const auto t0 = Clock::now();
-  AtomicWrite(env, path, options.fsync, [&](WritableFile* file) {
+  AtomicWrite(env, path, options.fsync, [&](WritableFile* target) {
+    WritebackFile writeback(target, options.fsync ? options.writeback_bytes : 0);
+    WritableFile* file = &writeback;
     if (options.compression == Compression::kNone) {
       WritePlain(header, options, source, file, check_cancel, &result);
     } else {

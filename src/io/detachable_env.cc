@@ -34,6 +34,9 @@ class DetachableWritableFile final : public WritableFile {
   void Sync() override {
     env_->Call("fsync", [&] { file_->Sync(); });
   }
+  void StartWriteback(uint64_t offset, uint64_t n) override {
+    env_->Call("sync_file_range", [&] { file_->StartWriteback(offset, n); });
+  }
   void Close() override {
     env_->Call("close", [&] { file_->Close(); });
   }
