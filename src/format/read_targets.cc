@@ -85,27 +85,47 @@ class OrderedHasher {
   std::vector<Slot> slots_;
 };
 
-// Plain file: each target in kLoadBlock preads straight into place, in
-// parallel, each block hashed as soon as it lands.
+// Plain file: work is handed out in runs of consecutive kLoadBlock preads
+// of one tensor, so the thread that reads a run also hashes each block right
+// after it lands, while it is still in that core's cache. Per-block work
+// handed out round-robin made one thread the hasher of blocks other cores
+// had read (a trip to L3 or memory) while they waited on its lock; a run per
+// thread keeps each tensor's hash on the core that holds its bytes. A tensor
+// larger than a run is split so threads stay balanced: its later runs land
+// out of order and are hashed by whichever thread finishes the run before.
 void ReadPlainInto(const std::vector<Target>& targets, const RandomAccessFile& file,
                    const FileInfo& info, const ReadOptions& options, OrderedHasher* hasher) {
-  struct Block {
+  struct Run {
     size_t target;
     uint64_t offset;  // in the tensor
-    size_t n;
+    uint64_t n;
   };
-  std::vector<Block> blocks;
+  uint64_t total = 0;
+  for (const auto& t : targets) total += t.info->nbytes();
+  const int threads = ResolveThreads(options.threads);
+  // Several runs per thread keep the tail short; at least a few blocks per
+  // run keep the split tensors few.
+  const uint64_t run_bytes = std::max<uint64_t>(
+      4 * kLoadBlock,
+      (total / (8 * static_cast<uint64_t>(threads)) + kLoadBlock - 1) / kLoadBlock * kLoadBlock);
+  std::vector<Run> runs;
   for (size_t i = 0; i < targets.size(); ++i) {
     const uint64_t size = targets[i].info->nbytes();
-    for (uint64_t off = 0; off < size; off += kLoadBlock) {
-      blocks.push_back({i, off, static_cast<size_t>(std::min<uint64_t>(kLoadBlock, size - off))});
+    for (uint64_t off = 0; off < size; off += run_bytes) {
+      runs.push_back({i, off, std::min<uint64_t>(run_bytes, size - off)});
     }
   }
-  ParallelFor(blocks.size(), options.threads, [&](size_t k) {
-    const Block& b = blocks[k];
-    const Target& t = targets[b.target];
-    file.Read(info.header_bytes + t.info->begin + b.offset, b.n, t.data + b.offset);
-    hasher->Landed(b.target, b.offset, b.offset + b.n);
+  ParallelFor(runs.size(), threads, [&](size_t k) {
+    const Run& r = runs[k];
+    const Target& t = targets[r.target];
+    const bool hash = hasher->enabled(r.target);
+    // Unhashed bytes need no cache-sized steps: read the run at once.
+    const uint64_t step = hash ? kLoadBlock : r.n;
+    for (uint64_t off = r.offset; off < r.offset + r.n; off += step) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(step, r.offset + r.n - off));
+      file.Read(info.header_bytes + t.info->begin + off, n, t.data + off);
+      hasher->Landed(r.target, off, off + n);
+    }
   });
 }
 
