@@ -148,8 +148,7 @@ LoopResult RunLoop(const std::string& mode, ModelState& st, int steps, int k, ui
   FreshDir(dir);
   std::unique_ptr<ackpt::DefaultCheckpointer> ck;
   const bool async = mode == "ackpt" || mode == "ackpt_none" || mode == "ackpt_auto" ||
-                     mode == "ackpt_low" ||
-                     mode == "ackpt_idle" || mode == "ackpt_overlap";
+                     mode == "ackpt_low" || mode == "ackpt_idle" || mode == "ackpt_overlap";
   const bool overlap = mode == "ackpt_overlap";
   // The copy threads of a non-overlapped save run while the loop stands
   // inside save() (counted as stall), so only the writers count as background.
@@ -274,9 +273,9 @@ int main(int argc, char** argv) {
   for (const auto& s : a.List("ks", quick ? "4,12" : "5,10,40")) ks.push_back(std::stoi(s));
   const auto config_list = a.List("configs", quick ? "1:1" : "1:1,all:0");
   const int reps = std::max(1, static_cast<int>(a.Num("reps", quick ? 1 : 3)));
-  const auto modes =
-      a.List("modes", quick ? "none,ackpt,ackpt_idle,ackpt_overlap,torch_save"
-                            : "none,ackpt,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save");
+  const auto modes = a.List(
+      "modes", quick ? "none,ackpt,ackpt_idle,ackpt_overlap,torch_save"
+                     : "none,ackpt,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save");
   const std::string dir = a.Str("dir", "/tmp/ackpt-bench-overhead");
   const std::string json_out = a.Str("json", "");
   const std::string demo = a.Str("demo", "");

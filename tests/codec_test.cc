@@ -407,7 +407,7 @@ TEST(AutoTest, WritesReadableFilesWhateverItChooses) {
   o.fsync = false;
   o.writer_threads = 1;
   const std::pair<double, format::codec::AutoChoice> cases[] = {
-      {1e12, format::codec::AutoChoice::kStore},    // "disk" faster than any codec
+      {1e12, format::codec::AutoChoice::kStore},   // "disk" faster than any codec
       {2e6, format::codec::AutoChoice::kGrouped},  // slow disk: compress (the last frame: bf16)
   };
   for (const auto& [speed, expect] : cases) {

@@ -46,12 +46,12 @@ struct SaveStats {
   bool forced = false;
   bool ok = true;  // false: `error` says why; the file was not written
   std::string error;
-  uint64_t bytes = 0;             // tensor bytes
-  uint64_t file_bytes = 0;        // bytes on disk
-  bool overlapped = false;        // the snapshot was copied after save() returned
-  double stall_seconds = 0;       // time inside save(), backpressure waits included
-  double snapshot_seconds = 0;    // copying tensors into staging
-  double hash_seconds = 0;        // per-tensor XXH3 the copy left to the writer, wall
+  uint64_t bytes = 0;           // tensor bytes
+  uint64_t file_bytes = 0;      // bytes on disk
+  bool overlapped = false;      // the snapshot was copied after save() returned
+  double stall_seconds = 0;     // time inside save(), backpressure waits included
+  double snapshot_seconds = 0;  // copying tensors into staging
+  double hash_seconds = 0;      // per-tensor XXH3 the copy left to the writer, wall
   // Tensor bytes hashed by the writer rather than by the copy while they were
   // in cache: tensors split between copy threads (from the split on), strided
   // or on a device, and every byte of a save that streams through the ring.

@@ -135,8 +135,9 @@ class CopyHashes {
   uint64_t hashed(size_t i) const;
   // Sets every tensor's xxh3, hashing from `source` (published, not yet
   // released) what the copy did not. Returns those bytes.
-  uint64_t Finish(std::vector<format::FlatTensor>* tensors, const format::DataSource& source,
-                  const std::function<void(size_t, const std::function<void(size_t)>&)>& parallel_for);
+  uint64_t Finish(
+      std::vector<format::FlatTensor>* tensors, const format::DataSource& source,
+      const std::function<void(size_t, const std::function<void(size_t)>&)>& parallel_for);
 
  private:
   struct Slot;

@@ -210,6 +210,7 @@ class WritebackFile final : public WritableFile {
     appended_ += n;
     if (every_ == 0 || appended_ - hinted_ < every_) return;
     const uint64_t end = appended_ & ~uint64_t{kPage - 1};
+    if (end <= hinted_) return;  // less than a page since the last hint
     file_->StartWriteback(hinted_, end - hinted_);
     hinted_ = end;
   }
