@@ -116,11 +116,17 @@ TEST(CommitProtocolTest, EveryFailingStepLeavesNoTempAndKeepsOldFile) {
       options.compression = compression;
       const std::string path =
           dir.file(CheckpointFileName("m", 1, compression == Compression::kZstd));
-      WriteStateDict(SampleState(1), path, options, &env);
+      // Random floats: some pages even compressed, so there is something to hint.
+      auto state = [](int seed) {
+        StateDict s = SampleState(seed);
+        s.set("noise", at::randn({16384}, at::TensorOptions().dtype(at::kFloat)).add(seed));
+        return s;
+      };
+      WriteStateDict(state(1), path, options, &env);
       const std::string before = testing::ReadFileBytes(path);
       env.FailOp(op, op == Op::kAppend ? ENOSPC : EIO);
       try {
-        WriteStateDict(SampleState(2), path, options, &env);
+        WriteStateDict(state(2), path, options, &env);
         ADD_FAILURE() << "no error for " << testing::OpName(op);
       } catch (const Error& e) {
         EXPECT_EQ(e.code(), Error::Code::kIOError);
@@ -182,12 +188,18 @@ TEST(CommitProtocolTest, WritebackHintFailureFailsTheSaveAndKeepsOldFile) {
       options.writeback_bytes = 1024;
       const std::string path =
           dir.file(CheckpointFileName("m", 1, compression == Compression::kZstd));
-      WriteStateDict(SampleState(1), path, options, &env);
+      // Random floats: some pages even compressed, so there is something to hint.
+      auto state = [](int seed) {
+        StateDict s = SampleState(seed);
+        s.set("noise", at::randn({16384}, at::TensorOptions().dtype(at::kFloat)).add(seed));
+        return s;
+      };
+      WriteStateDict(state(1), path, options, &env);
       EXPECT_GT(env.calls(Op::kStartWriteback), 0);
       const std::string before = testing::ReadFileBytes(path);
       env.FailOp(op, EIO);
       try {
-        WriteStateDict(SampleState(2), path, options, &env);
+        WriteStateDict(state(2), path, options, &env);
         ADD_FAILURE() << "no error for " << testing::OpName(op);
       } catch (const Error& e) {
         EXPECT_EQ(e.code(), Error::Code::kIOError);
