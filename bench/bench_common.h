@@ -380,10 +380,9 @@ inline void FreshDir(const std::string& dir) {
   ackpt::Env::Default()->CreateDirs(dir);
 }
 
-// Writes `n` bytes from `data` to a new file with write(2) in 8 MiB calls.
-inline void WriteFile(const std::string& path, const void* data, size_t n, bool fsync) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
+// Writes `n` bytes from `data` to fd (file `path`) with write(2) in 8 MiB
+// calls; on failure closes fd and throws.
+inline void WriteAll(int fd, const std::string& path, const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
     ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{8} << 20));
@@ -395,8 +394,60 @@ inline void WriteFile(const std::string& path, const void* data, size_t n, bool 
     p += w;
     n -= static_cast<size_t>(w);
   }
+}
+
+// Creates (truncates) `path` for writing; throws naming it.
+inline int CreateFileForWrite(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
+  return fd;
+}
+
+// Writes `n` bytes from `data` to a new file with write(2) in 8 MiB calls.
+inline void WriteFile(const std::string& path, const void* data, size_t n, bool fsync) {
+  int fd = CreateFileForWrite(path);
+  WriteAll(fd, path, data, n);
   if (fsync) ::fdatasync(fd);
   ::close(fd);
+}
+
+// Runs fn(k) for k in [0, threads) on `threads` threads (the caller is one).
+template <typename F>
+void OnThreads(int threads, F&& fn) {
+  std::vector<std::thread> ts;
+  for (int k = 1; k < threads; ++k) ts.emplace_back([&fn, k] { fn(k); });
+  fn(0);
+  for (auto& t : ts) t.join();
+}
+
+// pread of the whole file into dst, `threads` threads taking 8 MiB blocks in
+// turn. A failed read stops every thread and throws on the caller's (never
+// from a worker thread, where it would terminate the process).
+inline void PreadFile(const std::string& path, uint8_t* dst, uint64_t size, int threads) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("open " + path);
+  constexpr uint64_t kBlock = 8 << 20;
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  OnThreads(threads, [&](int) {
+    for (;;) {
+      const uint64_t off = next.fetch_add(kBlock);
+      if (off >= size || failed) return;
+      const uint64_t n = std::min(kBlock, size - off);
+      uint64_t done = 0;
+      while (done < n) {
+        ssize_t r = ::pread(fd, dst + off + done, n - done, static_cast<off_t>(off + done));
+        if (r <= 0) {
+          if (r < 0 && errno == EINTR) continue;
+          failed = true;
+          return;
+        }
+        done += static_cast<uint64_t>(r);
+      }
+    }
+  });
+  ::close(fd);
+  if (failed) throw std::runtime_error("pread " + path);
 }
 
 // ---- memory --------------------------------------------------------------------------

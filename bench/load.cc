@@ -20,6 +20,8 @@ namespace {
 using bench::Args;
 using bench::Clock;
 using bench::json;
+using bench::OnThreads;
+using bench::PreadFile;
 using bench::Since;
 using bench::Stat;
 using bench::Summarize;
@@ -52,39 +54,6 @@ class CountingEnv : public ackpt::EnvWrapper {
   };
   std::atomic<uint64_t> bytes_{0};
 };
-
-// Runs fn(k) for k in [0, threads) on `threads` threads (the caller is one).
-template <typename F>
-void OnThreads(int threads, F&& fn) {
-  std::vector<std::thread> ts;
-  for (int k = 1; k < threads; ++k) ts.emplace_back([&fn, k] { fn(k); });
-  fn(0);
-  for (auto& t : ts) t.join();
-}
-
-// pread of the whole file into dst with `threads` threads taking 8 MiB blocks in turn.
-void PreadFile(const std::string& path, uint8_t* dst, uint64_t size, int threads) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("open " + path);
-  constexpr uint64_t kBlock = 8 << 20;
-  std::atomic<uint64_t> next{0};
-  OnThreads(threads, [&](int) {
-    for (;;) {
-      const uint64_t off = next.fetch_add(kBlock);
-      if (off >= size) return;
-      uint64_t n = std::min(kBlock, size - off), done = 0;
-      while (done < n) {
-        ssize_t r = ::pread(fd, dst + off + done, n - done, static_cast<off_t>(off + done));
-        if (r <= 0) {
-          if (r < 0 && errno == EINTR) continue;
-          throw std::runtime_error("pread " + path);
-        }
-        done += static_cast<uint64_t>(r);
-      }
-    }
-  });
-  ::close(fd);
-}
 
 // mmap of the file and a parallel memcpy into dst.
 void MmapCopy(const std::string& path, uint8_t* dst, uint64_t size, int threads) {

@@ -39,61 +39,10 @@ using namespace bench;
 
 namespace {
 
-// Runs fn(k) for k in [0, threads) on `threads` threads (the caller is one).
-template <typename F>
-void OnThreads(int threads, F&& fn) {
-  std::vector<std::thread> ts;
-  for (int k = 1; k < threads; ++k) ts.emplace_back([&fn, k] { fn(k); });
-  fn(0);
-  for (auto& t : ts) t.join();
-}
-
-// pread of the whole file into dst, `threads` threads taking 8 MiB blocks in turn.
-void PreadFile(const std::string& path, uint8_t* dst, uint64_t size, int threads) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("open " + path);
-  constexpr uint64_t kBlock = 8 << 20;
-  std::atomic<uint64_t> next{0};
-  std::atomic<bool> failed{false};
-  OnThreads(threads, [&](int) {
-    for (;;) {
-      const uint64_t off = next.fetch_add(kBlock);
-      if (off >= size || failed) return;
-      const uint64_t n = std::min(kBlock, size - off);
-      uint64_t done = 0;
-      while (done < n) {
-        ssize_t r = ::pread(fd, dst + off + done, n - done, static_cast<off_t>(off + done));
-        if (r <= 0) {
-          if (r < 0 && errno == EINTR) continue;
-          failed = true;
-          return;
-        }
-        done += static_cast<uint64_t>(r);
-      }
-    }
-  });
-  ::close(fd);
-  if (failed) throw std::runtime_error("pread " + path);
-}
-
 // The tensors' bytes, in order, into one new file with write(2), then fdatasync.
 void WriteTensors(const std::vector<torch::Tensor>& tensors, const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
-  for (const auto& t : tensors) {
-    const char* p = static_cast<const char*>(t.data_ptr());
-    size_t n = t.nbytes();
-    while (n > 0) {
-      ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{8} << 20));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        ::close(fd);
-        throw std::runtime_error("write " + path + ": " + std::strerror(errno));
-      }
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-  }
+  int fd = CreateFileForWrite(path);
+  for (const auto& t : tensors) WriteAll(fd, path, t.data_ptr(), t.nbytes());
   ::fdatasync(fd);
   ::close(fd);
 }
