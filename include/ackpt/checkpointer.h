@@ -24,6 +24,17 @@ namespace ackpt {
 
 // The three state groups of pymarlin's Checkpoint, stored as three top-level
 // groups of one file. An empty group round-trips as empty.
+// Where a tensor of this rank's state sits in a larger, global tensor that
+// the ranks of a distributed job hold in pieces (FSDP/ZeRO-style parameter
+// and optimizer shards, tensor-parallel splits, sharded embedding tables):
+// the local tensor is the box offsets .. offsets + local.sizes() of a global
+// tensor of shape global_shape. Boxes are N-d (row, column, 2-D blocks, an
+// uneven last shard). docs/DISTRIBUTED.md, "Sharded tensors".
+struct ShardBox {
+  std::vector<int64_t> offsets;       // the box's first index in each dimension
+  std::vector<int64_t> global_shape;  // the whole tensor's shape
+};
+
 struct Checkpoint {
   StateDict module_interface_state;
   StateDict trainer_state;
@@ -31,6 +42,17 @@ struct Checkpoint {
   // Metrics of this checkpoint (e.g. {"val_loss", 0.31}); stored in the file's
   // metadata so retention and best-by-metric survive restarts. Optional.
   std::map<std::string, double> metrics;
+  // Sharded tensors, by flattened tensor name from the Checkpoint's root
+  // (FlatTensorName of its path: "trainer_state/optimizer/state/0/exp_avg",
+  // "module_interface_state/emb.weight"); that name is the global tensor's
+  // name on every rank. Only DistributedCheckpointer saves them
+  // (DefaultCheckpointer throws kInvalidArgument); save() checks each entry
+  // against its tensor (kInvalidArgument naming it: not a tensor, wrong
+  // rank, out of bounds, under a replicated path), and rank 0 checks the
+  // boxes of all ranks together when it commits (docs/DISTRIBUTED.md). In
+  // LoadTargets, an entry says which box of the global tensor the target
+  // tensor wants. Optional; default empty.
+  std::map<std::string, ShardBox> shards;
 
   bool empty() const {
     return module_interface_state.empty() && trainer_state.empty() && trainer_backend_state.empty();

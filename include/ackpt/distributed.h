@@ -24,6 +24,25 @@
 
 namespace ackpt {
 
+// What a rank's load() does with rank-local state (everything that is
+// neither replicated nor a sharded tensor: RNG, data position) when the
+// checkpoint was saved by another number of ranks.
+enum class LocalStateOnResize {
+  kError,           // throw kInvalidArgument naming both world sizes
+  kFromRankModulo,  // rank r takes the state saved by rank r mod saved_world_size
+  kEmpty,           // start without it (sharded and replicated state still load)
+};
+
+// What the last successful load() read (DistributedCheckpointer::last_load_info).
+struct DistributedLoadInfo {
+  std::string manifest;           // the manifest resumed from; "" if nothing was loaded
+  int64_t index = -1;             // its index
+  int saved_world_size = 0;       // the world size that saved it
+  int local_state_from_rank = -1;  // whose rank-local state this rank got; -1: none
+  uint64_t sharded_bytes_read = 0;    // bytes of saved shard slabs this rank read
+  uint64_t sharded_bytes_needed = 0;  // bytes of the boxes this rank asked for
+};
+
 struct DistributedCheckpointerArguments {
   // Directory, names, compression, period, retention, threads, staging, ...
   // as for DefaultCheckpointer, validated the same way (the same errors).
@@ -50,6 +69,10 @@ struct DistributedCheckpointerArguments {
   // ranks for rank 0's verdict, before the save fails on every rank. Must
   // cover the slowest rank's write. Default: 300 s.
   double commit_timeout_seconds = 300;
+  // What load() does with rank-local state saved by another world size
+  // (see LocalStateOnResize). Sharded and replicated tensors load on any
+  // world size regardless. Default: kError.
+  LocalStateOnResize local_state_on_resize = LocalStateOnResize::kError;
 };
 
 class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
@@ -78,14 +101,21 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   // checkpoint whose manifest and parts all verify (rank 0 decides and
   // broadcasts over the process group); each rank reads its rank-local state
   // and every replicated tensor, wherever it was written. A checkpoint whose
-  // part fails on any rank is skipped by all. Replicated state loads on any
-  // world size; rank-local state needs the world size it was saved with
-  // (kInvalidArgument naming both sizes). Returns an empty Checkpoint when
-  // nothing is there.
+  // part fails on any rank is skipped by all. Replicated and sharded state
+  // loads on any world size; rank-local state saved by another world size
+  // follows local_state_on_resize (by default kInvalidArgument naming both
+  // sizes). Without a target, a sharded tensor loads as the box this rank
+  // saved when the world size is the same (Checkpoint::shards says which),
+  // else whole (offsets 0). Returns an empty Checkpoint when nothing is there.
   Checkpoint load() override;
   // The same, reading tensors straight into `targets` (LoadTargets,
   // checkpointer.h): local ones from this rank's part, replicated ones from
-  // whichever part holds them. Collective like load().
+  // whichever part holds them. A target listed in targets.into.shards
+  // receives its box of the global tensor of that name, assembled from the
+  // overlapping saved boxes (or cut from a replicated tensor of that name);
+  // only the saved slabs (about 4 MiB each) that overlap it are read. A
+  // target not listed there, at the name of a sharded global tensor, gets
+  // the whole tensor. Collective like load().
   Checkpoint load(const LoadTargets& targets) override;
   // Returns once every save so far is committed (manifest durable); raises a
   // pending background error.
@@ -98,6 +128,9 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   int world_size() const;
   // The manifest load() resumed from; "" if none.
   std::string last_loaded_manifest() const;
+  // What the last load() read: the checkpoint, the world size that saved it,
+  // whose rank-local state this rank took, and the shard bytes it read.
+  DistributedLoadInfo last_load_info() const;
   // Committed distributed checkpoints in save_dir, newest first, with the
   // rules keeping each (EvaluateRetention); world_size and parts filled.
   // Reads manifests only.

@@ -12,15 +12,30 @@ namespace {
 using json = nlohmann::json;
 
 constexpr const char* kManifestFormat = "ackpt.manifest";
-constexpr int kManifestVersion = 1;
+// Version 2 adds the parts' "shards" (sharded tensors); a manifest without
+// them is written as version 1, which older readers understand.
+constexpr int kManifestVersion = 2;
 // Manifests are small (a few hundred bytes per rank).
 constexpr uint64_t kMaxManifestBytes = uint64_t{64} << 20;
 
 json PartJson(const Manifest::Part& p) {
-  return json{{"file", p.file},
-              {"file_bytes", p.file_bytes},
-              {"header_xxh3", p.header_xxh3},
-              {"has_local", p.has_local}};
+  json j{{"file", p.file},
+         {"file_bytes", p.file_bytes},
+         {"header_xxh3", p.header_xxh3},
+         {"has_local", p.has_local}};
+  if (!p.shards.empty()) {
+    json shards = json::array();
+    for (const auto& s : p.shards) {
+      shards.push_back(json{{"name", s.name},
+                            {"dtype", s.dtype},
+                            {"global_shape", s.global_shape},
+                            {"offsets", s.offsets},
+                            {"shape", s.shape},
+                            {"slab_rows", s.slab_rows}});
+    }
+    j["shards"] = std::move(shards);
+  }
+  return j;
 }
 
 Manifest::Part PartFromJson(const json& p) {
@@ -29,6 +44,18 @@ Manifest::Part PartFromJson(const json& p) {
   part.file_bytes = p.at("file_bytes").get<uint64_t>();
   part.header_xxh3 = p.at("header_xxh3").get<std::string>();
   part.has_local = p.value("has_local", true);
+  if (p.contains("shards")) {
+    for (const auto& s : p.at("shards")) {
+      ShardRecord r;
+      r.name = s.at("name").get<std::string>();
+      r.dtype = s.at("dtype").get<std::string>();
+      r.global_shape = s.at("global_shape").get<std::vector<int64_t>>();
+      r.offsets = s.at("offsets").get<std::vector<int64_t>>();
+      r.shape = s.at("shape").get<std::vector<int64_t>>();
+      r.slab_rows = s.at("slab_rows").get<int64_t>();
+      part.shards.push_back(std::move(r));
+    }
+  }
   return part;
 }
 
@@ -54,8 +81,10 @@ Manifest::Part DecodePart(const std::string& text) {
 std::string EncodeManifest(const Manifest& m) {
   json parts = json::array();
   for (const auto& p : m.parts) parts.push_back(PartJson(p));
+  bool sharded = false;
+  for (const auto& p : m.parts) sharded = sharded || !p.shards.empty();
   json j{{"format", kManifestFormat},
-         {"version", kManifestVersion},
+         {"version", sharded ? kManifestVersion : 1},
          {"index", m.index},
          {"world_size", m.world_size},
          {"time", m.time},
@@ -73,7 +102,8 @@ Manifest ParseManifest(const std::string& text, const std::string& path) {
     const json j = json::parse(text);
     if (!j.is_object() || j.value("format", "") != kManifestFormat)
       throw Error::Corruption("'" + path + "' is not an ackpt manifest");
-    if (j.value("version", 0) != kManifestVersion) {
+    const int version = j.value("version", 0);
+    if (version < 1 || version > kManifestVersion) {
       throw Error::Unsupported("'" + path + "' has manifest version " +
                                std::to_string(j.value("version", 0)));
     }

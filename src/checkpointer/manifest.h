@@ -14,6 +14,18 @@
 
 namespace ackpt {
 
+// One box of a sharded tensor saved in a part: the part file holds it as
+// slabs of slab_rows rows along dimension 0 (the last one may be shorter),
+// tensors "sharded/<name>/<k>" (sharding.h names them).
+struct ShardRecord {
+  std::string name;                   // the global tensor's flattened name
+  std::string dtype;                  // safetensors dtype name ("F32")
+  std::vector<int64_t> global_shape;  // the global tensor's shape
+  std::vector<int64_t> offsets;       // the box's first index per dimension
+  std::vector<int64_t> shape;         // the box's extent per dimension
+  int64_t slab_rows = 1;              // rows per slab (1 for a 0-d tensor)
+};
+
 struct Manifest {
   int64_t index = 0;
   int world_size = 0;
@@ -27,6 +39,7 @@ struct Manifest {
     uint64_t file_bytes = 0;
     std::string header_xxh3;
     bool has_local = false;  // holds rank-local state
+    std::vector<ShardRecord> shards;  // the boxes of sharded tensors it holds
   };
   std::vector<Part> parts;  // by rank
 
