@@ -126,6 +126,31 @@ TEST(ReshardRules, AManifestWhoseBoxesDoNotMatchItsPartsIsSkippedByEveryRank) {
               "load");
 }
 
+TEST(ReshardRules, PartsStayOrdinaryFilesForVerifyAndThePythonReader) {
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "zstd", "--steps", "1"},
+                       "save"),
+              "save");
+  std::string out;
+  EXPECT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " verify " + dir, &out), 0) << out;
+  if (testing::RunCommand(std::string(ACKPT_TEST_PYTHON) +
+                          " -c 'import numpy, xxhash, zstandard' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "the Python reader needs numpy, xxhash and zstandard";
+  }
+  const std::string reader = std::string(ACKPT_SOURCE_DIR) + "/python/ackpt_reader.py";
+  for (int r = 0; r < 2; ++r) {
+    const std::string part = JoinPath(dir, PartFileName("model", 1, r, true));
+    EXPECT_EQ(testing::RunCommand(std::string(ACKPT_TEST_PYTHON) + " " + reader + " --verify " +
+                                      part,
+                                  &out),
+              0)
+        << out;
+    EXPECT_NE(out.find("checksums OK"), std::string::npos) << out;
+    EXPECT_NE(out.find("sharded/module_interface_state%2Fbig/0"), std::string::npos) << out;
+  }
+}
+
 TEST(ReshardRules, BadLayoutsAreRefusedOnEveryRank) {
   TempDir tmp;
   ExpectAllOk(RunRanks(tmp, 2, tmp.file("ckpt"), {"--mode", "bad", "--compression", "none"}, "bad"),

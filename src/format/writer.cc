@@ -309,13 +309,16 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
     entries.push_back(e);
   };
   size_t first = 0;
+  uint64_t released = 0;  // data bytes handed back to the source
   while (first < ranges.size()) {
     check_cancel();
     // Data bytes this window may cover: at least its first frame's.
     const auto& r0 = ranges[first];
     const uint64_t need =
         r0.first + r0.second > header_bytes ? r0.first + r0.second - header_bytes : 0;
-    if (need > source->capacity()) {
+    // What the source must hold at once for it: the frame's bytes not yet
+    // released (need is an offset into the data section, capacity a size).
+    if (need - std::min(need, released) > source->capacity()) {
       // The frame does not fit the source at once: compress it as it arrives.
       if (first > 0 && codec::UsesCodec(options.compression)) {
         throw Error::InvalidArgument(
@@ -335,6 +338,7 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
       add_entry(frame, r0.second, sum);
       file->Append(frame.data(), frame.size());
       result->file_bytes += frame.size();
+      released = std::max(released, need);
       ++first;
       continue;
     }
@@ -367,8 +371,10 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
     for (size_t j = 0; j < count; ++j) add_entry(frames[j], ranges[first + j].second, sums[j]);
     // The frames hold copies: the source's bytes are no longer needed.
     const auto& last = ranges[first + count - 1];
-    if (last.first + last.second > header_bytes)
-      source->Release(last.first + last.second - header_bytes);
+    if (last.first + last.second > header_bytes) {
+      released = last.first + last.second - header_bytes;
+      source->Release(released);
+    }
     first += count;
     pending = count;
     cur = 1 - cur;
