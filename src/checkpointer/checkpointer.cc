@@ -79,6 +79,12 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
   CheckpointerCore& core = impl_->core;
   if (!core.ShouldSave(index, force)) return;
   Guard(Error::Code::kInvalidArgument, "save of index " + std::to_string(index), [&] {
+    if (!checkpoint.shards.empty()) {
+      throw Error::InvalidArgument("Checkpoint.shards names " +
+                                   std::to_string(checkpoint.shards.size()) +
+                                   " sharded tensor(s) ('" + checkpoint.shards.begin()->first +
+                                   "', ...): only DistributedCheckpointer saves sharded tensors");
+    }
     const std::string path = core.dir()->PathFor(FileKind::kCheckpoint, index, core.compressed());
     if (core.engine().Save(CheckpointLayout(checkpoint), index, path, force,
                            core.CheckpointFileHooks(index, checkpoint.metrics))) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ackpt/checkpointer.h"
+#include "ackpt/error.h"
 #include "ackpt/format.h"
 #include "checkpointer/manifest.h"
 
@@ -68,6 +69,8 @@ struct GlobalTensor {
 std::map<std::string, GlobalTensor> GlobalLayout(const Manifest& manifest, Error::Code code,
                                                  const std::string& where);
 
+// "[2, 3]".
+std::string ShapeText(const std::vector<int64_t>& shape);
 // The number of elements of a shape (kInvalidArgument past int64).
 int64_t Volume(const std::vector<int64_t>& shape);
 
@@ -79,6 +82,19 @@ int64_t Volume(const std::vector<int64_t>& shape);
 uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
                  const std::vector<int64_t>& offsets,
                  const std::vector<CheckpointReader*>& readers);
+
+// The tensor at flattened name `name` of `root` (through dicts and list
+// indices) replaced by `t`; false if there is none.
+bool ReplaceAtFlatName(StateDict* root, const std::string& name, const at::Tensor& t);
+// Sets `t` at flattened name `name`, replacing what is there or creating
+// the nested StateDicts on the way.
+void PutAtFlatName(StateDict* root, const std::string& name, const at::Tensor& t);
+// Whether `root` holds any leaf other than the tensors named in `except`.
+bool HasLeafOtherThan(const StateDict& root, const std::map<std::string, at::Tensor>& except);
+// The replicated-tensor name (as distributed_layout.h's SplitReplicated
+// names it) of the tensor at flattened name `name`, or "" if it is under
+// none of the replicated paths.
+std::string ReplicatedNameOf(const std::string& name, const std::vector<std::string>& paths);
 
 // Copies box `offsets` .. offsets + target.sizes() of the whole tensor
 // `whole` into target (a replicated tensor loaded into a sharded target).

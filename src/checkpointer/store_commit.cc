@@ -7,6 +7,7 @@
 
 #include "ackpt/error.h"
 #include "checkpointer/metadata_keys.h"
+#include "checkpointer/sharding.h"
 #include "io/atomic_file.h"
 
 namespace ackpt {
@@ -65,6 +66,15 @@ void StoreCommit::Commit(uint64_t seq, int64_t index,
   m.metrics = metrics;
   m.replicated = o_.replicated;
   for (const auto& k : keys) m.parts.push_back(DecodePart(Text(o_.store->get(k))));
+  // The ranks' boxes of sharded tensors must tile each global tensor: a
+  // layout that does not never commits, and every rank learns why.
+  try {
+    GlobalLayout(m, Error::Code::kInvalidArgument,
+                 "distributed checkpoint " + std::to_string(index));
+  } catch (const Error& e) {
+    o_.store->set(Key(seq, "invalid"), Bytes(e.message()));
+    throw;
+  }
   const CheckpointDir::Lineage lineage = o_.dir->NextLineage();
   m.generation = lineage.generation;
   m.parent = lineage.parent;
@@ -81,12 +91,14 @@ void StoreCommit::Commit(uint64_t seq, int64_t index,
 }
 
 void StoreCommit::AwaitVerdict(uint64_t seq, int64_t index, int64_t timeout_ms) {
-  const std::string ok = Key(seq, "committed"), failed = Key(seq, "failed");
+  const std::string ok = Key(seq, "committed"), failed = Key(seq, "failed"),
+                    invalid = Key(seq, "invalid");
   const auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
   auto pause = std::chrono::milliseconds(1);
   for (;;) {
     if (o_.store->check({ok})) return;
     if (o_.store->check({failed})) throw Error::TimedOut(Text(o_.store->get(failed)));
+    if (o_.store->check({invalid})) throw Error::InvalidArgument(Text(o_.store->get(invalid)));
     if (Clock::now() > end) {
       throw Error::TimedOut("distributed checkpoint " + std::to_string(index) +
                             ": no verdict from rank 0 within " +

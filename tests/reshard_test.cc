@@ -1,0 +1,116 @@
+// Resharding: checkpoints saved by N ranks load on M ranks (4 -> 2, 2 -> 3,
+// 3 -> 1, 1 -> 4), plain and zstd parts, row, column, 2-D and uneven boxes,
+// a target spanning three saved boxes, a replicated tensor loaded as shards,
+// rank-local state by each rule, bytes read per rank bounded, a corrupt part
+// falling back on every rank, bad layouts refused. The checks run in the
+// ranks (tests/reshard_worker.cc); every launch is bounded in time and kills
+// every process it started.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "ackpt/env.h"
+#include "ackpt/file_names.h"
+#include "dist_launch.h"
+#include "test_util.h"
+
+#ifndef ACKPT_RESHARD_WORKER
+#error "ACKPT_RESHARD_WORKER must name the worker binary"
+#endif
+
+namespace ackpt {
+namespace {
+
+using testing::Launch;
+using testing::TempDir;
+
+Launch RunRanks(const TempDir& tmp, int world, const std::string& dir,
+                std::vector<std::string> args,
+           const std::string& name) {
+  return testing::LaunchRanks(ACKPT_RESHARD_WORKER, tmp, world, dir, std::move(args), name, 150);
+}
+
+void ExpectAllOk(const Launch& l, const std::string& what) {
+  for (size_t r = 0; r < l.status.size(); ++r)
+    EXPECT_EQ(l.status[r], 0) << what << " rank " << r << ":\n" << l.out[r];
+}
+
+struct Resize {
+  int saved, loaded;
+  const char* compression;
+};
+
+class ReshardTest : public ::testing::TestWithParam<Resize> {};
+
+TEST_P(ReshardTest, EveryBoxLoadsByteEqualReadingOnlyItsSlabs) {
+  const Resize p = GetParam();
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, p.saved, dir, {"--mode", "save", "--compression", p.compression}, "save"),
+              "save");
+  ExpectAllOk(RunRanks(tmp, p.loaded, dir,
+                  {"--mode", "load", "--saved-world", std::to_string(p.saved), "--compression",
+                   p.compression},
+                  "load"),
+              "load");
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, ReshardTest,
+                         ::testing::Values(Resize{4, 2, "none"}, Resize{2, 3, "zstd"},
+                                           Resize{3, 1, "none"}, Resize{1, 4, "zstd"}),
+                         [](const auto& info) {
+                           return std::to_string(info.param.saved) + "to" +
+                                  std::to_string(info.param.loaded) + info.param.compression;
+                         });
+
+TEST(ReshardRules, SameWorldSizeLoadsOwnBoxesAndLocalState) {
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "none"}, "save"), "save");
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "load", "--rule", "error", "--plain-target"}, "load"),
+              "load");
+}
+
+TEST(ReshardRules, RankLocalStateFollowsTheChosenRule) {
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, 3, dir, {"--mode", "save", "--compression", "none", "--steps", "1"},
+                  "save"),
+              "save");
+  for (const char* rule : {"error", "empty", "modulo"}) {
+    const Launch l = RunRanks(tmp, 2, dir,
+                         {"--mode", "load", "--saved-world", "3", "--steps", "1", "--rule", rule},
+                         std::string("load-") + rule);
+    ExpectAllOk(l, rule);
+    if (std::string(rule) == "error") {
+      for (const auto& out : l.out) EXPECT_NE(out.find("refused"), std::string::npos) << out;
+    }
+  }
+}
+
+TEST(ReshardRules, ACorruptPartMakesEveryRankFallBackToTheSameOlderCheckpoint) {
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, 4, dir, {"--mode", "save", "--compression", "none"}, "save"), "save");
+  // Flip a byte in the middle of rank 1's part of checkpoint 2 (slab data).
+  const std::string part = JoinPath(dir, PartFileName("model", 2, 1, false));
+  std::string bytes = testing::ReadFileBytes(part);
+  ASSERT_GT(bytes.size(), 1000u);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  testing::WriteFileBytes(part, bytes);
+  ExpectAllOk(RunRanks(tmp, 2, dir,
+                  {"--mode", "load", "--saved-world", "4", "--expect-index", "1"},
+                  "load"),
+              "load");
+}
+
+TEST(ReshardRules, BadLayoutsAreRefusedOnEveryRank) {
+  TempDir tmp;
+  ExpectAllOk(RunRanks(tmp, 2, tmp.file("ckpt"), {"--mode", "bad", "--compression", "none"}, "bad"),
+              "bad");
+}
+
+}  // namespace
+}  // namespace ackpt
