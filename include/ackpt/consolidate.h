@@ -49,26 +49,32 @@ struct ConsolidateOptions {
   // zstd level for kZstd output, as WriteOptions::zstd_level (1 fastest ..
   // 19; negative: faster, larger). Higher levels cost CPU time. Default: 1.
   int zstd_level = 1;
-  // Bytes of assembled tensor data held at once (the streaming buffer). Each
-  // global tensor is assembled in bands of rows (dimension 0; a row larger
-  // than a band is cut along the next dimensions) of at most
-  // (budget - frame) / 2 bytes, written and dropped; frame is the zstd frame
-  // size, budget / 8 clamped to 64 KiB .. 4 MiB (the same bytes per plain
-  // write). Peak memory is about this budget for plain output and about
-  // twice it for kZstd (the compressed frames in flight), plus what reading
-  // a band costs (a slab only partly inside a band is read whole into
-  // scratch: at most 64 MiB, sharding.h's ReadBox) and the parts' headers.
-  // A replicated tensor is read whole, so a replicated tensor larger than a
-  // band raises the peak to about its size. A smaller budget costs more,
-  // smaller reads. At least 1 MiB (else kInvalidArgument). Default: 64 MiB.
+  // Bytes of assembled tensor data held at once (the streaming buffer).
+  // Each global tensor is assembled in bands of rows along dimension 0 (a
+  // row larger than a band is cut along the next dimensions) of at most
+  // band = (budget - frame) / 2 bytes, written and dropped; frame, the zstd
+  // frame size (and the plain write size), is budget / 8 clamped to
+  // 64 KiB .. 4 MiB. At most two bands and a frame are held: peak memory is
+  // about the budget for plain output and about twice it for kZstd (the
+  // compressed frames in flight), plus:
+  //   - reading a band: a saved slab only partly inside it is read whole
+  //     into scratch (sharding.h's ReadBox: slabs are about 4 MiB, at most
+  //     64 MiB of them at a time; a slab is one row of its box when that row
+  //     is larger, and is then read again for every band that cuts it);
+  //   - a replicated tensor is read whole (it is one tensor in its part),
+  //     so one larger than a band raises the peak to about its size;
+  //   - the parts' headers (CheckpointReader, a few hundred bytes a tensor).
+  // A smaller budget costs more, smaller reads. At least 1 MiB (else
+  // kInvalidArgument). Default: 64 MiB.
   uint64_t memory_budget_bytes = uint64_t{64} << 20;
   // Called on the calling thread as the work advances, with bytes of tensor
   // data assembled so far and the total to assemble. The total counts each
   // sharded tensor twice (it is assembled once to compute its checksum,
   // which the header at the front of the file holds, and once to write it)
-  // unless all sharded tensors fit in half the budget (then they are
-  // assembled once and kept), and each replicated tensor once. Called at
-  // least once, with done == total, on success. Default: none.
+  // unless all sharded tensors fit in one band (then they are assembled
+  // once and kept), and each replicated tensor once (its checksum is the
+  // part's). Called at least once, with done == total, on success.
+  // Default: none.
   std::function<void(uint64_t done, uint64_t total)> progress;
   // Threads for decompressing the parts and compressing the output;
   // 0 = std::thread::hardware_concurrency(). Default: 0.

@@ -136,12 +136,15 @@ std::unique_ptr<Opened> Open(const std::string& manifest_path, Env* env, int thr
   o->part0_path = o->readers[0]->info().path;
 
   // Every slab each box needs is in its part, of the box's dtype and shape.
+  std::vector<std::unordered_map<std::string, const TensorInfo*>> by_part(o->readers.size());
+  for (size_t r = 0; r < o->readers.size(); ++r) {
+    for (const auto& t : o->readers[r]->info().tensors) by_part[r].emplace(t.name, &t);
+  }
   for (const auto& [name, g] : o->layout) {
     for (const GlobalTensor::Box& box : g.boxes) {
       const ShardRecord& r = *box.record;
       const FileInfo& info = o->readers[static_cast<size_t>(box.part)]->info();
-      std::unordered_map<std::string, const TensorInfo*> by_name;
-      for (const auto& t : info.tensors) by_name.emplace(t.name, &t);
+      const auto& by_name = by_part[static_cast<size_t>(box.part)];
       const int64_t slabs = NumSlabs(r);
       for (int64_t k = 0; k < slabs; ++k) {
         const std::string slab = SlabTensorName(name, k);
