@@ -17,8 +17,13 @@
 #include "checkpointer/checkpoint_file.h"
 #include "checkpointer/distributed_layout.h"
 #include "checkpointer/manifest.h"
+#include "format/dtype.h"
 #include "format/seekable.h"
 #include "test_util.h"
+
+#ifdef ACKPT_RESHARD_WORKER
+#include "dist_launch.h"
+#endif
 
 namespace ackpt {
 namespace {
@@ -554,6 +559,84 @@ TEST_P(ConsolidateTest, CliInspectsAManifest) {
   ASSERT_EQ(Cli("inspect " + Quote(PartPath(0)), &text), 0) << text;
   EXPECT_TRUE(Contains(text, "tensors:")) << text;
 }
+
+#ifdef ACKPT_RESHARD_WORKER
+// A checkpoint saved by DistributedCheckpointer itself (3 ranks of
+// tests/reshard_worker.cc: row, column, 2-D block and uneven boxes in real
+// 4 MiB slabs, a 25 MB tensor, a replicated tensor, rank-local state),
+// consolidated at the smallest budget; each global tensor is checked
+// against the boxes pasted together here from the parts' slabs, and the
+// replicated one against its part's copy.
+TEST(ConsolidateSavedCheckpoint, MatchesTheBoxesDistributedCheckpointerSaved) {
+  for (const std::string compression : {"zstd", "none"}) {
+    SCOPED_TRACE(compression);
+    TempDir tmp;
+    const std::string dir = tmp.file("ckpt");
+    const testing::Launch l =
+        testing::LaunchRanks(ACKPT_RESHARD_WORKER, tmp, 3, dir,
+                             {"--mode", "save", "--compression", compression}, "save", 150);
+    for (size_t r = 0; r < l.status.size(); ++r) ASSERT_EQ(l.status[r], 0) << l.out[r];
+    std::string manifest;
+    for (const auto& n : Env::Default()->GetChildren(dir))
+      if (n.size() > 16 && n.compare(n.size() - 16, 16, "_2.manifest.json") == 0)
+        manifest = JoinPath(dir, n);
+    ASSERT_FALSE(manifest.empty());
+    const std::string out = tmp.file("all.safetensors.zst");
+    ConsolidateOptions o;
+    o.fsync = false;
+    o.memory_budget_bytes = uint64_t{1} << 20;
+    ConsolidateCheckpoint(manifest, out, o);
+
+    const ManifestInfo info = DescribeManifest(manifest);
+    ASSERT_FALSE(info.sharded.empty());
+    std::vector<std::unique_ptr<CheckpointReader>> parts;
+    for (const auto& p : info.parts) parts.push_back(CheckpointReader::Open(JoinPath(dir, p.file)));
+    auto reader = CheckpointReader::Open(out);
+    std::set<std::string> names;
+    for (const auto& t : reader->info().tensors) names.insert(t.name);
+    EXPECT_EQ(names.size(), info.sharded.size() + info.replicated.size());
+    uint64_t bytes = 0;
+    for (const auto& g : info.sharded) {
+      SCOPED_TRACE(g.name);
+      at::ScalarType type;
+      ASSERT_TRUE(format::DtypeFromName(g.dtype, &type));
+      at::Tensor want = at::empty(g.global_shape, at::TensorOptions().dtype(type));
+      const Manifest m = ReadManifest(Env::Default(), manifest);
+      for (const auto& b : g.boxes) {
+        int64_t slab_rows = 1;
+        for (const auto& r : m.parts[b.rank].shards)
+          if (r.name == g.name && r.offsets == b.offsets) slab_rows = r.slab_rows;
+        at::Tensor box = want;
+        for (size_t d = 0; d < b.offsets.size(); ++d)
+          box = box.narrow(static_cast<int64_t>(d), b.offsets[d], b.shape[d]);
+        const int64_t rows = b.shape.empty() ? 1 : b.shape[0];
+        for (int64_t k = 0; k * slab_rows < rows; ++k) {
+          const std::string slab = FlatTensorName({"sharded", g.name, std::to_string(k)});
+          const at::Tensor t = parts[b.rank]->ReadTensors({slab}).at(slab);
+          if (b.shape.empty()) {
+            box.copy_(t);
+          } else {
+            box.narrow(0, k * slab_rows, t.size(0)).copy_(t);
+          }
+        }
+      }
+      const at::Tensor got = reader->ReadTensors({g.name}).at(g.name);
+      EXPECT_TRUE(TensorBytes(got) == TensorBytes(want));
+      bytes += static_cast<uint64_t>(got.nbytes());
+    }
+    EXPECT_GT(bytes, uint64_t{24} << 20);  // the 25 MB tensor, in 4 MiB slabs
+    ASSERT_EQ(info.replicated.size(), 1u);
+    EXPECT_EQ(info.replicated[0].name, "module_interface_state/dense/w");
+    const std::string part_name = ReplicatedTensorName(0);
+    const at::Tensor saved = parts[info.replicated[0].rank]->ReadTensors({part_name}).at(part_name);
+    const at::Tensor got = reader->ReadTensors({"module_interface_state/dense/w"})
+                               .at("module_interface_state/dense/w");
+    EXPECT_TRUE(TensorBytes(got) == TensorBytes(saved));
+    // Rank-local state (data_position, local_t, step) is not in it.
+    for (const auto& n : names) EXPECT_FALSE(Contains(n, "local_t")) << n;
+  }
+}
+#endif
 
 INSTANTIATE_TEST_SUITE_P(Parts, ConsolidateTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& p) {
