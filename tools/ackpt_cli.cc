@@ -1,16 +1,16 @@
 // ackpt: look at, check and convert checkpoint files.
 //
-//   ackpt inspect FILE [--json]           FILE: a checkpoint file, or a distributed
-//                                          checkpoint's P_N.manifest.json (its global
-//                                          tensors and every rank's boxes)
+//   ackpt inspect FILE [--json]             FILE: a checkpoint file, or a distributed
+//                                           checkpoint's P_N.manifest.json (its global
+//                                           tensors and every rank's boxes)
 //   ackpt verify PATH... [--quiet]          exit 0 all good, 1 something corrupt, 2 usage
 //   ackpt export FILE -o OUT.safetensors [--quiet]
 //   ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]
 //   ackpt convert IN.pt -o OUT.safetensors[.zst] [--level L] [--none skip|error] [--quiet]
 //   ackpt consolidate MANIFEST -o OUT.safetensors[.zst] [--level L] [--quiet]
-//                                          one file of a distributed checkpoint's global
-//                                          tensors (sharded ones assembled, replicated
-//                                          ones; rank-local state omitted)
+//                                           one file of a distributed checkpoint's global
+//                                           tensors (sharded ones assembled, replicated
+//                                           ones; rank-local state omitted)
 //
 // Arguments are parsed by CLI11 (`ackpt --help`, `ackpt SUBCOMMAND --help`);
 // every usage error exits with status 2. verify, export, convert and
