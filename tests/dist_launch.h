@@ -38,8 +38,8 @@ inline Launch LaunchRanks(const std::string& worker, const TempDir& tmp, int wor
   std::vector<ChildProcess> ranks;
   for (int r = 0; r < world; ++r) {
     std::vector<std::string> args{
-        worker, "--rank", std::to_string(r), "--world", std::to_string(world),
-        "--store",         store,    "--dir",           dir};
+        worker,    "--rank", std::to_string(r), "--world", std::to_string(world),
+        "--store", store,    "--dir",           dir};
     for (auto& c : common)
       args.push_back(c == "{out}" ? tmp.file(name + "-" + std::to_string(r) + ".out") : c);
     ranks.emplace_back(args, tmp.file(name + "-" + std::to_string(r) + ".log"));

@@ -27,8 +27,7 @@ using testing::Launch;
 using testing::TempDir;
 
 Launch RunRanks(const TempDir& tmp, int world, const std::string& dir,
-                std::vector<std::string> args,
-           const std::string& name) {
+                std::vector<std::string> args, const std::string& name) {
   return testing::LaunchRanks(ACKPT_RESHARD_WORKER, tmp, world, dir, std::move(args), name, 150);
 }
 
@@ -48,12 +47,13 @@ TEST_P(ReshardTest, EveryBoxLoadsByteEqualReadingOnlyItsSlabs) {
   const Resize p = GetParam();
   TempDir tmp;
   const std::string dir = tmp.file("ckpt");
-  ExpectAllOk(RunRanks(tmp, p.saved, dir, {"--mode", "save", "--compression", p.compression}, "save"),
-              "save");
+  ExpectAllOk(
+      RunRanks(tmp, p.saved, dir, {"--mode", "save", "--compression", p.compression}, "save"),
+      "save");
   ExpectAllOk(RunRanks(tmp, p.loaded, dir,
-                  {"--mode", "load", "--saved-world", std::to_string(p.saved), "--compression",
-                   p.compression},
-                  "load"),
+                       {"--mode", "load", "--saved-world", std::to_string(p.saved), "--compression",
+                        p.compression},
+                       "load"),
               "load");
 }
 
@@ -69,20 +69,21 @@ TEST(ReshardRules, SameWorldSizeLoadsOwnBoxesAndLocalState) {
   TempDir tmp;
   const std::string dir = tmp.file("ckpt");
   ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "none"}, "save"), "save");
-  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "load", "--rule", "error", "--plain-target"}, "load"),
-              "load");
+  ExpectAllOk(
+      RunRanks(tmp, 2, dir, {"--mode", "load", "--rule", "error", "--plain-target"}, "load"),
+      "load");
 }
 
 TEST(ReshardRules, RankLocalStateFollowsTheChosenRule) {
   TempDir tmp;
   const std::string dir = tmp.file("ckpt");
-  ExpectAllOk(RunRanks(tmp, 3, dir, {"--mode", "save", "--compression", "none", "--steps", "1"},
-                  "save"),
-              "save");
+  ExpectAllOk(
+      RunRanks(tmp, 3, dir, {"--mode", "save", "--compression", "none", "--steps", "1"}, "save"),
+      "save");
   for (const char* rule : {"error", "empty", "modulo"}) {
-    const Launch l = RunRanks(tmp, 2, dir,
-                         {"--mode", "load", "--saved-world", "3", "--steps", "1", "--rule", rule},
-                         std::string("load-") + rule);
+    const Launch l = RunRanks(
+        tmp, 2, dir, {"--mode", "load", "--saved-world", "3", "--steps", "1", "--rule", rule},
+        std::string("load-") + rule);
     ExpectAllOk(l, rule);
     if (std::string(rule) == "error") {
       for (const auto& out : l.out) EXPECT_NE(out.find("refused"), std::string::npos) << out;
@@ -100,9 +101,28 @@ TEST(ReshardRules, ACorruptPartMakesEveryRankFallBackToTheSameOlderCheckpoint) {
   ASSERT_GT(bytes.size(), 1000u);
   bytes[bytes.size() / 2] ^= 0x5a;
   testing::WriteFileBytes(part, bytes);
-  ExpectAllOk(RunRanks(tmp, 2, dir,
-                  {"--mode", "load", "--saved-world", "4", "--expect-index", "1"},
-                  "load"),
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "load", "--saved-world", "4", "--expect-index", "1"},
+                       "load"),
+              "load");
+}
+
+TEST(ReshardRules, AManifestWhoseBoxesDoNotMatchItsPartsIsSkippedByEveryRank) {
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "zstd"}, "save"), "save");
+  // Checkpoint 2's manifest now claims rank 1's box of "big" has one row
+  // fewer and its slabs one row more: the layout no longer tiles the tensor.
+  const std::string manifest = JoinPath(dir, ManifestFileName("model", 2));
+  std::string text = testing::ReadFileBytes(manifest);
+  const std::string from = "\"slab_rows\": 1024";
+  const size_t at = text.rfind(from);
+  ASSERT_NE(at, std::string::npos) << text;
+  text.replace(at, from.size(), "\"slab_rows\": 1025");
+  testing::WriteFileBytes(manifest, text);
+  ExpectAllOk(RunRanks(tmp, 3, dir,
+                       {"--mode", "load", "--saved-world", "2", "--expect-index", "1",
+                        "--compression", "zstd"},
+                       "load"),
               "load");
 }
 

@@ -35,10 +35,10 @@ enum class LocalStateOnResize {
 
 // What the last successful load() read (DistributedCheckpointer::last_load_info).
 struct DistributedLoadInfo {
-  std::string manifest;           // the manifest resumed from; "" if nothing was loaded
-  int64_t index = -1;             // its index
-  int saved_world_size = 0;       // the world size that saved it
-  int local_state_from_rank = -1;  // whose rank-local state this rank got; -1: none
+  std::string manifest;               // the manifest resumed from; "" if nothing was loaded
+  int64_t index = -1;                 // its index
+  int saved_world_size = 0;           // the world size that saved it
+  int local_state_from_rank = -1;     // whose rank-local state this rank got; -1: none
   uint64_t sharded_bytes_read = 0;    // bytes of saved shard slabs this rank read
   uint64_t sharded_bytes_needed = 0;  // bytes of the boxes this rank asked for
 };

@@ -155,9 +155,7 @@ void DefaultCheckpointer::wait_snapshot() { impl_->core.engine().WaitSnapshot();
 
 std::string DefaultCheckpointer::last_saved_path() const { return impl_->core.last_saved_path(); }
 
-std::string DefaultCheckpointer::last_loaded_path() const {
-  return impl_->core.last_loaded_path();
-}
+std::string DefaultCheckpointer::last_loaded_path() const { return impl_->core.last_loaded_path(); }
 
 CheckpointerCounters DefaultCheckpointer::counters() const { return impl_->core.counters(); }
 

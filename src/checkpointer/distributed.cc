@@ -154,8 +154,10 @@ class DistributedCheckpointer::Impl {
           case LocalStateOnResize::kError:
             throw Error::InvalidArgument(
                 "distributed checkpoint " + std::to_string(index) + " was saved by " +
-                std::to_string(m.world_size) + " ranks and has rank-local state; it cannot be "
-                "loaded by " + std::to_string(world) +
+                std::to_string(m.world_size) +
+                " ranks and has rank-local state; it cannot be "
+                "loaded by " +
+                std::to_string(world) +
                 " ranks unless local_state_on_resize says what to do with it (only replicated "
                 "and sharded state moves across world sizes by default)");
           case LocalStateOnResize::kFromRankModulo:
@@ -217,8 +219,8 @@ class DistributedCheckpointer::Impl {
       auto t = flat_targets.find(name);
       if (t != flat_targets.end() && t->second.sizes().vec() == g.global_shape) {
         boxed.insert(name);
-        boxes.push_back({name, t->second, std::vector<int64_t>(g.global_shape.size(), 0),
-                         g.global_shape});
+        boxes.push_back(
+            {name, t->second, std::vector<int64_t>(g.global_shape.size(), 0), g.global_shape});
       }
     }
     PartTargets to = MapPartTargets(targets, saved_replicated);
@@ -229,7 +231,8 @@ class DistributedCheckpointer::Impl {
     }
 
     StateDict local;
-    if (local_src >= 0) local = ReadLocal(reader_of(static_cast<size_t>(local_src)), to.local, damage);
+    if (local_src >= 0)
+      local = ReadLocal(reader_of(static_cast<size_t>(local_src)), to.local, damage);
 
     // The replicated tensors, each from the part that holds it, only its frames.
     std::map<std::string, at::Tensor> by_name;  // replicated flattened name -> tensor
@@ -294,8 +297,20 @@ class DistributedCheckpointer::Impl {
           }
         }
       }
-      boxes.push_back({name, at::empty(shape, at::TensorOptions().dtype(type)), offsets,
-                       g.global_shape});
+      // Allocate only what the parts can hold: each box read must fit in
+      // its part's tensor data, as the part's validated header declares it.
+      for (const auto& b : g.boxes) {
+        if (!Overlaps(*b.record, offsets, shape)) continue;
+        const uint64_t bytes =
+            static_cast<uint64_t>(Volume(b.record->shape)) * format::DtypeSize(type);
+        CheckpointReader& part = reader_of(static_cast<size_t>(b.part));
+        if (bytes > part.info().logical_bytes) {
+          throw Error::Corruption("'" + part.info().path + "' is too small for its box of '" +
+                                  name + "' that the manifest lists");
+        }
+      }
+      boxes.push_back(
+          {name, at::empty(shape, at::TensorOptions().dtype(type)), offsets, g.global_shape});
     }
 
     Checkpoint c = JoinReplicated(std::move(local), tree, by_name, path);
@@ -308,7 +323,8 @@ class DistributedCheckpointer::Impl {
       const bool from_replicated = g == layout.end() && !rep.empty() && by_name.count(rep);
       if (g == layout.end() && !from_replicated) continue;  // the checkpoint lacks it
       const at::Tensor source_whole = from_replicated ? by_name.at(rep) : at::Tensor();
-      const std::string dtype = from_replicated ? DtypeName(source_whole.scalar_type()) : g->second.dtype;
+      const std::string dtype =
+          from_replicated ? DtypeName(source_whole.scalar_type()) : g->second.dtype;
       const std::vector<int64_t> global =
           from_replicated ? source_whole.sizes().vec() : g->second.global_shape;
       if (DtypeName(b.tensor.scalar_type()) != dtype || global != b.global_shape) {
@@ -447,7 +463,7 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
     const bool has_local = split.has_local;
     const std::map<std::string, double> metrics = checkpoint.metrics;
     hooks.publish = [commit, seq, index, has_local, metrics, records](const WriteResult& w,
-                                                             const engine::Metadata&) {
+                                                                      const engine::Metadata&) {
       Guard(Error::Code::kIOError, "committing distributed checkpoint " + std::to_string(index),
             [&] {
               Manifest::Part part;

@@ -38,7 +38,7 @@ struct Manifest {
     std::string file;  // in the manifest's directory
     uint64_t file_bytes = 0;
     std::string header_xxh3;
-    bool has_local = false;  // holds rank-local state
+    bool has_local = false;           // holds rank-local state
     std::vector<ShardRecord> shards;  // the boxes of sharded tensors it holds
   };
   std::vector<Part> parts;  // by rank

@@ -75,18 +75,16 @@ std::vector<LocalShard> CheckLocalShards(const Checkpoint& checkpoint) {
     const size_t dims = static_cast<size_t>(t.dim());
     if (box.global_shape.size() != dims || box.offsets.size() != dims) {
       throw Error::InvalidArgument(what + ": the tensor has " + std::to_string(dims) +
-                                   " dimensions, the box offsets " +
-                                   ShapeText(box.offsets) + " and global shape " +
-                                   ShapeText(box.global_shape));
+                                   " dimensions, the box offsets " + ShapeText(box.offsets) +
+                                   " and global shape " + ShapeText(box.global_shape));
     }
     Volume(box.global_shape);
     for (size_t d = 0; d < dims; ++d) {
-      if (box.offsets[d] < 0 || box.offsets[d] + t.size(static_cast<int64_t>(d)) >
-                                    box.global_shape[d]) {
+      if (box.offsets[d] < 0 ||
+          box.offsets[d] + t.size(static_cast<int64_t>(d)) > box.global_shape[d]) {
         throw Error::InvalidArgument(what + ": the box at " + ShapeText(box.offsets) +
                                      " of shape " + ShapeText(t.sizes().vec()) +
-                                     " is outside the global shape " +
-                                     ShapeText(box.global_shape));
+                                     " is outside the global shape " + ShapeText(box.global_shape));
       }
     }
     out.push_back(LocalShard{name, t, box});
@@ -185,22 +183,21 @@ std::map<std::string, GlobalTensor> GlobalLayout(const Manifest& m, Error::Code 
         if (Volume(y.shape) == 0) continue;
         bool overlap = true;
         for (size_t d = 0; d < dims && overlap; ++d) {
-          overlap = x.offsets[d] < y.offsets[d] + y.shape[d] &&
-                    y.offsets[d] < x.offsets[d] + x.shape[d];
+          overlap =
+              x.offsets[d] < y.offsets[d] + y.shape[d] && y.offsets[d] < x.offsets[d] + x.shape[d];
         }
         if (overlap) {
-          fail("sharded tensor '" + name + "': the boxes of rank " +
-               std::to_string(b[i].part) + " (at " + ShapeText(x.offsets) + ", shape " +
-               ShapeText(x.shape) + ") and rank " + std::to_string(b[j].part) + " (at " +
-               ShapeText(y.offsets) + ", shape " + ShapeText(y.shape) + ") overlap");
+          fail("sharded tensor '" + name + "': the boxes of rank " + std::to_string(b[i].part) +
+               " (at " + ShapeText(x.offsets) + ", shape " + ShapeText(x.shape) + ") and rank " +
+               std::to_string(b[j].part) + " (at " + ShapeText(y.offsets) + ", shape " +
+               ShapeText(y.shape) + ") overlap");
         }
       }
     }
     if (volume != Volume(g.global_shape)) {
-      fail("sharded tensor '" + name + "': the boxes of all ranks cover " +
-           std::to_string(volume) + " of its " + std::to_string(Volume(g.global_shape)) +
-           " elements (global shape " + ShapeText(g.global_shape) +
-           "); they must tile it without gaps");
+      fail("sharded tensor '" + name + "': the boxes of all ranks cover " + std::to_string(volume) +
+           " of its " + std::to_string(Volume(g.global_shape)) + " elements (global shape " +
+           ShapeText(g.global_shape) + "); they must tile it without gaps");
     }
   }
   return out;
@@ -228,6 +225,10 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
       throw Error::Corruption("sharded tensor '" + g.name + "': no reader for part " +
                               std::to_string(box.part));
     CheckpointReader& reader = *readers[static_cast<size_t>(box.part)];
+    std::map<std::string, const TensorInfo*> in_part;
+    for (const TensorInfo& t : reader.info().tensors) {
+      if (t.name.rfind(kPartSharded, 0) == 0) in_part.emplace(t.name, &t);
+    }
     // Slabs overlapping rows [lo0, hi0) of the box.
     int64_t first = 0, last = 0;
     if (dims) {
@@ -269,7 +270,21 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
       }
       const std::string name = SlabTensorName(g.name, k);
       uint64_t slab_bytes = static_cast<uint64_t>(elem);
-      for (size_t d = 0; d < dims; ++d) slab_bytes *= static_cast<uint64_t>(s_hi[d] - s_lo[d]);
+      std::vector<int64_t> slab_shape(dims);
+      for (size_t d = 0; d < dims; ++d) {
+        slab_shape[d] = s_hi[d] - s_lo[d];
+        slab_bytes *= static_cast<uint64_t>(slab_shape[d]);
+      }
+      // The manifest and the part must agree before a byte is read: a
+      // mismatch is a damaged checkpoint (the load falls back), not a bad target.
+      auto info = in_part.find(name);
+      if (info == in_part.end() || info->second->shape != slab_shape ||
+          info->second->dtype != g.dtype) {
+        throw Error::Corruption("'" + reader.info().path + "' does not hold slab " +
+                                std::to_string(k) + " of sharded tensor '" + g.name + "' as " +
+                                g.dtype + " " + ShapeText(slab_shape) + " (the manifest's box at " +
+                                ShapeText(r.offsets) + ")");
+      }
       bytes_read += slab_bytes;
       if (whole) {
         direct.emplace(name, View(target, offsets, o_lo, o_hi));

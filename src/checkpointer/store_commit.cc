@@ -45,17 +45,17 @@ void StoreCommit::Commit(uint64_t seq, int64_t index,
   std::vector<std::string> keys;
   for (int r = 0; r < o_.world; ++r) keys.push_back(Key(seq, "part/" + std::to_string(r)));
   try {
-    o_.store->wait(keys, std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_seconds * 1000)));
+    o_.store->wait(keys,
+                   std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_seconds * 1000)));
   } catch (const c10::Error&) {
     std::string missing;
     for (int r = 0; r < o_.world; ++r) {
       if (!o_.store->check({keys[static_cast<size_t>(r)]}))
         missing += (missing.empty() ? "" : ", ") + std::to_string(r);
     }
-    const std::string msg = "distributed checkpoint " + std::to_string(index) +
-                            " did not commit: rank(s) " + missing +
-                            " did not publish their part within " +
-                            std::to_string(o_.timeout_seconds) + " s";
+    const std::string msg =
+        "distributed checkpoint " + std::to_string(index) + " did not commit: rank(s) " + missing +
+        " did not publish their part within " + std::to_string(o_.timeout_seconds) + " s";
     o_.store->set(Key(seq, "failed"), Bytes(msg));
     throw Error::TimedOut(msg);
   }
@@ -101,8 +101,8 @@ void StoreCommit::AwaitVerdict(uint64_t seq, int64_t index, int64_t timeout_ms) 
     if (o_.store->check({invalid})) throw Error::InvalidArgument(Text(o_.store->get(invalid)));
     if (Clock::now() > end) {
       throw Error::TimedOut("distributed checkpoint " + std::to_string(index) +
-                            ": no verdict from rank 0 within " +
-                            std::to_string(timeout_ms / 1000) + " s (is rank 0 alive?)");
+                            ": no verdict from rank 0 within " + std::to_string(timeout_ms / 1000) +
+                            " s (is rank 0 alive?)");
     }
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::milliseconds(50));
