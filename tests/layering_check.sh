@@ -13,6 +13,7 @@ declare -A PUBLIC_LAYER=(
   [export.h]=util [error.h]=util [state_dict.h]=util [env.h]=io [format.h]=format
   [engine.h]=engine [file_names.h]=checkpointer [retention.h]=checkpointer
   [checkpointer.h]=checkpointer [ackpt.h]=checkpointer [distributed.h]=checkpointer [async_writer.h]=checkpointer
+  [consolidate.h]=checkpointer
 )
 fail=0
 for layer in "${LAYERS[@]}"; do

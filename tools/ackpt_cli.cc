@@ -1,14 +1,21 @@
 // ackpt: look at, check and convert checkpoint files.
 //
-//   ackpt inspect FILE [--json]
+//   ackpt inspect FILE [--json]             FILE: a checkpoint file, or a distributed
+//                                           checkpoint's P_N.manifest.json (its global
+//                                           tensors and every rank's boxes)
 //   ackpt verify PATH... [--quiet]          exit 0 all good, 1 something corrupt, 2 usage
 //   ackpt export FILE -o OUT.safetensors [--quiet]
 //   ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]
 //   ackpt convert IN.pt -o OUT.safetensors[.zst] [--level L] [--none skip|error] [--quiet]
+//   ackpt consolidate MANIFEST -o OUT.safetensors[.zst] [--level L] [--quiet]
+//                                           one file of a distributed checkpoint's global
+//                                           tensors (sharded ones assembled, replicated
+//                                           ones; rank-local state omitted)
 //
 // Arguments are parsed by CLI11 (`ackpt --help`, `ackpt SUBCOMMAND --help`);
-// every usage error exits with status 2. verify, export and convert draw a
-// progress bar on stderr when it is a terminal (progress.h), unless --quiet.
+// every usage error exits with status 2. verify, export, convert and
+// consolidate draw a progress bar on stderr when it is a terminal
+// (progress.h), unless --quiet.
 #include <fmt/format.h>
 #include <sys/stat.h>
 
@@ -21,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "ackpt/consolidate.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
@@ -70,7 +78,11 @@ bool IsDirectory(const std::string& path) {
 
 // ---- inspect ----
 
+bool IsManifestPath(const std::string& path);
+int InspectManifest(const std::string& path, bool as_json);
+
 int Inspect(const std::string& file, bool as_json) {
+  if (IsManifestPath(file)) return InspectManifest(file, as_json);
   auto reader = ackpt::CheckpointReader::Open(file);
   const ackpt::FileInfo& info = reader->info();
   if (as_json) {
@@ -109,6 +121,99 @@ int Inspect(const std::string& file, bool as_json) {
   for (const auto& kv : info.metadata) {
     const std::string v = kv.second.size() > 200 ? kv.second.substr(0, 200) + "..." : kv.second;
     fmt::print("  {}: {}\n", kv.first, v);
+  }
+  return kExitOk;
+}
+
+// ---- inspect MANIFEST ----
+
+bool IsManifestPath(const std::string& path) {
+  const std::string suffix = ".manifest.json";
+  return path.size() >= suffix.size() &&
+         path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string UtcTime(double t);
+
+int InspectManifest(const std::string& path, bool as_json) {
+  const ackpt::ManifestInfo info = ackpt::DescribeManifest(path);
+  uint64_t part_bytes = 0;
+  for (const auto& p : info.parts) part_bytes += p.file_bytes;
+  if (as_json) {
+    nlohmann::ordered_json j;
+    j["path"] = info.path;
+    j["kind"] = "distributed";
+    j["index"] = info.index;
+    j["world_size"] = info.world_size;
+    j["time"] = info.time;
+    j["time_utc"] = UtcTime(info.time);
+    if (info.parent >= 0) j["parent"] = info.parent;
+    nlohmann::ordered_json metrics = nlohmann::ordered_json::object();
+    for (const auto& kv : info.metrics) {
+      if (std::isfinite(kv.second)) {
+        metrics[kv.first] = kv.second;
+      } else {
+        metrics[kv.first] = nullptr;
+      }
+    }
+    j["metrics"] = metrics;
+    j["file_bytes"] = part_bytes;
+    j["parts"] = nlohmann::ordered_json::array();
+    for (const auto& p : info.parts) {
+      j["parts"].push_back({{"rank", p.rank},
+                            {"file", p.file},
+                            {"file_bytes", p.file_bytes},
+                            {"has_local", p.has_local}});
+    }
+    j["replicated_paths"] = info.replicated_paths;
+    j["replicated"] = nlohmann::ordered_json::array();
+    for (const auto& t : info.replicated) {
+      j["replicated"].push_back(
+          {{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"rank", t.rank}});
+    }
+    j["sharded"] = nlohmann::ordered_json::array();
+    for (const auto& t : info.sharded) {
+      nlohmann::ordered_json boxes = nlohmann::ordered_json::array();
+      for (const auto& b : t.boxes)
+        boxes.push_back({{"rank", b.rank}, {"offsets", b.offsets}, {"shape", b.shape}});
+      j["sharded"].push_back({{"name", t.name},
+                              {"dtype", t.dtype},
+                              {"global_shape", t.global_shape},
+                              {"boxes", std::move(boxes)}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  fmt::print("manifest:    {}\n", info.path);
+  fmt::print("format:      distributed checkpoint, index {}, world size {}\n", info.index,
+             info.world_size);
+  fmt::print("saved:       {}\n", UtcTime(info.time));
+  if (info.parent >= 0) fmt::print("parent:      {}\n", info.parent);
+  if (!info.metrics.empty()) {
+    std::vector<std::string> m;
+    for (const auto& kv : info.metrics) m.push_back(fmt::format("{}={:.6g}", kv.first, kv.second));
+    fmt::print("metrics:     {}\n", fmt::join(m, " "));
+  }
+  fmt::print("parts:       {}, {} bytes on disk\n", info.parts.size(), part_bytes);
+  for (const auto& p : info.parts) {
+    fmt::print("  rank {:<4} {:<48} {:>12} bytes{}\n", p.rank, p.file, p.file_bytes,
+               p.has_local ? "  (rank-local state)" : "");
+  }
+  fmt::print("replicated:  {} tensors{}\n", info.replicated.size(),
+             info.replicated_paths.empty()
+                 ? std::string()
+                 : fmt::format(" under {}", fmt::join(info.replicated_paths, ", ")));
+  for (const auto& t : info.replicated) {
+    fmt::print("  {:<48} {:<5} {:<20} rank {}\n", t.name, t.dtype, ShapeString(t.shape), t.rank);
+  }
+  fmt::print("sharded:     {} tensors\n", info.sharded.size());
+  for (const auto& t : info.sharded) {
+    fmt::print("  {:<48} {:<5} {:<20} {} box{}\n", t.name, t.dtype, ShapeString(t.global_shape),
+               t.boxes.size(), t.boxes.size() == 1 ? "" : "es");
+    for (const auto& b : t.boxes) {
+      fmt::print("    rank {:<4} at {:<16} shape {}\n", b.rank, ShapeString(b.offsets),
+                 ShapeString(b.shape));
+    }
   }
   return kExitOk;
 }
@@ -330,13 +435,46 @@ int Convert(const std::string& in, const std::string& out, int level,
   return kExitOk;
 }
 
+// ---- consolidate ----
+
+int Consolidate(const std::string& manifest, const std::string& out, int level, bool quiet) {
+  ackpt::ConsolidateOptions o;
+  o.zstd_level = level;
+  {
+    // Bytes of tensor data assembled (each sharded tensor twice when it does
+    // not fit the buffer: once for its checksum, once to write it).
+    ProgressBar bar(ShowProgress(quiet), "consolidate " + BaseName(manifest), 0);
+    bool started = false;
+    o.progress = [&](uint64_t done, uint64_t total) {
+      if (!started) {
+        bar.Phase("consolidate " + BaseName(manifest), total);
+        started = true;
+      }
+      bar.Set(done);
+    };
+    ackpt::ConsolidateCheckpoint(manifest, out, o);
+  }
+  auto reader = ackpt::CheckpointReader::Open(out);
+  const ackpt::FileInfo& info = reader->info();
+  uint64_t tensor_bytes = 0;
+  for (const auto& t : info.tensors) tensor_bytes += t.nbytes();
+  fmt::print("wrote {}: {} tensors, {} of tensor data, {} on disk{}\n", out, info.tensors.size(),
+             HumanBytes(static_cast<double>(tensor_bytes)),
+             HumanBytes(static_cast<double>(info.file_bytes)),
+             info.compressed
+                 ? fmt::format(" (zstd level {}, ratio {:.2f})", level, info.compression_ratio())
+                 : std::string());
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ackpt: look at, check and convert ackpt checkpoint files", "ackpt"};
   app.footer(
       "exit status: 0 ok, 1 corrupt or unreadable, 2 usage error.\n"
-      "verify, export and convert draw a progress bar on stderr when it is a terminal.");
+      "verify, export, convert and consolidate draw a progress bar on stderr when it is a "
+      "terminal.");
   app.require_subcommand(1);
 
   std::string file, out, dir, prefix = "model", ext = "safetensors", none = "skip";
@@ -344,8 +482,13 @@ int main(int argc, char** argv) {
   bool as_json = false, verify = false, quiet = false;
   int level = 1;
 
-  CLI::App* inspect = app.add_subcommand("inspect", "tensors, metadata, compression ratio");
-  inspect->add_option("FILE", file, "checkpoint file (plain or .zst)")->required();
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "tensors, metadata, compression ratio; of a manifest: global tensors and boxes");
+  inspect
+      ->add_option("FILE", file,
+                   "checkpoint file (plain or .zst), or a distributed checkpoint's "
+                   "P_N.manifest.json")
+      ->required();
   inspect->add_flag("--json", as_json, "print JSON");
 
   CLI::App* verify_cmd =
@@ -384,6 +527,22 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"skip", "error"}));
   convert->add_flag("-q,--quiet", quiet, "no progress bar");
 
+  CLI::App* consolidate = app.add_subcommand(
+      "consolidate",
+      "one safetensors file of a distributed checkpoint's global tensors: sharded tensors "
+      "assembled from every rank's boxes, replicated tensors (rank-local state is omitted); "
+      "compressed if OUT ends in .zst");
+  consolidate->add_option("MANIFEST", file, "the checkpoint's P_N.manifest.json")->required();
+  consolidate
+      ->add_option("-o,--output", out,
+                   "OUT.safetensors or OUT.safetensors.zst (written "
+                   "atomically)")
+      ->required();
+  consolidate->add_option("--level", level, "zstd level for a .zst output")
+      ->capture_default_str()
+      ->check(CLI::Range(-7, 22));
+  consolidate->add_flag("-q,--quiet", quiet, "no progress bar");
+
   if (argc < 2) {
     std::cerr << app.help();
     return kExitUsage;
@@ -409,6 +568,7 @@ int main(int argc, char** argv) {
     if (*verify_cmd) return Verify(paths, quiet);
     if (*export_cmd) return Export(file, out, quiet);
     if (*ls) return List(dir, prefix, ext, as_json, verify);
+    if (*consolidate) return Consolidate(file, out, level, quiet);
     if (*convert) {
       ackpt_cli::ConvertOptions options;
       options.none = none;
