@@ -435,14 +435,16 @@ void Consolidate(const std::string& manifest_path, const std::string& out_path,
       throw Error::Corruption("tensor '" + t.name + "': its bands do not cover it");
   }
 
-  // Assembles band b (a fresh contiguous CPU tensor).
+  // Assembles band b (a fresh contiguous CPU tensor). One slab index per
+  // part for all bands.
+  SlabIndex slab_index;
   auto assemble = [&](size_t b) -> at::Tensor {
     const Band& band_b = bands[b];
     const format::FlatTensor& t = tensors[band_b.tensor];
     const Source& s = of[band_b.tensor];
     if (s.sharded != nullptr) {
       at::Tensor out = at::empty(band_b.shape, at::TensorOptions().dtype(t.dtype));
-      ReadBox(*s.sharded, out, band_b.offsets, o.readers);
+      ReadBox(*s.sharded, out, band_b.offsets, o.readers, &slab_index);
       return out;
     }
     const Opened::Replicated& r = *s.replicated;

@@ -205,7 +205,9 @@ std::map<std::string, GlobalTensor> GlobalLayout(const Manifest& m, Error::Code 
 
 uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
                  const std::vector<int64_t>& offsets,
-                 const std::vector<CheckpointReader*>& readers) {
+                 const std::vector<CheckpointReader*>& readers, SlabIndex* index) {
+  SlabIndex local_index;
+  if (index == nullptr) index = &local_index;
   const size_t dims = g.global_shape.size();
   std::vector<int64_t> t_hi(dims);
   for (size_t d = 0; d < dims; ++d) t_hi[d] = offsets[d] + target.size(static_cast<int64_t>(d));
@@ -225,9 +227,12 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
       throw Error::Corruption("sharded tensor '" + g.name + "': no reader for part " +
                               std::to_string(box.part));
     CheckpointReader& reader = *readers[static_cast<size_t>(box.part)];
-    std::map<std::string, const TensorInfo*> in_part;
-    for (const TensorInfo& t : reader.info().tensors) {
-      if (t.name.rfind(kPartSharded, 0) == 0) in_part.emplace(t.name, &t);
+    auto [cached, fresh] = index->by_reader.try_emplace(&reader);
+    std::map<std::string, const TensorInfo*>& in_part = cached->second;
+    if (fresh) {
+      for (const TensorInfo& t : reader.info().tensors) {
+        if (t.name.rfind(kPartSharded, 0) == 0) in_part.emplace(t.name, &t);
+      }
     }
     // Slabs overlapping rows [lo0, hi0) of the box.
     int64_t first = 0, last = 0;

@@ -79,9 +79,15 @@ int64_t Volume(const std::vector<int64_t>& shape);
 // box is read straight into its place, the others into a bounded scratch
 // tensor (at most 64 MiB at a time) whose overlap is copied in.
 // readers[part] reads part `part`. Returns the slab bytes read.
+// `index` (optional) keeps each part's slab lookup table between calls, for
+// a caller that reads many boxes from the same readers (consolidate's bands);
+// it must not outlive them.
+struct SlabIndex {
+  std::map<const CheckpointReader*, std::map<std::string, const TensorInfo*>> by_reader;
+};
 uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
                  const std::vector<int64_t>& offsets,
-                 const std::vector<CheckpointReader*>& readers);
+                 const std::vector<CheckpointReader*>& readers, SlabIndex* index = nullptr);
 
 // The tensor at flattened name `name` of `root` (through dicts and list
 // indices) replaced by `t`; false if there is none.
