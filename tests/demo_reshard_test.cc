@@ -198,5 +198,14 @@ TEST(DemoReshardTest, SaveOnFourResumeOnTwoThenThree) {
       std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
+TEST(DemoReshardTest, ShardNeedsRanks) {
+  std::string out;
+  EXPECT_EQ(testing::RunCommand(std::string(ACKPT_DEMO) + " --shard", &out), 2);
+  EXPECT_NE(out.find("--shard: needs --nproc 2 or more"), std::string::npos) << out;
+  EXPECT_EQ(testing::RunCommand(std::string(ACKPT_DEMO) + " --help", &out), 0);
+  EXPECT_NE(out.find("--shard"), std::string::npos) << out;
+  EXPECT_NE(out.find("--decay-step"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace ackpt
