@@ -423,8 +423,27 @@ class RowShards {
       *v = ackpt::Value(w.tensor);
     }
     c.shards.clear();  // whole tensors now
+    loaded_digest_ = Digest(c);
     return c;
   }
+
+  // FNV-1a over the bytes of the whole sharded tensors of `c`, in order: the
+  // demo prints it after a load and at the end of training, so that a
+  // resume on another world size can be checked against the run that saved.
+  std::string Digest(ackpt::Checkpoint c) const {
+    uint64_t h = 1469598103934665603ull;
+    for (const auto& p : paths_) {
+      const ackpt::Value* v = At(&c, p);
+      if (v == nullptr || !v->is_tensor()) continue;
+      const at::Tensor t = v->tensor().contiguous();
+      const auto* b = static_cast<const unsigned char*>(t.data_ptr());
+      for (size_t i = 0, n = t.numel() * t.element_size(); i < n; ++i)
+        h = (h ^ b[i]) * 1099511628211ull;
+    }
+    return fmt::format("{:016x}", h);
+  }
+  // Digest() of what the last Load() returned; "" if none.
+  const std::string& loaded_digest() const { return loaded_digest_; }
 
  private:
   ackpt::ShardBox Box(const at::Tensor& whole, int64_t row) const {
@@ -475,6 +494,7 @@ class RowShards {
 
   std::vector<std::string> tables_;
   std::vector<std::vector<std::string>> paths_;
+  mutable std::string loaded_digest_;
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   int rank_, world_;
 };
@@ -524,6 +544,7 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
         prefix_(std::move(prefix)),
         shards_(std::move(shards)) {}
   ackpt::DistributedCheckpointer* dist() const { return dist_.get(); }
+  const RowShards* shards() const { return shards_.get(); }
   ackpt::AbstractCheckpointer& inner() {
     return single_ ? static_cast<ackpt::AbstractCheckpointer&>(*single_) : *dist_;
   }
@@ -761,6 +782,9 @@ int Run(const Options& o) {
           o.rank, o.world, info.index, info.saved_world_size, info.local_state_from_rank,
           Bytes(static_cast<double>(info.sharded_bytes_read)),
           Bytes(static_cast<double>(info.sharded_bytes_needed)));
+      if (const RowShards* rs = checkpointer->shards())
+        fmt::print("rank {}: sharded tables and AdamW moments loaded, digest {}\n", o.rank,
+                   rs->loaded_digest());
       if (info.saved_world_size != o.world && info.local_state_from_rank != o.rank) {
         // This rank took another rank's RNG (kFromRankModulo) and would draw
         // that rank's batches: give it a data order of its own.
@@ -825,6 +849,15 @@ int Run(const Options& o) {
     Print("preemption requested after the last step: training is complete\n");
   }
   checkpointer->inner().wait();  // every save durable before the summary
+  if (const RowShards* rs = checkpointer->shards()) {
+    // The whole tables and moments as the last checkpoint holds them (a
+    // resume of it prints the same digest after its load).
+    ackpt::Checkpoint c;
+    c.module_interface_state = module->get_state();
+    c.trainer_state = trainer.get_state();
+    fmt::print("rank {}: sharded tables and AdamW moments at step {}: digest {}\n", o.rank,
+               trainer.global_steps_finished(), rs->Digest(std::move(c)));
+  }
 
   // ---- summary ----
   const int64_t steps_done = trainer.global_steps_finished() - start_step;

@@ -1,9 +1,11 @@
 // The demo's --shard mode (issue 24): the embedding tables and their AdamW
 // moments are checkpointed as row shards. Saved on 4 ranks, resumed on 2,
 // then on 3: each resume must load the checkpoint it should (index, saved
-// world size, whose rank-local state) and train on to a loss close to that
-// of an uninterrupted 4-rank run; resumed on the same 4 ranks, the final
-// model must equal the uninterrupted run's bit for bit.
+// world size, whose rank-local state), every rank must reassemble the saved
+// tables and AdamW moments exactly (the digest the demo prints), and the run
+// must train on to a loss close to that of an uninterrupted 4-rank run;
+// resumed on the same 4 ranks, the final model must equal the uninterrupted
+// run's bit for bit.
 #include <signal.h>
 #include <unistd.h>
 
@@ -97,6 +99,15 @@ DemoRun RunDemo(std::vector<std::string> args, const std::string& log, double ti
   return r;
 }
 
+// The digest (FNV-1a of the whole tables and their AdamW moments) a rank
+// printed after its load ("loaded") or at the end of training ("at step N").
+std::string Digest(const std::string& out, int rank, const std::string& when) {
+  std::smatch m;
+  const std::regex re("rank " + std::to_string(rank) + ": sharded tables and AdamW moments " +
+                      when + "[:,] digest ([0-9a-f]{16})");
+  return std::regex_search(out, m, re) ? std::string(m[1]) : std::string("none");
+}
+
 void ExpectLoaded(const std::string& out, int rank, int world, int64_t index, int saved_world,
                   int local_from) {
   const std::string line =
@@ -148,7 +159,18 @@ TEST(DemoReshardTest, SaveOnFourResumeOnTwoThenThree) {
       << r2.out;
   ExpectLoaded(r2.out, 0, 2, kStage, 4, 0);
   ExpectLoaded(ReadFileBytes(JoinPath(ckpt, ".demo-rank1.log")), 1, 2, kStage, 4, 1);
+  // (.demo-rank3.log still holds the 4-rank run's rank 3: the 2-rank run has no rank 3.)
   EXPECT_NE(r2.out.find(stage_steps), std::string::npos) << r2.out;
+  // Every rank of the 2-rank run reassembled the very tables and moments the
+  // 4 ranks saved (each 4-rank rank ends with the same replica).
+  const std::string four_out = ReadFileBytes(dir.file("four.log"));
+  const std::string saved4 = Digest(four_out, 0, "at step " + i1);
+  EXPECT_NE(saved4, "none") << four_out;
+  EXPECT_EQ(Digest(ReadFileBytes(JoinPath(ckpt, ".demo-rank3.log")), 3, "at step " + i1), saved4);
+  EXPECT_EQ(Digest(r2.out, 0, "loaded"), saved4) << r2.out;
+  const std::string rank1 = ReadFileBytes(JoinPath(ckpt, ".demo-rank1.log"));
+  EXPECT_EQ(Digest(rank1, 1, "loaded"), saved4) << rank1;
+  const std::string saved2 = Digest(r2.out, 0, "at step " + i2);
 
   auto three = DemoArgs(ckpt, kSteps, 3);
   three.push_back("--resume");
@@ -164,6 +186,8 @@ TEST(DemoReshardTest, SaveOnFourResumeOnTwoThenThree) {
             std::string::npos)
       << rank2;
   EXPECT_NE(r3.out.find(stage_steps), std::string::npos) << r3.out;
+  EXPECT_EQ(Digest(r3.out, 0, "loaded"), saved2) << r3.out;
+  EXPECT_EQ(Digest(rank2, 2, "loaded"), saved2) << rank2;
   EXPECT_EQ(r3.out.find("FAILED"), std::string::npos) << r3.out;
   EXPECT_TRUE(Env::Default()->FileExists(JoinPath(ckpt, ManifestFileName("model", kSteps))));
 
