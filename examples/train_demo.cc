@@ -20,6 +20,13 @@
 // of that step with force = true within --grace-period seconds and exits
 // with status 75 (ackpt::kPreemptedExitCode); --resume continues from it.
 //
+// --nproc N trains data-parallel on N ranks (Gloo on 127.0.0.1) through a
+// DistributedCheckpointer. --nproc N --shard checkpoints the embedding tables
+// and their AdamW moments as row shards, ZeRO-style (each rank writes only
+// its rows, Checkpoint::shards), and --resume on another --nproc reshards
+// them: each rank reads its new row box and all-gathers the others
+// (RowShards below). Rank-local state follows kFromRankModulo.
+//
 // The model: byte embeddings plus a byte-pair embedding table (and, for
 // medium, a hashed byte-triple table) feeding pre-norm transformer blocks
 // with causal self-attention. The tables hold most of the parameters: cheap
@@ -104,6 +111,8 @@ struct Options {
   bool preemption = true;    // SIGTERM/SIGUSR1: save at once and exit 75
   double grace_period = 60;  // seconds to make that save durable
   int nproc = 1;             // > 1: launch that many ranks (Gloo on 127.0.0.1)
+  int64_t decay_step = 0;    // StepLR's step size; 0: 2/3 of --steps
+  bool shard = false;        // with --nproc: row-shard the embedding tables' checkpoint
   int rank = -1;             // set by the launcher for each rank it starts
   int world = 1;
   std::string store;  // the FileStore of the ranks' rendezvous
@@ -262,7 +271,8 @@ class CharLM : public ackpt::ModuleInterface {
   ackpt::OptimizersSchedulers get_optimizers_schedulers(int64_t, int64_t) override {
     auto opt = std::make_shared<torch::optim::AdamW>(
         model_->parameters(), torch::optim::AdamWOptions(size_.lr).weight_decay(0.01));
-    const unsigned decay_every = static_cast<unsigned>(std::max<int64_t>(1, opt_.steps * 2 / 3));
+    const unsigned decay_every = static_cast<unsigned>(
+        opt_.decay_step > 0 ? opt_.decay_step : std::max<int64_t>(1, opt_.steps * 2 / 3));
     return {{opt}, {ackpt::MakeScheduler<torch::optim::StepLR>(*opt, decay_every, 0.3)}};
   }
 
@@ -322,6 +332,195 @@ class CharLM : public ackpt::ModuleInterface {
   std::function<void()> step_hook_;
 };
 
+// ---- --shard: the embedding tables and their AdamW moments, row-sharded ----
+//
+// ZeRO-style checkpointing of the tables that hold most of the parameters:
+// every rank still computes with the full tables and steps the full AdamW
+// state (the gradients are all-reduced, so they are identical on every
+// rank), but rank r of W owns rows Rows(N, r, W) of each table and of its
+// exp_avg / exp_avg_sq, and checkpoints only those rows, declared through
+// Checkpoint::shards. On resume each rank asks for its row box on the world
+// size it runs with now (any other) and all-gathers the rows of the others.
+
+// [begin, end) of part i of n of `extent` rows (the first extent % n parts one longer).
+std::pair<int64_t, int64_t> Rows(int64_t extent, int i, int n) {
+  const int64_t base = extent / n, extra = extent % n;
+  const int64_t begin = i * base + std::min<int64_t>(i, extra);
+  return {begin, begin + base + (i < extra ? 1 : 0)};
+}
+
+class RowShards {
+ public:
+  // `tables`: the module's parameter names of the embedding tables.
+  RowShards(std::vector<std::string> tables, c10::intrusive_ptr<c10d::ProcessGroup> pg)
+      : tables_(std::move(tables)),
+        pg_(std::move(pg)),
+        rank_(pg_->getRank()),
+        world_(pg_->getSize()) {
+    for (const auto& t : tables_) {
+      paths_.push_back({"module_interface_state", t});
+      for (const char* m : {"exp_avg", "exp_avg_sq"})
+        paths_.push_back({"trainer_state", "optimizers", "0", "state", t, m});
+    }
+  }
+  const std::vector<std::string>& tables() const { return tables_; }
+  // The flattened names of the sharded tensors (Checkpoint::shards' keys).
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& p : paths_) out.push_back(ackpt::FlatTensorName(p));
+    return out;
+  }
+
+  // What save() gets: `c` with each sharded tensor cut to this rank's rows
+  // (a view, no copy: the checkpointer snapshots it) and its box declared.
+  ackpt::Checkpoint Cut(const ackpt::Checkpoint& c) const {
+    ackpt::Checkpoint out = c;
+    for (const auto& p : paths_) {
+      ackpt::Value* v = At(&out, p);
+      if (v == nullptr || !v->is_tensor()) continue;  // no state yet
+      const at::Tensor whole = v->tensor();
+      const auto [b, e] = Rows(whole.size(0), rank_, world_);
+      *v = ackpt::Value(whole.narrow(0, b, e - b));
+      out.shards[ackpt::FlatTensorName(p)] = Box(whole, b);
+    }
+    return out;
+  }
+
+  // load(targets) through `load`: the sharded targets replaced by their row
+  // views and declared as boxes, so the checkpointer reads only this rank's
+  // rows (from whichever saved boxes overlap them) straight into the full
+  // tensors; then the rows of the other ranks are all-gathered into them and
+  // the returned checkpoint holds the full tensors, as the Trainer expects.
+  template <typename LoadFn>
+  ackpt::Checkpoint Load(const ackpt::LoadTargets& targets, LoadFn load) const {
+    ackpt::LoadTargets boxed = targets;
+    struct Whole {
+      std::vector<std::string> path;
+      at::Tensor tensor;
+    };
+    std::vector<Whole> wholes;
+    for (const auto& p : paths_) {
+      ackpt::Value* v = At(&boxed.into, p);
+      if (v == nullptr || !v->is_tensor()) continue;
+      const at::Tensor whole = v->tensor();
+      const auto [b, e] = Rows(whole.size(0), rank_, world_);
+      *v = ackpt::Value(whole.narrow(0, b, e - b));
+      boxed.into.shards[ackpt::FlatTensorName(p)] = Box(whole, b);
+      wholes.push_back({p, whole});
+    }
+    ackpt::Checkpoint c = load(boxed);
+    if (c.empty()) return c;  // nothing to resume (every rank agrees)
+    torch::NoGradGuard no_grad;
+    for (const auto& w : wholes) {
+      ackpt::Value* v = At(&c, w.path);
+      if (v == nullptr || !v->is_tensor()) continue;  // the checkpoint lacks it (on every rank)
+      const at::Tensor box = v->tensor();
+      const auto [b, e] = Rows(w.tensor.size(0), rank_, world_);
+      at::Tensor mine = w.tensor.narrow(0, b, e - b);
+      // Read into a fresh tensor (another dtype): copy it into place.
+      if (box.data_ptr() != mine.data_ptr()) mine.copy_(box);
+      AllGatherRows(w.tensor);
+      *v = ackpt::Value(w.tensor);
+    }
+    c.shards.clear();  // whole tensors now
+    loaded_digest_ = Digest(c);
+    return c;
+  }
+
+  // FNV-1a over the bytes of the whole sharded tensors of `c`, in order: the
+  // demo prints it after a load and at the end of training, so that a
+  // resume on another world size can be checked against the run that saved.
+  std::string Digest(ackpt::Checkpoint c) const {
+    uint64_t h = 1469598103934665603ull;
+    for (const auto& p : paths_) {
+      const ackpt::Value* v = At(&c, p);
+      if (v == nullptr || !v->is_tensor()) continue;
+      const at::Tensor t = v->tensor().contiguous();
+      const auto* b = static_cast<const unsigned char*>(t.data_ptr());
+      for (size_t i = 0, n = t.numel() * t.element_size(); i < n; ++i)
+        h = (h ^ b[i]) * 1099511628211ull;
+    }
+    return fmt::format("{:016x}", h);
+  }
+  // Digest() of what the last Load() returned; "" if none.
+  const std::string& loaded_digest() const { return loaded_digest_; }
+
+ private:
+  ackpt::ShardBox Box(const at::Tensor& whole, int64_t row) const {
+    std::vector<int64_t> offsets(static_cast<size_t>(whole.dim()), 0);
+    offsets[0] = row;
+    return ackpt::ShardBox{offsets, whole.sizes().vec()};
+  }
+
+  // The value at `path` (group, then dict keys or list indices); null if absent.
+  static ackpt::Value* At(ackpt::Checkpoint* c, const std::vector<std::string>& path) {
+    ackpt::StateDict* group = path[0] == "module_interface_state" ? &c->module_interface_state
+                              : path[0] == "trainer_state"        ? &c->trainer_state
+                                                                  : &c->trainer_backend_state;
+    ackpt::Value* v = group->find(path[1]);
+    for (size_t i = 2; v != nullptr && i < path.size(); ++i) {
+      if (v->is_dict()) {
+        v = v->dict().find(path[i]);
+      } else if (v->is_list()) {
+        const size_t k = std::stoul(path[i]);
+        v = k < v->list().size() ? &v->list()[k] : nullptr;
+      } else {
+        v = nullptr;
+      }
+    }
+    return v;
+  }
+
+  // Every rank holds its rows of `whole`; afterwards every rank holds all of
+  // them. Gloo's allgather wants equal sizes: the boxes go padded to the
+  // longest (the first), and each rank's rows are copied out of its slot.
+  void AllGatherRows(const at::Tensor& whole) const {
+    const int64_t n = whole.size(0);
+    const auto [b0, e0] = Rows(n, 0, world_);
+    std::vector<int64_t> padded = whole.sizes().vec();
+    padded[0] = e0 - b0;
+    const auto [b, e] = Rows(n, rank_, world_);
+    std::vector<at::Tensor> in{torch::zeros(padded, whole.options())};
+    in[0].narrow(0, 0, e - b).copy_(whole.narrow(0, b, e - b));
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int r = 0; r < world_; ++r) out[0].push_back(torch::empty(padded, whole.options()));
+    pg_->allgather(out, in)->wait();
+    for (int r = 0; r < world_; ++r) {
+      if (r == rank_) continue;
+      const auto [br, er] = Rows(n, r, world_);
+      whole.narrow(0, br, er - br).copy_(out[0][static_cast<size_t>(r)].narrow(0, 0, er - br));
+    }
+  }
+
+  std::vector<std::string> tables_;
+  std::vector<std::vector<std::string>> paths_;
+  mutable std::string loaded_digest_;
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  int rank_, world_;
+};
+
+// DistributedBackend refuses a checkpoint of another world size (its step
+// counters count one rank's batches). With --shard the demo resumes on any
+// --nproc: it takes the counters of rank r mod saved_world_size
+// (local_state_on_resize = kFromRankModulo), whose optimizer steps are the
+// job's. The data each rank draws after a resize: see Run().
+class ResizableBackend : public ackpt::DistributedBackend {
+ public:
+  using DistributedBackend::DistributedBackend;
+  void update_state(const ackpt::StateDict& state) override {
+    const ackpt::Value* w = state.find("world_size");
+    if (w == nullptr || w->to_int() == world_size()) return DistributedBackend::update_state(state);
+    saved_world_ = static_cast<int>(w->to_int());
+    ackpt::StateDict s = state;
+    s.set("world_size", static_cast<int64_t>(world_size()));
+    DistributedBackend::update_state(s);
+  }
+  int saved_world() const { return saved_world_; }  // 0: same world size
+
+ private:
+  int saved_world_ = 0;
+};
+
 // ---- a checkpointer wrapper: names files by step, measures the stall, --sync ----
 
 struct SaveRecord {
@@ -334,14 +533,18 @@ struct SaveRecord {
 class DemoCheckpointer : public ackpt::AbstractCheckpointer {
  public:
   // One process: a DefaultCheckpointer; --nproc: a DistributedCheckpointer.
+  // `shards` (--shard, with dist): what is saved and loaded as row shards.
   DemoCheckpointer(std::unique_ptr<ackpt::DefaultCheckpointer> single,
                    std::unique_ptr<ackpt::DistributedCheckpointer> dist, bool sync, CharLM* module,
-                   std::string prefix)
+                   std::string prefix, std::unique_ptr<RowShards> shards = nullptr)
       : single_(std::move(single)),
         dist_(std::move(dist)),
         sync_(sync),
         module_(module),
-        prefix_(std::move(prefix)) {}
+        prefix_(std::move(prefix)),
+        shards_(std::move(shards)) {}
+  ackpt::DistributedCheckpointer* dist() const { return dist_.get(); }
+  const RowShards* shards() const { return shards_.get(); }
   ackpt::AbstractCheckpointer& inner() {
     return single_ ? static_cast<ackpt::AbstractCheckpointer&>(*single_) : *dist_;
   }
@@ -368,7 +571,7 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
             saved_name(step));
       return;
     }
-    inner().save(c, step, force || sync_);
+    inner().save(shards_ ? shards_->Cut(c) : c, step, force || sync_);
     const double stall = Seconds(Clock::now() - t0);
     records_.push_back({step, force, true, stall});
     const std::string name = saved_name(step);
@@ -386,6 +589,11 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
   }
   double model_stall() const { return model_stall_; }
   ackpt::Checkpoint load() override { return inner().load(); }
+  // The Trainer's in-place load. Without --shard: load() (copies, as before).
+  ackpt::Checkpoint load(const ackpt::LoadTargets& targets) override {
+    if (!shards_) return load();
+    return shards_->Load(targets, [&](const ackpt::LoadTargets& t) { return dist_->load(t); });
+  }
   void wait() override { inner().wait(); }
   // What retention kept, one line.
   std::string kept() {
@@ -413,6 +621,7 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
   bool sync_;
   CharLM* module_;
   std::string prefix_;
+  std::unique_ptr<RowShards> shards_;
   std::vector<SaveRecord> records_;
   double model_stall_ = 0;
 };
@@ -492,6 +701,7 @@ int Run(const Options& o) {
   std::unique_ptr<ackpt::DefaultCheckpointer> single;
   std::unique_ptr<ackpt::DistributedCheckpointer> dist;
   std::shared_ptr<ackpt::TrainerBackend> backend;
+  std::unique_ptr<RowShards> shards;
   if (o.world > 1) {
     // The ranks meet in a FileStore on local disk and talk Gloo on 127.0.0.1.
     auto store = c10::make_intrusive<c10d::FileStore>(o.store, o.world);
@@ -507,13 +717,34 @@ int Run(const Options& o) {
     da.replicated = {"module_interface_state", "trainer_state/optimizers",
                      "trainer_state/schedulers"};
     da.commit_timeout_seconds = 120;
+    if (o.shard) {
+      // The embedding tables and their AdamW moments are row shards (one
+      // box per rank); the other parameters stay replicated (written once),
+      // named one by one since the tables live in the same group. The rest
+      // of the AdamW state sits in the optimizers list, which a replicated
+      // path cannot reach into, so it is rank-local: every rank writes its
+      // (identical) copy, small next to the tables. Across world sizes each
+      // rank takes the rank-local state (that AdamW state, the step counters,
+      // the RNG) of saved rank r mod saved_world_size: kFromRankModulo.
+      std::vector<std::string> tables{"tok.weight", "bigram.weight"};
+      if (size.trigram_buckets > 0) tables.push_back("trigram.weight");
+      da.replicated = {"trainer_state/schedulers"};
+      for (const auto& kv : module->get_state()) {
+        if (std::find(tables.begin(), tables.end(), kv.first) == tables.end())
+          da.replicated.push_back("module_interface_state/" + kv.first);
+      }
+      da.local_state_on_resize = ackpt::LocalStateOnResize::kFromRankModulo;
+      shards = std::make_unique<RowShards>(tables, pg);
+      backend = std::make_shared<ResizableBackend>(pg);
+    } else {
+      backend = std::make_shared<ackpt::DistributedBackend>(pg);
+    }
     dist = std::make_unique<ackpt::DistributedCheckpointer>(da);
-    backend = std::make_shared<ackpt::DistributedBackend>(pg);
   } else {
     single = std::make_unique<ackpt::DefaultCheckpointer>(ca);
   }
-  auto checkpointer = std::make_shared<DemoCheckpointer>(std::move(single), std::move(dist), o.sync,
-                                                         module.get(), ca.file_prefix);
+  auto checkpointer = std::make_shared<DemoCheckpointer>(
+      std::move(single), std::move(dist), o.sync, module.get(), ca.file_prefix, std::move(shards));
   ackpt::TrainerArguments ta;
   ta.epochs = module->epochs();
   ta.log_level = "WARN";
@@ -543,6 +774,27 @@ int Run(const Options& o) {
             : ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
     fmt::print("resuming from checkpoint index {} (step {}, {})\n", index ? *index : -1, start_step,
                loaded);
+    if (const ackpt::DistributedCheckpointer* d = checkpointer->dist()) {
+      const ackpt::DistributedLoadInfo info = d->last_load_info();
+      fmt::print(
+          "rank {} of {}: loaded index {} saved by {} ranks; rank-local state from saved rank {}; "
+          "sharded tensors: read {} of slabs for {} of row boxes\n",
+          o.rank, o.world, info.index, info.saved_world_size, info.local_state_from_rank,
+          Bytes(static_cast<double>(info.sharded_bytes_read)),
+          Bytes(static_cast<double>(info.sharded_bytes_needed)));
+      if (const RowShards* rs = checkpointer->shards())
+        fmt::print("rank {}: sharded tables and AdamW moments loaded, digest {}\n", o.rank,
+                   rs->loaded_digest());
+      if (info.saved_world_size != o.world && info.local_state_from_rank != o.rank) {
+        // This rank took another rank's RNG (kFromRankModulo) and would draw
+        // that rank's batches: give it a data order of its own.
+        trainer.restore();
+        torch::manual_seed(static_cast<uint64_t>(o.seed) + 1000 * static_cast<uint64_t>(o.rank) +
+                           7919 * static_cast<uint64_t>(start_step) + 1);
+        fmt::print("rank {}: data order reseeded (its RNG was saved rank {}'s)\n", o.rank,
+                   info.local_state_from_rank);
+      }
+    }
   } else if (o.resume) {
     fmt::print("no checkpoint in {}: starting from step 0\n", o.save_dir);
   }
@@ -597,6 +849,15 @@ int Run(const Options& o) {
     Print("preemption requested after the last step: training is complete\n");
   }
   checkpointer->inner().wait();  // every save durable before the summary
+  if (const RowShards* rs = checkpointer->shards()) {
+    // The whole tables and moments as the last checkpoint holds them (a
+    // resume of it prints the same digest after its load).
+    ackpt::Checkpoint c;
+    c.module_interface_state = module->get_state();
+    c.trainer_state = trainer.get_state();
+    fmt::print("rank {}: sharded tables and AdamW moments at step {}: digest {}\n", o.rank,
+               trainer.global_steps_finished(), rs->Digest(std::move(c)));
+  }
 
   // ---- summary ----
   const int64_t steps_done = trainer.global_steps_finished() - start_step;
@@ -850,6 +1111,10 @@ int main(int argc, char** argv) {
                  "keep the N newest checkpoints plus the best by val_loss; 0 = keep all")
       ->check(IntAtLeast(0));
   app.add_option("--seed", o.seed, "model init and data order")->check(IntAtLeast(0));
+  app.add_option("--decay-step", o.decay_step,
+                 "multiply the learning rate by 0.3 every N steps (StepLR; 0: 2/3 of --steps). "
+                 "Give the same N to runs resumed with another --steps to keep the schedule")
+      ->check(IntAtLeast(0));
   bool no_preemption = false;
   app.add_flag("--no-preemption", no_preemption,
                "do not treat SIGTERM/SIGUSR1 as preemption (default: on: finish the step, save "
@@ -863,6 +1128,9 @@ int main(int argc, char** argv) {
                  "train data-parallel on N ranks on this machine (Gloo on 127.0.0.1, a "
                  "FileStore), checkpointing through ackpt::DistributedCheckpointer")
       ->check(IntAtLeast(1));
+  app.add_flag("--shard", o.shard,
+               "with --nproc: checkpoint the embedding tables and their AdamW moments as row "
+               "shards (each rank writes its rows; --resume on another --nproc reshards)");
   // Set by the --nproc launcher for the ranks it starts.
   app.add_option("--rank", o.rank)->group("");
   app.add_option("--world", o.world)->group("");
@@ -876,6 +1144,10 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
   o.preemption = !no_preemption;
+  if (o.shard && o.nproc < 2) {
+    fmt::print(stderr, "--shard: needs --nproc 2 or more\n");
+    return kExitUsage;
+  }
   try {
     if (o.nproc > 1 && o.rank < 0) return Launch(o, argc, argv);
     return Run(o);
