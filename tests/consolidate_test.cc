@@ -563,7 +563,7 @@ TEST_P(ConsolidateTest, CliInspectsAManifest) {
 #ifdef ACKPT_RESHARD_WORKER
 // A checkpoint saved by DistributedCheckpointer itself (3 ranks of
 // tests/reshard_worker.cc: row, column, 2-D block and uneven boxes in real
-// 4 MiB slabs, a 25 MB tensor, a replicated tensor, rank-local state),
+// 1 MiB slabs, a 25 MB tensor, a replicated tensor, rank-local state),
 // consolidated at the smallest budget; each global tensor is checked
 // against the boxes pasted together here from the parts' slabs, and the
 // replicated one against its part's copy.
@@ -624,7 +624,7 @@ TEST(ConsolidateSavedCheckpoint, MatchesTheBoxesDistributedCheckpointerSaved) {
       EXPECT_TRUE(TensorBytes(got) == TensorBytes(want));
       bytes += static_cast<uint64_t>(got.nbytes());
     }
-    EXPECT_GT(bytes, uint64_t{24} << 20);  // the 25 MB tensor, in 4 MiB slabs
+    EXPECT_GT(bytes, uint64_t{24} << 20);  // the 25 MB tensor, in 1 MiB slabs
     ASSERT_EQ(info.replicated.size(), 1u);
     EXPECT_EQ(info.replicated[0].name, "module_interface_state/dense/w");
     const std::string part_name = ReplicatedTensorName(0);

@@ -114,10 +114,10 @@ TEST(ReshardRules, AManifestWhoseBoxesDoNotMatchItsPartsIsSkippedByEveryRank) {
   // fewer and its slabs one row more: the layout no longer tiles the tensor.
   const std::string manifest = JoinPath(dir, ManifestFileName("model", 2));
   std::string text = testing::ReadFileBytes(manifest);
-  const std::string from = "\"slab_rows\": 1024";
+  const std::string from = "\"slab_rows\": 256";
   const size_t at = text.rfind(from);
   ASSERT_NE(at, std::string::npos) << text;
-  text.replace(at, from.size(), "\"slab_rows\": 1025");
+  text.replace(at, from.size(), "\"slab_rows\": 257");
   testing::WriteFileBytes(manifest, text);
   ExpectAllOk(RunRanks(tmp, 3, dir,
                        {"--mode", "load", "--saved-world", "2", "--expect-index", "1",

@@ -84,7 +84,7 @@ const std::vector<Global>& Globals() {
       {"module_interface_state/emb", {103, 24}, at::kFloat, Global::kRows},
       {"module_interface_state/proj", {16, 50}, at::kFloat, Global::kCols},
       {"trainer_state/optimizer/blk", {37, 29}, at::kDouble, Global::kBlocks},
-      // 24 MiB, 6 slabs of 4 MiB: the byte accounting's subject.
+      // 24 MiB, 24 slabs of 1 MiB: the byte accounting's subject.
       {"module_interface_state/big", {6144, 1024}, at::kFloat, Global::kRows},
   };
   return g;
@@ -173,9 +173,9 @@ bool Equal(const at::Tensor& a, const at::Tensor& b) {
          a.contiguous().view(at::kByte).equal(b.contiguous().view(at::kByte));
 }
 
-// Slabs of a saved box are ~4 MiB (src/checkpointer/sharding.h): a target
+// Slabs of a saved box are ~1 MiB (src/checkpointer/sharding.h): a target
 // box reads at most one extra slab per overlapping saved box, plus one.
-constexpr uint64_t kSlab = uint64_t{4} << 20;
+constexpr uint64_t kSlab = uint64_t{1} << 20;
 
 }  // namespace
 

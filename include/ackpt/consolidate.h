@@ -58,7 +58,7 @@ struct ConsolidateOptions {
   // about the budget for plain output and about twice it for kZstd (the
   // compressed frames in flight), plus:
   //   - reading a band: a saved slab only partly inside it is read whole
-  //     into scratch (sharding.h's ReadBox: slabs are about 4 MiB, at most
+  //     into scratch (sharding.h's ReadBox: slabs are about 1 MiB, at most
   //     64 MiB of them at a time; a slab is one row of its box when that row
   //     is larger, and is then read again for every band that cuts it);
   //   - a replicated tensor is read whole (it is one tensor in its part),

@@ -113,7 +113,7 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   // whichever part holds them. A target listed in targets.into.shards
   // receives its box of the global tensor of that name, assembled from the
   // overlapping saved boxes (or cut from a replicated tensor of that name);
-  // only the saved slabs (about 4 MiB each) that overlap it are read. A
+  // only the saved slabs (about 1 MiB each) that overlap it are read. A
   // target not listed there, at the name of a sharded global tensor, gets
   // the whole tensor. Collective like load().
   Checkpoint load(const LoadTargets& targets) override;

@@ -23,8 +23,8 @@ namespace ackpt {
 inline constexpr const char* kPartSharded = "sharded";
 // Target size of one stored slab: a partial read of a box costs at most one
 // slab at each end of the overlap (about one zstd frame at the default
-// chunk size). Default: 4 MiB.
-inline constexpr uint64_t kShardSlabBytes = uint64_t{4} << 20;
+// read unit of a plain file, 1 MiB). Default: 1 MiB.
+inline constexpr uint64_t kShardSlabBytes = uint64_t{1} << 20;
 
 // The key path of a flattened tensor name (the inverse of FlatTensorName:
 // "a%2Fb/c" -> {"a/b", "c"}).
