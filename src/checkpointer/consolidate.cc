@@ -35,49 +35,9 @@ constexpr uint64_t kMinBudget = uint64_t{1} << 20;
 constexpr uint64_t kMaxFrame = uint64_t{4} << 20;
 constexpr uint64_t kMinFrame = uint64_t{64} << 10;
 
-std::string DimsText(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
-
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::vector<std::string> SplitSlashes(const std::string& path) {
-  std::vector<std::string> out(1);
-  for (char c : path) {
-    if (c == '/') {
-      out.emplace_back();
-    } else {
-      out.back() += c;
-    }
-  }
-  return out;
-}
-
-// A replicated tensor's name from the Checkpoint's root: its saved name is
-// relative to a StateDict keyed by the replicated path
-// ("trainer_state%2Foptimizer/state/0/m"), whose first key is that path.
-std::string RootName(const std::string& replicated_name) {
-  const std::vector<std::string> keys = SplitFlatName(replicated_name);
-  std::vector<std::string> path = SplitSlashes(keys[0]);
-  path.insert(path.end(), keys.begin() + 1, keys.end());
-  return FlatTensorName(path);
-}
-
-// The scalars of a part file's state tree (its tensors are not read).
-StateDict Scalars(const CheckpointReader& reader) {
-  const FileInfo& info = reader.info();
-  const at::Tensor placeholder = at::empty({0});
-  std::map<std::string, at::Tensor> placeholders;
-  for (const auto& t : info.tensors) placeholders.emplace(t.name, placeholder);
-  auto tree = info.metadata.find(format::kMetaTree);
-  if (tree == info.metadata.end())
-    throw Error::Corruption("'" + info.path + "' is not a part written by ackpt");
-  return format::Unflatten(tree->second, placeholders, info.path);
 }
 
 // A distributed checkpoint opened for reading: the manifest, its checked
@@ -157,8 +117,8 @@ std::unique_ptr<Opened> Open(const std::string& manifest_path, Env* env, int thr
         }
         if (it->second->dtype != r.dtype || it->second->shape != shape) {
           throw Error::Corruption("'" + info.path + "': slab '" + slab + "' is " +
-                                  it->second->dtype + " " + DimsText(it->second->shape) +
-                                  "; the manifest's box says " + r.dtype + " " + DimsText(shape));
+                                  it->second->dtype + " " + ShapeText(it->second->shape) +
+                                  "; the manifest's box says " + r.dtype + " " + ShapeText(shape));
         }
       }
     }
@@ -168,7 +128,7 @@ std::unique_ptr<Opened> Open(const std::string& manifest_path, Env* env, int thr
   // whichever part owns it.
   std::vector<std::string> names;
   {
-    const StateDict scalars = Scalars(*o->readers[0]);
+    const StateDict scalars = PartScalars(*o->readers[0]);
     if (const Value* n = scalars.find(kPartReplicatedNames))
       for (const auto& v : n->list()) names.push_back(v.str());
     if (const Value* t = scalars.find(kPartReplicatedTree)) o->replicated_tree = t->str();
@@ -191,7 +151,8 @@ std::unique_ptr<Opened> Open(const std::string& manifest_path, Env* env, int thr
       found[k] = true;
       if (!t.has_checksum)
         throw Error::Corruption("'" + info.path + "': tensor '" + t.name + "' has no checksum");
-      o->replicated[k] = Opened::Replicated{names[k], RootName(names[k]), static_cast<int>(r), &t};
+      o->replicated[k] =
+          Opened::Replicated{names[k], ReplicatedRootName(names[k]), static_cast<int>(r), &t};
     }
   }
   for (size_t k = 0; k < names.size(); ++k) {

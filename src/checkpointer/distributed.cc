@@ -44,18 +44,6 @@ const DistributedCheckpointerArguments& Validated(const DistributedCheckpointerA
   return a;
 }
 
-// The scalars of a part file's state tree (its tensors are not read).
-StateDict Scalars(const CheckpointReader& reader) {
-  const FileInfo& info = reader.info();
-  const at::Tensor placeholder = at::empty({0});
-  std::map<std::string, at::Tensor> placeholders;
-  for (const auto& t : info.tensors) placeholders.emplace(t.name, placeholder);
-  auto tree = info.metadata.find(format::kMetaTree);
-  if (tree == info.metadata.end())
-    throw Error::Corruption("'" + info.path + "' is not a part written by ackpt");
-  return format::Unflatten(tree->second, placeholders, info.path);
-}
-
 // Whether saved box `r` overlaps the box at `offsets` of `shape`.
 bool Overlaps(const ShardRecord& r, const std::vector<int64_t>& offsets,
               const std::vector<int64_t>& shape) {
@@ -189,7 +177,7 @@ class DistributedCheckpointer::Impl {
     std::vector<std::string> names;
     std::string tree;
     {
-      const StateDict scalars = Scalars(reader_of(0));
+      const StateDict scalars = PartScalars(reader_of(0));
       if (const Value* n = scalars.find(kPartReplicatedNames))
         for (const auto& v : n->list()) names.push_back(v.str());
       if (const Value* t = scalars.find(kPartReplicatedTree)) tree = t->str();

@@ -1,9 +1,12 @@
 #include "checkpointer/distributed_layout.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 
 #include "ackpt/error.h"
 #include "checkpointer/checkpoint_file.h"
+#include "format/constants.h"
 #include "format/flatten.h"
 
 namespace ackpt {
@@ -153,6 +156,17 @@ PartTargets MapPartTargets(const LoadTargets& targets,
     out.replicated.emplace(split.names[i], split.tensors[i]);
   }
   return out;
+}
+
+StateDict PartScalars(const CheckpointReader& reader) {
+  const FileInfo& info = reader.info();
+  const at::Tensor placeholder = at::empty({0});
+  std::map<std::string, at::Tensor> placeholders;
+  for (const auto& t : info.tensors) placeholders.emplace(t.name, placeholder);
+  auto tree = info.metadata.find(format::kMetaTree);
+  if (tree == info.metadata.end())
+    throw Error::Corruption("'" + info.path + "' is not a part written by ackpt");
+  return format::Unflatten(tree->second, placeholders, info.path);
 }
 
 Checkpoint JoinReplicated(StateDict local, const std::string& tree,

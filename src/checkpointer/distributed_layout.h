@@ -60,6 +60,11 @@ struct PartTargets {
 PartTargets MapPartTargets(const LoadTargets& targets,
                            const std::vector<std::string>& replicated_paths);
 
+// The scalars of a part file's state tree (its tensors are not read: empty
+// placeholders stand in). Throws kCorruption for a file ackpt did not write
+// as a part.
+StateDict PartScalars(const CheckpointReader& reader);
+
 // Rebuilds the Checkpoint from the local root and the replicated tensors
 // (`tree` and `by_name`, as saved). Throws kCorruption naming `path`.
 Checkpoint JoinReplicated(StateDict local, const std::string& tree,

@@ -204,8 +204,8 @@ std::map<std::string, GlobalTensor> GlobalLayout(const Manifest& m, Error::Code 
 }
 
 uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
-                 const std::vector<int64_t>& offsets,
-                 const std::vector<CheckpointReader*>& readers, SlabIndex* index) {
+                 const std::vector<int64_t>& offsets, const std::vector<CheckpointReader*>& readers,
+                 SlabIndex* index) {
   SlabIndex local_index;
   if (index == nullptr) index = &local_index;
   const size_t dims = g.global_shape.size();
@@ -396,6 +396,13 @@ std::string ReplicatedNameOf(const std::string& name, const std::vector<std::str
     return FlatTensorName(rest);
   }
   return "";
+}
+
+std::string ReplicatedRootName(const std::string& replicated_name) {
+  const std::vector<std::string> keys = SplitFlatName(replicated_name);
+  std::vector<std::string> path = SplitSlashes(keys[0]);
+  path.insert(path.end(), keys.begin() + 1, keys.end());
+  return FlatTensorName(path);
 }
 
 void CopyBox(const at::Tensor& whole, const at::Tensor& target,

@@ -86,8 +86,8 @@ struct SlabIndex {
   std::map<const CheckpointReader*, std::map<std::string, const TensorInfo*>> by_reader;
 };
 uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
-                 const std::vector<int64_t>& offsets,
-                 const std::vector<CheckpointReader*>& readers, SlabIndex* index = nullptr);
+                 const std::vector<int64_t>& offsets, const std::vector<CheckpointReader*>& readers,
+                 SlabIndex* index = nullptr);
 
 // The tensor at flattened name `name` of `root` (through dicts and list
 // indices) replaced by `t`; false if there is none.
@@ -101,6 +101,11 @@ bool HasLeafOtherThan(const StateDict& root, const std::map<std::string, at::Ten
 // names it) of the tensor at flattened name `name`, or "" if it is under
 // none of the replicated paths.
 std::string ReplicatedNameOf(const std::string& name, const std::vector<std::string>& paths);
+
+// A replicated tensor's name from the Checkpoint's root: its saved name is
+// relative to a StateDict keyed by the replicated path
+// ("trainer_state%2Foptimizer/state/0/m" -> "trainer_state/optimizer/state/0/m").
+std::string ReplicatedRootName(const std::string& replicated_name);
 
 // Copies box `offsets` .. offsets + target.sizes() of the whole tensor
 // `whole` into target (a replicated tensor loaded into a sharded target).
