@@ -151,6 +151,22 @@ TEST(ReshardRules, PartsStayOrdinaryFilesForVerifyAndThePythonReader) {
   }
 }
 
+TEST(ReshardRules, SavingAnIndexAgainWithFewerRanksLeavesNoStalePart) {
+  TempDir tmp;
+  const std::string dir = tmp.file("ckpt");
+  ExpectAllOk(RunRanks(tmp, 3, dir, {"--mode", "save", "--compression", "none"}, "save3"),
+              "save3");
+  ASSERT_TRUE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", 2, 2, false))));
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "none"}, "save2"),
+              "save2");
+  for (int64_t index : {1, 2}) {
+    EXPECT_TRUE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", index, 1, false))));
+    EXPECT_FALSE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", index, 2, false))))
+        << "index " << index;
+  }
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "load", "--saved-world", "2"}, "load"), "load");
+}
+
 TEST(ReshardRules, BadLayoutsAreRefusedOnEveryRank) {
   TempDir tmp;
   ExpectAllOk(RunRanks(tmp, 2, tmp.file("ckpt"), {"--mode", "bad", "--compression", "none"}, "bad"),

@@ -329,9 +329,13 @@ void CheckpointDir::RemoveOrphanParts(const std::function<bool(int64_t)>& may_re
     if (!part || !may_remove(part->first)) continue;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // A part is committed only if its index's manifest lists it: a part of
+      // an index saved again by fewer ranks is not, and goes too.
       const bool committed =
-          std::any_of(manifests_.begin(), manifests_.end(),
-                      [&](const CheckpointEntry& e) { return e.index == part->first; });
+          std::any_of(manifests_.begin(), manifests_.end(), [&](const CheckpointEntry& e) {
+            return e.index == part->first &&
+                   std::find(e.parts.begin(), e.parts.end(), name) != e.parts.end();
+          });
       if (committed) continue;
     }
     try {

@@ -468,7 +468,10 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
       const RetentionPolicy policy = im.base().retention;
       hooks.after_commit = [dir, policy, index](const WriteResult&, const engine::Metadata&) {
         dir->ApplyRetention(policy, FileKind::kPart);
-        dir->RemoveOrphanParts([index](int64_t i) { return i < index; });
+        // Older indices' parts that never committed, and parts of this index
+        // left by an earlier save of it with more ranks (all of this save's
+        // parts are in its manifest).
+        dir->RemoveOrphanParts([index](int64_t i) { return i <= index; });
       };
     }
     core.engine().Save(std::move(part_state), index, path, force, std::move(hooks));
