@@ -19,7 +19,11 @@
 //   same    saved-ranks ranks, each loading the box it saved (the baseline),
 //   W ranks (--worlds, default 2,3): each loading row box r of W of both
 //           tensors (the cols tensor is cut across the saved boxes: every
-//           target box overlaps every saved one).
+//           target box overlaps every saved one),
+//   control W ranks loading what W ranks saved (each its own box), unless
+//           --no-controls: what W processes of this machine load without
+//           resharding, so that the resharding cost can be told apart from
+//           the cost of running W ranks on the shared cores.
 // Every load starts behind a barrier; one sample is the slowest rank's time
 // inside load() (the collective's wall time). Throughput: the bytes loaded
 // (S, all ranks together) / that time. Per rank: bytes read / bytes needed
@@ -33,8 +37,10 @@
 // not the disk. The ranks share the machine's cores.
 //
 //   ackpt_bench_reshard [--size 256M] [--saved-ranks 4] [--worlds 2,3] [--rounds 3]
-//       [--reps 3] [--compressions none,zstd (--quick: zstd)] [--timeout S] [--dir DIR] [--json
-//       FILE] [--quick]
+//       [--reps 3] [--compressions none,zstd] [--no-controls] [--timeout S] [--dir DIR]
+//       [--json FILE] [--quick]
+// --quick (the ctest smoke run, ~10 s): 8 MiB, --worlds 3, zstd only, no
+// controls, one round of one load.
 #include <signal.h>
 #include <sys/prctl.h>
 
@@ -326,6 +332,14 @@ std::string RunRanks(const std::vector<std::vector<std::string>>& argvs,
   return error;
 }
 
+// /proc/loadavg's first three fields: how busy the shared machine was.
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
 uint64_t DirBytes(const std::string& dir) {
   uint64_t n = 0;
   for (const auto& f : ackpt::Env::Default()->GetChildren(dir)) n += FileSize(dir + "/" + f);
@@ -337,24 +351,26 @@ uint64_t DirBytes(const std::string& dir) {
 int main(int argc, char** argv) {
   Args a(argc, argv,
          "usage: ackpt_bench_reshard [--size 256M] [--saved-ranks 4] [--worlds 2,3] [--rounds 3]\n"
-         "       [--reps 3] [--compressions none,zstd] [--timeout S] [--dir DIR] [--json FILE] "
-         "[--quick]\n"
+         "       [--reps 3] [--compressions none,zstd] [--no-controls] [--timeout S] [--dir DIR]\n"
+         "       [--json FILE] [--quick]\n"
          "  --size: bytes of the sharded state, all ranks together\n"
          "  --worlds: the world sizes that load it resharded into row boxes\n"
          "  --rounds: launches per configuration; --reps: timed loads per launch\n"
+         "  --no-controls: skip the W ranks -> W ranks loads (W of --worlds)\n"
          "  --timeout: seconds one launch (all ranks) may take before every rank is killed",
-         {"quick", "worker"});
+         {"quick", "worker", "no-controls"});
   const bool quick = a.Flag("quick");
   const bool worker = a.Flag("worker");
   const uint64_t size = ParseBytes(a.Str("size", quick ? "8M" : "256M"));
   const int saved = static_cast<int>(a.Num("saved-ranks", 4));
   std::vector<int> worlds;
-  for (const auto& w : a.List("worlds", "2,3")) worlds.push_back(std::stoi(w));
+  for (const auto& w : a.List("worlds", quick ? "3" : "2,3")) worlds.push_back(std::stoi(w));
   const int rounds = std::max(1, static_cast<int>(a.Num("rounds", quick ? 1 : 3)));
   const int reps = std::max(1, static_cast<int>(a.Num("reps", quick ? 1 : 3)));
   const std::vector<std::string> compressions =
       a.List("compressions", quick ? "zstd" : "none,zstd");
   const double timeout = a.Num("timeout", quick ? 60 : 600);
+  const bool controls = !a.Flag("no-controls") && !quick;  // --quick: under 20 s
   const std::string dir = a.Str("dir", "/tmp/ackpt-bench-reshard");
   const std::string json_out = a.Str("json", "");
   WorkerOptions wo;
@@ -390,27 +406,43 @@ int main(int argc, char** argv) {
   }
   const Shapes shapes = ShapesFor(size);
   const uint64_t total = static_cast<uint64_t>(shapes.rows_rows + shapes.cols_rows) * kCols * 4;
-  std::vector<int> configs{saved};  // the same world size first in round 0
+  // (saved by, loaded by): the baseline first, the resharded loads, then the
+  // controls (each W saved and loaded by W: what W ranks of this machine do
+  // without resharding).
+  std::vector<std::pair<int, int>> configs{{saved, saved}};
+  std::vector<int> sources{saved};
   for (int w : worlds)
-    if (w != saved) configs.push_back(w);
+    if (w != saved) configs.push_back({saved, w});
+  if (controls) {
+    for (int w : worlds) {
+      if (w == saved) continue;
+      configs.push_back({w, w});
+      sources.push_back(w);
+    }
+  }
+  auto key = [](int s, int l) { return std::to_string(s) + "->" + std::to_string(l); };
   std::printf(
-      "sharded state %s (rows [%lld, %lld] row-sharded, cols [%lld, %lld] column-sharded) saved "
-      "by %d ranks, loaded by",
+      "sharded state %s (rows [%lld, %lld] row-sharded, cols [%lld, %lld] column-sharded); "
+      "configurations (saved by -> loaded by ranks):",
       SizeLabel(total).c_str(), (long long)shapes.rows_rows, (long long)kCols,
-      (long long)shapes.cols_rows, (long long)kCols, saved);
-  for (int w : configs) std::printf(" %d", w);
+      (long long)shapes.cols_rows, (long long)kCols);
+  for (const auto& c : configs) std::printf(" %s", key(c.first, c.second).c_str());
   std::printf(
-      " ranks (Gloo over a FileStore on 127.0.0.1); %d rounds x %d loads; hot (page cache); %d "
-      "hardware threads shared by all ranks\n",
-      rounds, reps, HardwareThreads());
+      "\nGloo over a FileStore on 127.0.0.1; %d rounds x %d loads; hot (page cache); %d hardware "
+      "threads shared by all ranks; load average %s\n",
+      rounds, reps, HardwareThreads(), LoadAverage().c_str());
   std::fflush(stdout);
   FreshDir(dir);
   ::signal(SIGINT, OnSignal);
   ::signal(SIGTERM, OnSignal);
   const std::string self = SelfExe();
   int launches = 0;
-  // Runs one launch of `world` ranks; returns their JSON or throws.
-  auto launch = [&](const std::string& mode, int world, const std::string& comp) {
+  auto save_dir = [&](const std::string& comp, int s) {
+    return dir + "/" + comp + "/saved" + std::to_string(s);
+  };
+  // Runs one launch of `world` ranks on the checkpoint `s` ranks saved;
+  // returns their JSON or throws.
+  auto launch = [&](const std::string& mode, int world, int s, const std::string& comp) {
     const std::string ldir = dir + "/launch" + std::to_string(++launches);
     FreshDir(ldir);
     std::vector<std::vector<std::string>> argvs;
@@ -427,7 +459,7 @@ int main(int argc, char** argv) {
                        "--world",
                        std::to_string(world),
                        "--saved-ranks",
-                       std::to_string(saved),
+                       std::to_string(s),
                        "--size",
                        std::to_string(size),
                        "--reps",
@@ -435,7 +467,7 @@ int main(int argc, char** argv) {
                        "--store",
                        ldir + "/store",
                        "--dir",
-                       dir + "/" + comp,
+                       save_dir(comp, s),
                        "--out",
                        outs.back(),
                        "--compression",
@@ -459,60 +491,70 @@ int main(int argc, char** argv) {
   j["bytes"] = total;
   j["shapes"] = {{"rows", {shapes.rows_rows, kCols}}, {"cols", {shapes.cols_rows, kCols}}};
   j["saved_ranks"] = saved;
-  j["load_ranks"] = configs;
+  for (const auto& c : configs) j["configurations"].push_back(key(c.first, c.second));
   j["rounds"] = rounds;
   j["reps_per_launch"] = reps;
   j["hot_page_cache"] = true;
   j["timeout_seconds"] = timeout;
+  j["load_average_start"] = LoadAverage();
   const auto t_all = Clock::now();
   bool all_met = true;
   try {
     for (const auto& comp : compressions) {
-      ackpt::Env::Default()->CreateDirs(dir + "/" + comp);
-      const auto sv = launch("save", saved, comp);
       json& jc = j["results"][comp];
-      double save_max = 0;
-      for (const auto& w : sv) save_max = std::max(save_max, w["save_seconds"].get<double>());
-      jc["save_seconds"] = save_max;
-      jc["file_bytes"] = DirBytes(dir + "/" + comp);
-      std::printf("\n[%s] saved by %d ranks in %.2f s (force), %.1f MiB on disk\n", comp.c_str(),
-                  saved, save_max, jc["file_bytes"].get<double>() / 1048576);
+      std::printf("\n[%s]", comp.c_str());
+      for (int s : sources) {
+        ackpt::Env::Default()->CreateDirs(save_dir(comp, s));
+        const auto sv = launch("save", s, s, comp);
+        double save_max = 0;
+        for (const auto& w : sv) save_max = std::max(save_max, w["save_seconds"].get<double>());
+        jc["saves"][std::to_string(s)] = {
+            {"ranks", s}, {"save_seconds", save_max}, {"file_bytes", DirBytes(save_dir(comp, s))}};
+        std::printf(" saved by %d ranks in %.2f s (force), %.1f MiB on disk;", s, save_max,
+                    DirBytes(save_dir(comp, s)) / 1048576.0);
+      }
+      std::printf("\n");
       std::fflush(stdout);
-      std::map<int, std::vector<double>> slowest;               // world -> samples
-      std::map<int, std::vector<std::vector<double>>> by_rank;  // world -> rank -> samples
-      std::map<int, std::vector<json>> last;                    // world -> ranks' last JSON
+      std::map<std::string, std::vector<double>> slowest;               // config -> samples
+      std::map<std::string, std::vector<std::vector<double>>> by_rank;  // config -> rank -> samples
+      std::map<std::string, std::vector<json>> last;                    // config -> ranks' JSON
       for (int round = 0; round < rounds; ++round) {
         for (size_t k = 0; k < configs.size(); ++k) {
-          const int world = configs[(k + static_cast<size_t>(round)) % configs.size()];
-          const auto w = launch("load", world, comp);
-          by_rank[world].resize(static_cast<size_t>(world));
+          const auto [s, world] = configs[(k + static_cast<size_t>(round)) % configs.size()];
+          const std::string c = key(s, world);
+          const auto w = launch("load", world, s, comp);
+          by_rank[c].resize(static_cast<size_t>(world));
           for (int rep = 0; rep < reps; ++rep) {
             double m = 0;
             for (int r = 0; r < world; ++r) {
-              const double s = w[static_cast<size_t>(r)]["seconds"][rep].get<double>();
-              by_rank[world][static_cast<size_t>(r)].push_back(s);
-              m = std::max(m, s);
+              const double t = w[static_cast<size_t>(r)]["seconds"][rep].get<double>();
+              by_rank[c][static_cast<size_t>(r)].push_back(t);
+              m = std::max(m, t);
             }
-            slowest[world].push_back(m);
+            slowest[c].push_back(m);
           }
-          last[world] = w;
+          last[c] = w;
         }
       }
-      double same_gbps = 0;
-      std::printf("%-26s %22s %11s %10s %22s %22s\n", "load ranks", "load() ms med (min-max)",
-                  "GB/s (med)", "x same", "slab read/needed max", "env read/needed max");
-      for (int world : configs) {
-        json& jw = jc["load"][std::to_string(world)];
-        const Stat t = Summarize(slowest[world]);
+      std::map<std::string, double> median_s;
+      for (const auto& c : configs)
+        median_s[key(c.first, c.second)] = Summarize(slowest[key(c.first, c.second)]).median;
+      const double base = median_s[key(saved, saved)];
+      std::printf("%-22s %24s %8s %8s %9s %11s %11s\n", "saved -> loaded",
+                  "load() ms med (min-max)", "GB/s", "x same", "x control", "slab r/n", "env r/n");
+      for (const auto& [s, world] : configs) {
+        const std::string c = key(s, world);
+        json& jw = jc["load"][c];
+        const Stat t = Summarize(slowest[c]);
         const Stat rate = Rate(t, double(total));
+        jw["saved_ranks"] = s;
         jw["ranks"] = world;
-        jw["resharded"] = world != saved;
+        jw["resharded"] = world != s;
         jw["load_seconds"] = ToJson(t);
         jw["throughput_bytes_per_second"] = ToJson(rate);
-        for (const auto& v : by_rank[world])
-          jw["load_seconds_by_rank"].push_back(ToJson(Summarize(v)));
+        for (const auto& v : by_rank[c]) jw["load_seconds_by_rank"].push_back(ToJson(Summarize(v)));
         double slab_max = 0, env_max = 0;
-        for (const auto& w : last[world]) {
+        for (const auto& w : last[c]) {
           const double need = w["bytes_needed"].get<double>();
           const double slab = w["info"]["sharded_bytes_read"].get<double>();
           const double envb = w["info"]["env_bytes_read"].get<double>();
@@ -528,31 +570,38 @@ int main(int argc, char** argv) {
         }
         jw["slab_read_over_needed_max"] = slab_max;
         jw["env_read_over_needed_max"] = env_max;
-        // Throughput ratio = same-world median time / this median time.
-        if (world == saved) same_gbps = double(total) / t.median;
-        const double ratio = (double(total) / t.median) / same_gbps;
-        if (world != saved) {
-          jw["throughput_over_same_world"] = ratio;
-          const bool met = ratio >= 0.8 && env_max <= 1.1;
+        // Throughput ratios: a median time over this one's (same bytes).
+        const double ratio = base / t.median;
+        jw["throughput_over_same_world"] = ratio;
+        double control = 0;
+        if (world != s) {
+          const bool met = ratio >= 0.8 && slab_max <= 1.1 && env_max <= 1.1;
+          if (median_s.count(key(world, world))) {
+            control = median_s[key(world, world)] / t.median;
+            jw["throughput_over_control"] = control;
+          }
           jw["targets"] =
               json::array({{{"what", "throughput >= 0.8 x same-world-size load"},
                             {"value", ratio},
                             {"bound", 0.8},
                             {"met", ratio >= 0.8}},
+                           {{"what", "slab bytes read per rank <= 1.1 x bytes that rank needs"},
+                            {"value", slab_max},
+                            {"bound", 1.1},
+                            {"met", slab_max <= 1.1}},
                            {{"what", "bytes read per rank (Env) <= 1.1 x bytes that rank needs"},
                             {"value", env_max},
                             {"bound", 1.1},
                             {"met", env_max <= 1.1}}});
           all_met = all_met && met;
         }
-        char label[64];
-        std::snprintf(label, sizeof label, "%d%s", world,
-                      world == saved ? " (same, baseline)" : " (resharded)");
-        char cell[64];
+        const char* what = world != s ? " resharded" : (s == saved ? " baseline" : " control");
+        char cell[64], ctl[16] = "-";
         std::snprintf(cell, sizeof cell, "%.1f (%.1f-%.1f)", t.median * 1e3, t.min * 1e3,
                       t.max * 1e3);
-        std::printf("%-26s %22s %11.2f %10.2f %22.3f %22.3f\n", label, cell, rate.median / 1e9,
-                    ratio, slab_max, env_max);
+        if (control > 0) std::snprintf(ctl, sizeof ctl, "%.2f", control);
+        std::printf("%-22s %24s %8.2f %8.2f %9s %11.3f %11.3f\n", (c + what).c_str(), cell,
+                    rate.median / 1e9, ratio, ctl, slab_max, env_max);
       }
       std::fflush(stdout);
       RemoveTree(dir + "/" + comp);
@@ -563,10 +612,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   j["seconds"] = Since(t_all);
+  j["load_average_end"] = LoadAverage();
   j["all_targets_met"] = all_met;
   std::printf(
-      "\ntargets (resharded throughput >= 0.8 x same, Env bytes read <= 1.1 x needed): %s\n",
-      all_met ? "met" : "MISSED (see above)");
+      "\nload average %s; targets (resharded throughput >= 0.8 x same world size, bytes read <= "
+      "1.1 x needed): %s\n",
+      LoadAverage().c_str(), all_met ? "met" : "MISSED (see above)");
   RemoveTree(dir);
   WriteJson(json_out, j);
   return 0;
