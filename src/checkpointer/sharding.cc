@@ -213,6 +213,7 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
   for (size_t d = 0; d < dims; ++d) t_hi[d] = offsets[d] + target.size(static_cast<int64_t>(d));
   at::NoGradGuard no_grad;
   uint64_t bytes_read = 0;
+  at::Tensor scratch;  // bytes, for the slabs read beside the target
   for (const GlobalTensor::Box& box : g.boxes) {
     const ShardRecord& r = *box.record;
     std::vector<int64_t> lo(dims), hi(dims);
@@ -244,16 +245,31 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
     struct Partial {
       std::string name;
       std::vector<int64_t> origin, lo, hi;  // the slab's first index; the overlap
+      std::vector<int64_t> shape;           // the slab's
+      int64_t bytes = 0;
     };
     std::vector<Partial> partial;
     uint64_t partial_bytes = 0;
+    // Slabs that cannot be read in place are read into one scratch buffer,
+    // reused for every batch and box of this call (a fresh tensor per batch
+    // costs its page faults on every load), then copied into the target.
     auto flush = [&] {
       if (partial.empty()) return;
-      std::vector<std::string> names;
-      for (const auto& p : partial) names.push_back(p.name);
-      std::map<std::string, at::Tensor> got = reader.ReadTensors(names);
+      if (!scratch.defined() || static_cast<uint64_t>(scratch.numel()) < partial_bytes)
+        scratch = at::empty({static_cast<int64_t>(partial_bytes)}, at::kByte);
+      std::map<std::string, at::Tensor> into;
+      std::vector<at::Tensor> slabs;
+      int64_t at = 0;
       for (const auto& p : partial) {
-        View(target, offsets, p.lo, p.hi).copy_(View(got.at(p.name), p.origin, p.lo, p.hi));
+        at::Tensor slab = scratch.narrow(0, at, p.bytes).view(target.scalar_type()).view(p.shape);
+        at += p.bytes;
+        into.emplace(p.name, slab);
+        slabs.push_back(slab);
+      }
+      reader.ReadInto(into);
+      for (size_t i = 0; i < partial.size(); ++i) {
+        const Partial& p = partial[i];
+        View(target, offsets, p.lo, p.hi).copy_(View(slabs[i], p.origin, p.lo, p.hi));
       }
       partial.clear();
       partial_bytes = 0;
@@ -291,11 +307,13 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
                                 ShapeText(r.offsets) + ")");
       }
       bytes_read += slab_bytes;
-      if (whole) {
-        direct.emplace(name, View(target, offsets, o_lo, o_hi));
+      at::Tensor in_place = whole ? View(target, offsets, o_lo, o_hi) : at::Tensor();
+      if (whole && in_place.is_contiguous()) {
+        direct.emplace(name, in_place);
       } else {
         if (partial_bytes + slab_bytes > kScratchBytes) flush();
-        partial.push_back(Partial{name, s_lo, o_lo, o_hi});
+        partial.push_back(
+            Partial{name, s_lo, o_lo, o_hi, slab_shape, static_cast<int64_t>(slab_bytes)});
         partial_bytes += slab_bytes;
       }
     }
