@@ -76,8 +76,9 @@ int64_t Volume(const std::vector<int64_t>& shape);
 
 // Fills `target`, the box `offsets` .. offsets + target.sizes() of global
 // tensor `g`, from the saved slabs that overlap it: a slab wholly inside the
-// box is read straight into its place, the others into a bounded scratch
-// tensor (at most 64 MiB at a time) whose overlap is copied in.
+// box whose place in `target` is contiguous is read straight into it, the
+// others into one scratch buffer (at most 64 MiB of slabs at a time, reused
+// for every batch and box of the call) whose overlap is copied in.
 // readers[part] reads part `part`. Returns the slab bytes read.
 // `index` (optional) keeps each part's slab lookup table between calls, for
 // a caller that reads many boxes from the same readers (consolidate's bands);
