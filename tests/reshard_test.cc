@@ -129,9 +129,9 @@ TEST(ReshardRules, AManifestWhoseBoxesDoNotMatchItsPartsIsSkippedByEveryRank) {
 TEST(ReshardRules, PartsStayOrdinaryFilesForVerifyAndThePythonReader) {
   TempDir tmp;
   const std::string dir = tmp.file("ckpt");
-  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "zstd", "--steps", "1"},
-                       "save"),
-              "save");
+  ExpectAllOk(
+      RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "zstd", "--steps", "1"}, "save"),
+      "save");
   std::string out;
   EXPECT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " verify " + dir, &out), 0) << out;
   if (testing::RunCommand(std::string(ACKPT_TEST_PYTHON) +
@@ -141,9 +141,8 @@ TEST(ReshardRules, PartsStayOrdinaryFilesForVerifyAndThePythonReader) {
   const std::string reader = std::string(ACKPT_SOURCE_DIR) + "/python/ackpt_reader.py";
   for (int r = 0; r < 2; ++r) {
     const std::string part = JoinPath(dir, PartFileName("model", 1, r, true));
-    EXPECT_EQ(testing::RunCommand(std::string(ACKPT_TEST_PYTHON) + " " + reader + " --verify " +
-                                      part,
-                                  &out),
+    EXPECT_EQ(testing::RunCommand(
+                  std::string(ACKPT_TEST_PYTHON) + " " + reader + " --verify " + part, &out),
               0)
         << out;
     EXPECT_NE(out.find("checksums OK"), std::string::npos) << out;
@@ -154,11 +153,9 @@ TEST(ReshardRules, PartsStayOrdinaryFilesForVerifyAndThePythonReader) {
 TEST(ReshardRules, SavingAnIndexAgainWithFewerRanksLeavesNoStalePart) {
   TempDir tmp;
   const std::string dir = tmp.file("ckpt");
-  ExpectAllOk(RunRanks(tmp, 3, dir, {"--mode", "save", "--compression", "none"}, "save3"),
-              "save3");
+  ExpectAllOk(RunRanks(tmp, 3, dir, {"--mode", "save", "--compression", "none"}, "save3"), "save3");
   ASSERT_TRUE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", 2, 2, false))));
-  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "none"}, "save2"),
-              "save2");
+  ExpectAllOk(RunRanks(tmp, 2, dir, {"--mode", "save", "--compression", "none"}, "save2"), "save2");
   for (int64_t index : {1, 2}) {
     EXPECT_TRUE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", index, 1, false))));
     EXPECT_FALSE(Env::Default()->FileExists(JoinPath(dir, PartFileName("model", index, 2, false))))
