@@ -34,6 +34,36 @@
 
 namespace bench {
 
+// Counts the bytes read through every file it opens (RandomAccessFile::Read:
+// headers and seek tables included): what a load cost in I/O.
+class CountingEnv : public ackpt::EnvWrapper {
+ public:
+  CountingEnv() : EnvWrapper(ackpt::Env::Default()) {}
+  std::unique_ptr<ackpt::RandomAccessFile> NewRandomAccessFile(const std::string& path) override {
+    return std::make_unique<File>(target()->NewRandomAccessFile(path), &bytes_);
+  }
+  uint64_t bytes() const { return bytes_.load(); }
+  void Reset() { bytes_ = 0; }
+
+ private:
+  class File : public ackpt::RandomAccessFile {
+   public:
+    File(std::unique_ptr<ackpt::RandomAccessFile> f, std::atomic<uint64_t>* bytes)
+        : f_(std::move(f)), bytes_(bytes) {}
+    void Read(uint64_t offset, size_t n, void* dst) const override {
+      *bytes_ += n;
+      f_->Read(offset, n, dst);
+    }
+    uint64_t Size() const override { return f_->Size(); }
+    const std::string& path() const override { return f_->path(); }
+
+   private:
+    std::unique_ptr<ackpt::RandomAccessFile> f_;
+    std::atomic<uint64_t>* bytes_;
+  };
+  std::atomic<uint64_t> bytes_{0};
+};
+
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 

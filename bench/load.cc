@@ -19,41 +19,13 @@ namespace {
 
 using bench::Args;
 using bench::Clock;
+using bench::CountingEnv;
 using bench::json;
 using bench::OnThreads;
 using bench::PreadFile;
 using bench::Since;
 using bench::Stat;
 using bench::Summarize;
-
-// Counts the bytes read through every file it opens.
-class CountingEnv : public ackpt::EnvWrapper {
- public:
-  CountingEnv() : EnvWrapper(ackpt::Env::Default()) {}
-  std::unique_ptr<ackpt::RandomAccessFile> NewRandomAccessFile(const std::string& path) override {
-    return std::make_unique<File>(target()->NewRandomAccessFile(path), &bytes_);
-  }
-  uint64_t bytes() const { return bytes_.load(); }
-  void Reset() { bytes_ = 0; }
-
- private:
-  class File : public ackpt::RandomAccessFile {
-   public:
-    File(std::unique_ptr<ackpt::RandomAccessFile> f, std::atomic<uint64_t>* bytes)
-        : f_(std::move(f)), bytes_(bytes) {}
-    void Read(uint64_t offset, size_t n, void* dst) const override {
-      *bytes_ += n;
-      f_->Read(offset, n, dst);
-    }
-    uint64_t Size() const override { return f_->Size(); }
-    const std::string& path() const override { return f_->path(); }
-
-   private:
-    std::unique_ptr<ackpt::RandomAccessFile> f_;
-    std::atomic<uint64_t>* bytes_;
-  };
-  std::atomic<uint64_t> bytes_{0};
-};
 
 // mmap of the file and a parallel memcpy into dst.
 void MmapCopy(const std::string& path, uint8_t* dst, uint64_t size, int threads) {

@@ -120,31 +120,6 @@ at::Tensor Values(const Box& b) {
   return t;
 }
 
-// Counts the bytes read through the Env (every RandomAccessFile::Read).
-class CountingEnv : public ackpt::EnvWrapper {
- public:
-  CountingEnv() : EnvWrapper(ackpt::Env::Default()) {}
-  std::atomic<uint64_t> bytes{0};
-  class File : public ackpt::RandomAccessFile {
-   public:
-    File(std::unique_ptr<ackpt::RandomAccessFile> f, std::atomic<uint64_t>* n)
-        : f_(std::move(f)), n_(n) {}
-    void Read(uint64_t offset, size_t n, void* dst) const override {
-      *n_ += n;
-      f_->Read(offset, n, dst);
-    }
-    uint64_t Size() const override { return f_->Size(); }
-    const std::string& path() const override { return f_->path(); }
-
-   private:
-    std::unique_ptr<ackpt::RandomAccessFile> f_;
-    std::atomic<uint64_t>* n_;
-  };
-  std::unique_ptr<ackpt::RandomAccessFile> NewRandomAccessFile(const std::string& p) override {
-    return std::make_unique<File>(EnvWrapper::NewRandomAccessFile(p), &bytes);
-  }
-};
-
 struct WorkerOptions {
   std::string mode;  // save | load
   int rank = 0, world = 1, saved = 4, reps = 1;
@@ -219,11 +194,11 @@ int Worker(const WorkerOptions& o) {
   json info;
   for (int rep = -1; rep < o.reps; ++rep) {  // rep -1: the warm-up
     barrier();
-    env.bytes = 0;
+    env.Reset();
     const auto t0 = Clock::now();
     ck.load(targets);
     const double s = Since(t0);
-    const uint64_t env_bytes = env.bytes.load();
+    const uint64_t env_bytes = env.bytes();
     barrier();
     const ackpt::DistributedLoadInfo li = ck.last_load_info();
     if (li.index != 1 || li.saved_world_size != o.saved)
