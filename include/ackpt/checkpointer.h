@@ -112,6 +112,62 @@ class ACKPT_EXPORT AbstractCheckpointer {
   virtual void wait_snapshot() {}
 };
 
+// The storage tier a checkpoint was saved in or loaded from (two tiers:
+// DefaultCheckpointerArguments::local_tier, docs/TIERS.md).
+enum class Tier {
+  kNone,        // nothing was loaded
+  kLocal,       // local_tier.dir (node-local; distributed: this rank's, or a peer's replica)
+  kPersistent,  // save_dir
+};
+// "none", "local", "persistent".
+ACKPT_EXPORT const char* TierName(Tier tier);
+
+// The fast tier of a two-tier checkpointer (docs/TIERS.md). Every accepted
+// save is written (encoded once) to `dir`; every persist_period-th index is
+// then copied, byte for byte, to save_dir (the persistent tier) by one
+// background promotion thread, which commits it there with the same protocol
+// (temp file, fsync, rename, directory fsync; distributed: parts, then
+// manifest). A slow or failing save_dir never blocks save(): promotions hold
+// no staging memory (they read the committed local file in 4 MiB blocks),
+// at most max_pending_promotions wait, and a due checkpoint that finds no
+// room is skipped (counted, logged with its index). load() resumes the
+// newest checkpoint complete in either tier.
+struct LocalTierArguments {
+  // Node-local directory (local NVMe, /dev/shm), created if missing and
+  // owned (locked) like save_dir. Distributed: one per rank, seen only by
+  // that rank; "{rank}" in it becomes the rank. Empty: one tier (save_dir
+  // only), exactly as without this struct. Must not be save_dir. Default: "".
+  std::string dir;
+  // A checkpoint saved at index i is also promoted to save_dir when
+  // i % persist_period == 0; save(force = true) always promotes and returns
+  // once the promotion is done (or has failed: counters, promotion_error()).
+  // Must be >= 1. Default: 1 (every checkpoint).
+  int64_t persist_period = 1;
+  // Retention of the local tier (retention.h), applied after every local
+  // commit. DefaultCheckpointerArguments::retention governs save_dir and
+  // counts only checkpoints save_dir holds, so it never deletes a
+  // persistent copy because a newer checkpoint exists only locally.
+  // Default: keep_last = 2.
+  RetentionPolicy retention = DefaultLocalRetention();
+  // Due promotions that may wait behind the one being copied. More costs
+  // only open file handles (each waiting promotion holds its local file open,
+  // so local retention cannot pull it away). Must be >= 0. Default: 1.
+  int max_pending_promotions = 1;
+  // Cap on the promotion copy rate in bytes per second, so it leaves the
+  // shared file system's and the local disk's bandwidth to others; 0: no
+  // cap. Default: 0.
+  uint64_t promote_bytes_per_second = 0;
+  // Scheduling of the promotion thread (engine.h). Default: kLow (nice 19).
+  WriterPriority promote_priority = WriterPriority::kLow;
+
+  bool enabled() const { return !dir.empty(); }
+  static RetentionPolicy DefaultLocalRetention() {
+    RetentionPolicy r;
+    r.keep_last = 2;
+    return r;
+  }
+};
+
 // DefaultCheckpointer's arguments: pymarlin's DefaultCheckpointerArguments
 // (the first block) plus ackpt's own. The engine's options (compression,
 // threads, staging, overlap, priority, logging, Env, ...) are inherited from
@@ -157,14 +213,32 @@ struct DefaultCheckpointerArguments : EngineOptions {
   bool resume_from_save_dir = true;
   // Verify checksums when loading. Default: true.
   bool verify_on_load = true;
-  // Which checkpoints to keep (retention.h). Default: keep everything.
+  // Which checkpoints to keep (retention.h), in save_dir. Default: keep
+  // everything.
   RetentionPolicy retention;
+  // Two tiers: save to a node-local directory first and promote every
+  // persist_period-th checkpoint to save_dir in the background (see
+  // LocalTierArguments). Default: off (one tier, save_dir).
+  LocalTierArguments local_tier;
 };
 
 // Counters over the checkpointer's lifetime: the engine's, plus its own.
 struct CheckpointerCounters : EngineCounters {
   uint64_t files_deleted = 0;       // by retention
   uint64_t temp_files_removed = 0;  // stale temp files cleaned at startup
+  // Two tiers (local_tier): checkpoints copied to save_dir, due ones not
+  // copied because promotions were behind, copies that failed (the local
+  // checkpoint stays), and the bytes copied.
+  uint64_t promotions_completed = 0;
+  uint64_t promotions_skipped = 0;
+  uint64_t promotions_failed = 0;
+  uint64_t bytes_promoted = 0;
+  // Distributed with two tiers: parts sent to and received from the peer,
+  // exchanges that failed (the checkpoint commits without that replica),
+  // and the bytes received.
+  uint64_t replications_completed = 0;
+  uint64_t replications_failed = 0;
+  uint64_t bytes_replicated = 0;
 };
 
 class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
@@ -207,6 +281,14 @@ class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
   std::string last_saved_path() const;
   // The file load() read; "" if it returned an empty Checkpoint.
   std::string last_loaded_path() const;
+  // The tier that file was in (kNone if nothing was loaded; kPersistent
+  // with one tier).
+  Tier last_loaded_tier() const;
+  // Two tiers: why the last failed promotion failed; "" if none has.
+  std::string promotion_error() const;
+  // Two tiers: the checkpoints in local_tier.dir, newest first, with the
+  // local retention rules keeping each. Empty with one tier.
+  std::vector<CheckpointEntry> list_local_checkpoints() const;
   CheckpointerCounters counters() const;
   const DefaultCheckpointerArguments& args() const;
 

@@ -41,6 +41,18 @@ struct DistributedLoadInfo {
   int local_state_from_rank = -1;     // whose rank-local state this rank got; -1: none
   uint64_t sharded_bytes_read = 0;    // bytes of saved shard slabs this rank read
   uint64_t sharded_bytes_needed = 0;  // bytes of the boxes this rank asked for
+  // Two tiers: where the checkpoint was found (kPersistent with one tier).
+  Tier tier = Tier::kNone;
+  // kLocal: for each saved rank's part, the rank whose local tier held it
+  // (the rank itself, or the peer holding its replica).
+  std::vector<int> part_holders;
+  // kLocal: this rank's own part came from its peer's replica (its local
+  // tier had lost it) and was copied back into its local tier.
+  bool restored_from_replica = false;
+  // kLocal: bytes of part files this rank received from other ranks' local
+  // tiers to load (its own part copied back, and the parts holding
+  // replicated tensors or boxes it reads).
+  uint64_t bytes_transferred = 0;
 };
 
 struct DistributedCheckpointerArguments {
@@ -73,6 +85,37 @@ struct DistributedCheckpointerArguments {
   // (see LocalStateOnResize). Sharded and replicated tensors load on any
   // world size regardless. Default: kError.
   LocalStateOnResize local_state_on_resize = LocalStateOnResize::kError;
+
+  // ---- Two tiers (checkpointer.local_tier; docs/TIERS.md) -----------------
+  // Every rank writes its part into its own local_tier.dir; rank 0's verdict
+  // carries the manifest, which every rank writes next to its part, so each
+  // local tier lists every committed checkpoint. Promotion copies each
+  // rank's part to save_dir and rank 0 commits a manifest there.
+  //
+  // Peer replication: rank r's part of every local checkpoint is also sent
+  // to rank (r + replica_offset) % world, which keeps it in its local tier,
+  // so losing one node (its processes and its disk) loses no local
+  // checkpoint. Costs per save: one more part's bytes received and written
+  // by every rank, sent over transfer_group, 2 x transfer_chunk_bytes of
+  // memory per rank. 0: ranks_per_node (the same local rank on the next
+  // node); a value that is a multiple of world (or world == 1): no
+  // replication. Must be >= 0. Default: 0.
+  int replica_offset = 0;
+  // Ranks per node, to place replicas on another node when replica_offset
+  // is 0. Must be >= 1. Default: 1.
+  int ranks_per_node = 1;
+  // The process group for replication and for the transfers of a restore
+  // from the local tier; never the training group, so background transfers
+  // cannot interleave with the trainer's collectives. Null: the
+  // checkpointer creates a Gloo group (its own threads) over `store`, at
+  // its first save or load (all ranks reach it together). Default: null.
+  c10::intrusive_ptr<c10d::ProcessGroup> transfer_group;
+  // The address the created Gloo group binds to ("" = this host's name, as
+  // Gloo's default device). Default: "".
+  std::string transfer_hostname;
+  // Bytes per transfer message: the memory a transfer holds (one send and
+  // one receive buffer). Must be >= 4096. Default: 16 MiB.
+  size_t transfer_chunk_bytes = size_t{16} << 20;
 };
 
 class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
@@ -137,6 +180,15 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   std::vector<CheckpointEntry> list_checkpoints() const;
   const DistributedCheckpointerArguments& args() const;
   CheckpointerCounters counters() const;
+  // Two tiers: committed checkpoints in this rank's local_tier.dir, newest
+  // first, with the local retention rules keeping each (parts: every part
+  // its manifest lists; this rank's local tier holds its own and the
+  // replica of rank (rank - replica offset) mod world).
+  std::vector<CheckpointEntry> list_local_checkpoints() const;
+  // Two tiers: why the last failed promotion failed; "" if none has.
+  std::string promotion_error() const;
+  // The local tier directory of this rank ("{rank}" substituted); "" with one tier.
+  std::string local_dir() const;
 
  private:
   class Impl;
