@@ -256,7 +256,9 @@ class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
   void save_model(const StateDict& model_state, int64_t index) override;
   Checkpoint load() override;
   Checkpoint load(const LoadTargets& targets) override;
-  // Returns once every save so far is durable; raises a background error.
+  // Returns once every save so far is durable (two tiers: and every
+  // promotion queued so far is done or has failed); raises a background
+  // error (a failed promotion is not one: counters, promotion_error()).
   void wait() override;
   // Returns once the snapshot of every save so far is copied (returns at
   // once without overlap_snapshot). Does not raise background errors: save()
@@ -264,7 +266,8 @@ class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
   void wait_snapshot() override;
 
   // Loading helpers; each throws kNotFound if there is no such readable
-  // checkpoint in save_dir, and reads into `targets` as load() does.
+  // checkpoint in save_dir (two tiers: in either tier, the local copy first),
+  // and reads into `targets` as load() does.
   // Newest valid (skipping corrupt ones with a warning).
   Checkpoint load_latest(const LoadTargets& targets = {});
   // Exactly this index.
@@ -273,8 +276,8 @@ class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {
   // larger is better. Corrupt files are skipped with a warning.
   Checkpoint load_best(const std::string& metric, bool mode_max = false,
                        const LoadTargets& targets = {});
-  // The checkpoints in save_dir, newest first, with the rules keeping each
-  // (see EvaluateRetention). Reads only headers.
+  // The checkpoints in save_dir (the persistent tier), newest first, with the
+  // rules keeping each (see EvaluateRetention). Reads only headers.
   std::vector<CheckpointEntry> list_checkpoints() const;
 
   // The path the last accepted save() writes (or wrote); "" before any.

@@ -243,6 +243,16 @@ void CheckpointDir::RecordResume(int64_t index) {
   run_head_ = index;
 }
 
+uint64_t CheckpointDir::max_generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return max_generation_;
+}
+
+void CheckpointDir::RaiseGeneration(uint64_t at_least) {
+  std::lock_guard<std::mutex> lock(mu_);
+  max_generation_ = std::max(max_generation_, at_least);
+}
+
 std::vector<CheckpointEntry> CheckpointDir::CopyOf(const std::vector<CheckpointEntry>& list) const {
   std::lock_guard<std::mutex> lock(mu_);
   return list;

@@ -90,6 +90,11 @@ class CheckpointDir {
   // load() resumed from this checkpoint of this directory: it becomes the
   // parent of the next save.
   void RecordResume(int64_t index);
+  // Two tiers: the local tier's generations continue above the persistent
+  // tier's, so that promoted copies (which carry the local stamp) keep
+  // ranking newest there even after the local tier was wiped.
+  uint64_t max_generation() const;
+  void RaiseGeneration(uint64_t at_least);
 
   // Full checkpoints (files), newest first in the lineage order above.
   std::vector<CheckpointEntry> Checkpoints() const;

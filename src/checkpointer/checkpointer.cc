@@ -14,6 +14,18 @@
 
 namespace ackpt {
 
+const char* TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kNone:
+      return "none";
+    case Tier::kLocal:
+      return "local";
+    case Tier::kPersistent:
+      return "persistent";
+  }
+  return "unknown";
+}
+
 class DefaultCheckpointer::Impl {
  public:
   explicit Impl(DefaultCheckpointerArguments a) : core(std::move(a), /*owns_save_dir=*/true) {}
@@ -61,12 +73,14 @@ class DefaultCheckpointer::Impl {
                                    const std::string& what, const LoadTargets& targets) {
     Checkpoint c;
     if (!LoadFirstValid(entries, /*in_save_dir=*/true, targets, &c)) {
-      throw Error::NotFound("no readable " + what + " in '" + args().save_dir + "'");
+      throw Error::NotFound("no readable " + what + " in '" + args().save_dir + "'" +
+                            (core.local() ? " or '" + core.local()->dir() + "'" : ""));
     }
     return c;
   }
 
   CheckpointerCore core;
+  uint64_t seq = 0;  // saves accepted, for waiting on a forced save's promotion
 };
 
 DefaultCheckpointer::DefaultCheckpointer(DefaultCheckpointerArguments args)
@@ -85,10 +99,14 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
                                    " sharded tensor(s) ('" + checkpoint.shards.begin()->first +
                                    "', ...): only DistributedCheckpointer saves sharded tensors");
     }
-    const std::string path = core.dir()->PathFor(FileKind::kCheckpoint, index, core.compressed());
+    const std::shared_ptr<CheckpointDir>& dir = core.local() ? core.local() : core.dir();
+    const std::string path = dir->PathFor(FileKind::kCheckpoint, index, core.compressed());
+    const uint64_t seq = impl_->seq++;
     if (core.engine().Save(CheckpointLayout(checkpoint), index, path, force,
-                           core.CheckpointFileHooks(index, checkpoint.metrics))) {
+                           core.CheckpointFileHooks(index, checkpoint.metrics, force, seq))) {
       core.Saved(path);
+      // A forced save is durable in both tiers when it returns.
+      if (force) core.WaitPromotion(seq);
     }
   });
 }
@@ -133,7 +151,7 @@ Checkpoint DefaultCheckpointer::load(const LoadTargets& targets) {
     return c;
   }
   if (!a.resume_from_save_dir || a.save_dir.empty()) return Checkpoint();
-  const auto entries = core.Catalog()->Checkpoints();
+  const auto entries = core.LoadCandidates();
   Checkpoint c;
   if (im.LoadFirstValid(entries, /*in_save_dir=*/true, targets, &c)) {
     core.log().info("resuming from {} (newest valid checkpoint in save_dir)",
@@ -149,7 +167,10 @@ Checkpoint DefaultCheckpointer::load(const LoadTargets& targets) {
   return Checkpoint();
 }
 
-void DefaultCheckpointer::wait() { impl_->core.engine().Wait(); }
+void DefaultCheckpointer::wait() {
+  impl_->core.engine().Wait();
+  impl_->core.WaitPromotions();
+}
 
 void DefaultCheckpointer::wait_snapshot() { impl_->core.engine().WaitSnapshot(); }
 
@@ -157,17 +178,29 @@ std::string DefaultCheckpointer::last_saved_path() const { return impl_->core.la
 
 std::string DefaultCheckpointer::last_loaded_path() const { return impl_->core.last_loaded_path(); }
 
+Tier DefaultCheckpointer::last_loaded_tier() const { return impl_->core.last_loaded_tier(); }
+
+std::string DefaultCheckpointer::promotion_error() const { return impl_->core.promotion_error(); }
+
+std::vector<CheckpointEntry> DefaultCheckpointer::list_local_checkpoints() const {
+  const std::shared_ptr<CheckpointDir>& local = impl_->core.local();
+  if (!local) return {};
+  std::vector<CheckpointEntry> entries = local->Checkpoints();
+  EvaluateRetention(&entries, impl_->args().local_tier.retention);
+  return entries;
+}
+
 CheckpointerCounters DefaultCheckpointer::counters() const { return impl_->core.counters(); }
 
 Checkpoint DefaultCheckpointer::load_latest(const LoadTargets& targets) {
   impl_->core.Drain();
-  return impl_->LoadFirstValidOrThrow(impl_->core.Catalog()->Checkpoints(), "checkpoint", targets);
+  return impl_->LoadFirstValidOrThrow(impl_->core.LoadCandidates(), "checkpoint", targets);
 }
 
 Checkpoint DefaultCheckpointer::load_index(int64_t index, const LoadTargets& targets) {
   impl_->core.Drain();
   std::vector<CheckpointEntry> match;
-  for (const auto& e : impl_->core.Catalog()->Checkpoints()) {
+  for (const auto& e : impl_->core.LoadCandidates()) {
     if (e.index == index) match.push_back(e);
   }
   return impl_->LoadFirstValidOrThrow(match, "checkpoint with index " + std::to_string(index),
@@ -178,7 +211,7 @@ Checkpoint DefaultCheckpointer::load_best(const std::string& metric, bool mode_m
                                           const LoadTargets& targets) {
   impl_->core.Drain();
   std::vector<CheckpointEntry> ranked;
-  for (const auto& e : impl_->core.Catalog()->Checkpoints()) {
+  for (const auto& e : impl_->core.LoadCandidates()) {
     auto m = e.metrics.find(metric);
     if (e.readable && m != e.metrics.end() && !std::isnan(m->second)) ranked.push_back(e);
   }

@@ -73,9 +73,40 @@ void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& a) {
   if (r.keep_best > 0 && r.best_metric.empty()) {
     throw Error::InvalidArgument(n + ".retention.keep_best needs best_metric");
   }
+  const LocalTierArguments& t = a.local_tier;
+  if (!t.enabled()) return;
+  const RetentionPolicy& lr = t.retention;
+  if (lr.keep_last < 0 || lr.keep_every < 0 || lr.keep_best < 0 ||
+      !(lr.keep_time_interval_seconds >= 0)) {
+    throw Error::InvalidArgument(n + ".local_tier.retention: counts and intervals must be >= 0");
+  }
+  if (lr.keep_best > 0 && lr.best_metric.empty()) {
+    throw Error::InvalidArgument(n + ".local_tier.retention.keep_best needs best_metric");
+  }
+  if (t.persist_period <= 0) {
+    throw Error::InvalidArgument(n + ".local_tier.persist_period must be >= 1, got " +
+                                 std::to_string(t.persist_period));
+  }
+  if (t.max_pending_promotions < 0) {
+    throw Error::InvalidArgument(n + ".local_tier.max_pending_promotions must be >= 0, got " +
+                                 std::to_string(t.max_pending_promotions));
+  }
+  if (SameDirectory(LocalTierDir(t, 0), a.save_dir)) {
+    throw Error::InvalidArgument(n + ".local_tier.dir '" + t.dir +
+                                 "' is save_dir: the two tiers need two directories");
+  }
 }
 
-CheckpointerCore::CheckpointerCore(DefaultCheckpointerArguments a, bool owns_save_dir)
+std::string LocalTierDir(const LocalTierArguments& tier, int rank) {
+  std::string d = tier.dir;
+  const std::string key = "{rank}";
+  for (size_t at = d.find(key); at != std::string::npos; at = d.find(key, at)) {
+    d.replace(at, key.size(), std::to_string(rank));
+  }
+  return d;
+}
+
+CheckpointerCore::CheckpointerCore(DefaultCheckpointerArguments a, bool owns_save_dir, int rank)
     : args_(std::move(a)) {
   ValidateCheckpointerArguments(args_);
   env_ = args_.env ? args_.env : Env::Default();
@@ -86,6 +117,20 @@ CheckpointerCore::CheckpointerCore(DefaultCheckpointerArguments a, bool owns_sav
     dir_ = OpenDir(args_.save_dir, writer);
   } else if (args_.checkpoint) {
     engine_->env()->CreateDirs(args_.save_dir);
+  }
+  if (args_.local_tier.enabled()) {
+    local_ = OpenDir(LocalTierDir(args_.local_tier, rank), /*writer=*/args_.checkpoint);
+    if (dir_) local_->RaiseGeneration(dir_->max_generation());
+    if (args_.checkpoint) {
+      PromoterOptions po;
+      po.env = engine_->env();
+      po.logger = engine_->logger();
+      po.max_pending = args_.local_tier.max_pending_promotions;
+      po.bytes_per_second = args_.local_tier.promote_bytes_per_second;
+      po.priority = args_.local_tier.promote_priority;
+      po.fsync = args_.fsync;
+      promoter_ = std::make_shared<Promoter>(std::move(po));
+    }
   }
   // A separate model directory is owned (locked) only once save_model()
   // writes there, or delete_existing_checkpoints asks to clean it: several
@@ -102,9 +147,20 @@ CheckpointerCore::CheckpointerCore(DefaultCheckpointerArguments a, bool owns_sav
     dir_->DeleteOwnFiles();
     if (model_dir_ && model_dir_ != dir_) model_dir_->DeleteOwnFiles();
   }
+  if (local_ && args_.checkpoint && args_.delete_existing_checkpoints) local_->DeleteOwnFiles();
 }
 
-CheckpointerCore::~CheckpointerCore() { engine_.reset(); }
+CheckpointerCore::~CheckpointerCore() {
+  std::shared_ptr<spdlog::logger> log = engine_->logger();
+  engine_.reset();
+  // Promotions the engine's last commits queued get the same drain budget.
+  if (promoter_ && !promoter_->Drain(args_.drain_timeout_seconds)) {
+    log->warn(
+        "promotions still running after drain_timeout_seconds ({} s) are abandoned; "
+        "their local checkpoints stay",
+        args_.drain_timeout_seconds);
+  }
+}
 
 std::shared_ptr<CheckpointDir> CheckpointerCore::OpenDir(const std::string& dir,
                                                          bool writer) const {
@@ -136,18 +192,88 @@ bool CheckpointerCore::ShouldSave(int64_t index, bool force) const {
 }
 
 engine::SaveHooks CheckpointerCore::CheckpointFileHooks(
-    int64_t index, const std::map<std::string, double>& metrics) const {
+    int64_t index, const std::map<std::string, double>& metrics, bool force, uint64_t seq) const {
   engine::SaveHooks hooks;
-  std::shared_ptr<CheckpointDir> dir = dir_;
+  std::shared_ptr<CheckpointDir> dir = local_ ? local_ : dir_;
   hooks.metadata = dir->Metadata(FileKind::kCheckpoint, index, metrics, args_.retention);
   hooks.stamp = [dir](engine::Metadata* m) { dir->StampLineage(m); };
-  const RetentionPolicy policy = args_.retention;
-  hooks.after_commit = [dir, policy, index](const WriteResult& w, const engine::Metadata& m) {
+  const RetentionPolicy policy = local_ ? args_.local_tier.retention : args_.retention;
+  if (!local_ || !PromotionDue(index, force)) {
+    hooks.after_commit = [dir, policy, index](const WriteResult& w, const engine::Metadata& m) {
+      dir->RecordCommit(FileKind::kCheckpoint, index, w.path, w.file_bytes, w.logical_bytes,
+                        w.compressed, m);
+      dir->ApplyRetention(policy);
+    };
+    return hooks;
+  }
+  std::shared_ptr<CheckpointDir> persistent = dir_;
+  std::shared_ptr<Promoter> promoter = promoter_;
+  std::shared_ptr<Env> env = engine_->env();
+  const RetentionPolicy persistent_policy = args_.retention;
+  hooks.after_commit = [=](const WriteResult& w, const engine::Metadata& m) {
     dir->RecordCommit(FileKind::kCheckpoint, index, w.path, w.file_bytes, w.logical_bytes,
                       w.compressed, m);
+    PromotionJob job;
+    job.index = index;
+    job.seq = seq;
+    job.force = force;
+    // Opened before local retention runs: the copy reads this very file.
+    job.source = env->NewRandomAccessFile(w.path);
+    job.dest_path = persistent->PathFor(FileKind::kCheckpoint, index, w.compressed);
+    const std::string dest = job.dest_path;
+    job.commit = [persistent, persistent_policy, index, dest, w, m](uint64_t) {
+      persistent->RecordCommit(FileKind::kCheckpoint, index, dest, w.file_bytes, w.logical_bytes,
+                               w.compressed, m);
+      persistent->ApplyRetention(persistent_policy);
+    };
+    if (!promoter->Offer(std::move(job))) {
+      promoter->Skipped(index, "promotions are behind (local_tier.max_pending_promotions waiting)");
+    }
     dir->ApplyRetention(policy);
   };
   return hooks;
+}
+
+bool CheckpointerCore::PromotionDue(int64_t index, bool force) const {
+  return local_ && (force || index % args_.local_tier.persist_period == 0);
+}
+
+void CheckpointerCore::WaitPromotion(uint64_t seq) {
+  if (promoter_) promoter_->WaitFor(seq);
+}
+
+void CheckpointerCore::WaitPromotions() {
+  if (promoter_) promoter_->Drain(1e9);
+}
+
+Tier CheckpointerCore::TierOf(const std::string& path) const {
+  if (local_) {
+    const std::string& d = local_->dir();
+    if (path.size() > d.size() && path.compare(0, d.size(), d) == 0 && path[d.size()] == '/' &&
+        path.find('/', d.size() + 1) == std::string::npos)
+      return Tier::kLocal;
+  }
+  return Tier::kPersistent;
+}
+
+std::vector<CheckpointEntry> CheckpointerCore::LoadCandidates() {
+  std::vector<CheckpointEntry> persistent = Catalog()->Checkpoints();
+  if (!local_) return persistent;
+  if (!local_->writer()) local_->Refresh();
+  const std::vector<CheckpointEntry> local = local_->Checkpoints();
+  // Each list keeps its own (lineage) order; between them the higher index
+  // goes first, the local copy first at equal index (the persistent copy of
+  // the same checkpoint stays as its fallback).
+  std::vector<CheckpointEntry> out;
+  size_t i = 0, j = 0;
+  while (i < local.size() || j < persistent.size()) {
+    if (j == persistent.size() || (i < local.size() && local[i].index >= persistent[j].index)) {
+      out.push_back(local[i++]);
+    } else {
+      out.push_back(persistent[j++]);
+    }
+  }
+  return out;
 }
 
 void CheckpointerCore::SaveModel(const StateDict& model_state, int64_t index) {
@@ -160,8 +286,8 @@ void CheckpointerCore::SaveModel(const StateDict& model_state, int64_t index) {
   hooks.metadata = dir->Metadata(FileKind::kModel, index, {}, args_.retention);
   const int64_t keep = args_.retention.model_keep_last;
   hooks.after_commit = [dir, keep, index](const WriteResult& w, const engine::Metadata& m) {
-    dir->RecordCommit(FileKind::kModel, index, w.path, w.file_bytes, w.logical_bytes,
-                      w.compressed, m);
+    dir->RecordCommit(FileKind::kModel, index, w.path, w.file_bytes, w.logical_bytes, w.compressed,
+                      m);
     dir->ApplyModelRetention(keep);
   };
   // Synchronous, as in pymarlin: it is the last thing a training run does.
@@ -181,8 +307,22 @@ void CheckpointerCore::Loaded(const std::string& path, int64_t index, bool in_sa
   {
     std::lock_guard<std::mutex> lock(mu_);
     last_loaded_path_ = path;
+    last_loaded_tier_ = path.empty() ? Tier::kNone : TierOf(path);
   }
-  if (in_save_dir && dir_ && index >= 0) dir_->RecordResume(index);
+  if (!in_save_dir || index < 0) return;
+  // Both tiers continue the lineage of what was resumed: the next save's
+  // parent is this checkpoint, in whichever tier it lands.
+  if (dir_) dir_->RecordResume(index);
+  if (local_) local_->RecordResume(index);
+}
+
+Tier CheckpointerCore::last_loaded_tier() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_loaded_tier_;
+}
+
+std::string CheckpointerCore::promotion_error() const {
+  return promoter_ ? promoter_->last_error() : std::string();
 }
 
 void CheckpointerCore::Saved(const std::string& path) {
@@ -203,10 +343,17 @@ std::string CheckpointerCore::last_loaded_path() const {
 CheckpointerCounters CheckpointerCore::counters() const {
   CheckpointerCounters c;
   static_cast<EngineCounters&>(c) = engine_->counters();
-  for (const auto& d : {dir_, model_dir_ == dir_ ? nullptr : model_dir_}) {
+  for (const auto& d : {dir_, model_dir_ == dir_ ? nullptr : model_dir_, local_}) {
     if (!d) continue;
     c.files_deleted += d->files_deleted();
     c.temp_files_removed += d->temp_files_removed();
+  }
+  if (promoter_) {
+    const PromoterCounters p = promoter_->counters();
+    c.promotions_completed = p.completed;
+    c.promotions_skipped = p.skipped;
+    c.promotions_failed = p.failed;
+    c.bytes_promoted = p.bytes;
   }
   return c;
 }

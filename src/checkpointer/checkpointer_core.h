@@ -14,6 +14,7 @@
 #include "ackpt/checkpointer.h"
 #include "checkpointer/checkpoint_dir.h"
 #include "checkpointer/checkpoint_file.h"
+#include "checkpointer/promoter.h"
 #include "engine/engine.h"
 
 namespace ackpt {
@@ -23,12 +24,17 @@ namespace ackpt {
 // the engine, under the same name).
 void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& args);
 
+// local_tier.dir with "{rank}" replaced by `rank`.
+std::string LocalTierDir(const LocalTierArguments& tier, int rank);
+
 class CheckpointerCore {
  public:
   // Validates `args`, builds the engine and, when `owns_save_dir`, opens
   // save_dir as its one writer (the lock, temp hygiene, and
-  // delete_existing_checkpoints); otherwise save_dir is only created.
-  CheckpointerCore(DefaultCheckpointerArguments args, bool owns_save_dir);
+  // delete_existing_checkpoints); otherwise save_dir is only created. With
+  // two tiers (local_tier), every process opens its local directory
+  // ("{rank}" replaced by `rank`) as its writer and starts the promoter.
+  CheckpointerCore(DefaultCheckpointerArguments args, bool owns_save_dir, int rank = 0);
   // The engine drains (and goes) first: its threads use the directories.
   ~CheckpointerCore();
   CheckpointerCore(const CheckpointerCore&) = delete;
@@ -42,6 +48,16 @@ class CheckpointerCore {
   bool compressed() const { return args_.compression != Compression::kNone; }
   // save_dir's CheckpointDir when this process owns it, else null.
   const std::shared_ptr<CheckpointDir>& dir() const { return dir_; }
+  // Two tiers: the local tier's CheckpointDir (this process always owns
+  // it), and the promoter; null with one tier.
+  const std::shared_ptr<CheckpointDir>& local() const { return local_; }
+  const std::shared_ptr<Promoter>& promoter() const { return promoter_; }
+  // The directory saves are written to: the local tier's, else save_dir.
+  std::string write_dir() const { return local_ ? local_->dir() : args_.save_dir; }
+  // Which tier a path load() read is in.
+  Tier TierOf(const std::string& path) const;
+  // Two tiers: whether the save of `index` is promoted.
+  bool PromotionDue(int64_t index, bool force) const;
   // save_dir's CheckpointDir, opened for reading when this process does not
   // own it (a reader rescans: the owning writer may have committed since).
   std::shared_ptr<CheckpointDir> Catalog();
@@ -53,10 +69,19 @@ class CheckpointerCore {
   // index is not due (index % period); throws kInvalidArgument for a
   // negative index.
   bool ShouldSave(int64_t index, bool force) const;
-  // Hooks that commit a checkpoint file into dir(): its metadata, the
-  // lineage stamp, and the catalog update and retention after the commit.
-  engine::SaveHooks CheckpointFileHooks(int64_t index,
-                                        const std::map<std::string, double>& metrics) const;
+  // Hooks that commit a checkpoint file into dir() (two tiers: local()):
+  // its metadata, the lineage stamp, and the catalog update and retention
+  // after the commit; with two tiers, the promotion of a due one (`seq`:
+  // the save's number, for WaitPromotion).
+  engine::SaveHooks CheckpointFileHooks(int64_t index, const std::map<std::string, double>& metrics,
+                                        bool force = false, uint64_t seq = 0) const;
+  // Two tiers: returns once the promotion of save `seq` is done (or failed).
+  void WaitPromotion(uint64_t seq);
+  // Two tiers: returns once every promotion queued so far is done.
+  void WaitPromotions();
+  // The newest-first candidates of load(): save_dir's checkpoints, merged
+  // with the local tier's (by index, the local copy first at equal index).
+  std::vector<CheckpointEntry> LoadCandidates();
   // save_model(): model_state to "{prefix}_model_{index}" in
   // model_state_save_dir, durable when it returns; model retention after.
   void SaveModel(const StateDict& model_state, int64_t index);
@@ -65,9 +90,11 @@ class CheckpointerCore {
   void Drain();
 
   ReadOptions LoadReadOptions() const;
-  // load() read `path` (index -1: unknown); when it is in save_dir, the next
-  // save continues its lineage.
+  // load() read `path` (index -1: unknown); when it is in save_dir (or the
+  // local tier), the next save continues its lineage.
   void Loaded(const std::string& path, int64_t index, bool in_save_dir);
+  Tier last_loaded_tier() const;
+  std::string promotion_error() const;
   void Saved(const std::string& path);
   std::string last_saved_path() const;
   std::string last_loaded_path() const;
@@ -79,10 +106,13 @@ class CheckpointerCore {
   // Declared before the engine so that the engine (and its drain) goes first.
   std::shared_ptr<CheckpointDir> dir_;        // save_dir, when owned
   std::shared_ptr<CheckpointDir> model_dir_;  // model_state_save_dir (may be dir_)
+  std::shared_ptr<CheckpointDir> local_;      // two tiers: local_tier.dir
+  std::shared_ptr<Promoter> promoter_;        // two tiers; outlives the engine's hooks
   std::unique_ptr<engine::Engine> engine_;
   mutable std::mutex mu_;
   std::string last_saved_path_;
   std::string last_loaded_path_;
+  Tier last_loaded_tier_ = Tier::kNone;
 };
 
 }  // namespace ackpt
