@@ -8,7 +8,12 @@
 #include <c10/util/Exception.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
@@ -17,6 +22,7 @@
 #include "checkpointer/guard.h"
 #include "checkpointer/manifest.h"
 #include "checkpointer/metadata_keys.h"
+#include "checkpointer/peer_transfer.h"
 #include "checkpointer/sharding.h"
 #include "checkpointer/store_commit.h"
 #include "format/constants.h"
@@ -40,6 +46,18 @@ const DistributedCheckpointerArguments& Validated(const DistributedCheckpointerA
   }
   if (!(a.commit_timeout_seconds > 0))
     throw Error::InvalidArgument(n + ".commit_timeout_seconds must be > 0");
+  if (a.replica_offset < 0) {
+    throw Error::InvalidArgument(n + ".replica_offset must be >= 0, got " +
+                                 std::to_string(a.replica_offset));
+  }
+  if (a.ranks_per_node < 1) {
+    throw Error::InvalidArgument(n + ".ranks_per_node must be >= 1, got " +
+                                 std::to_string(a.ranks_per_node));
+  }
+  if (a.transfer_chunk_bytes < 4096) {
+    throw Error::InvalidArgument(n + ".transfer_chunk_bytes must be >= 4096, got " +
+                                 std::to_string(a.transfer_chunk_bytes));
+  }
   ValidateReplicatedPaths(a.replicated);
   return a;
 }
@@ -54,6 +72,71 @@ bool Overlaps(const ShardRecord& r, const std::vector<int64_t>& offsets,
   return true;
 }
 
+// Tags of the transfer group's messages: saves use their sequence number,
+// load() its own range above them.
+constexpr int kLoadTagBase = 1 << 20;
+int SaveTag(uint64_t seq) { return static_cast<int>(seq % kLoadTagBase); }
+
+// Two tiers: what peer replication and local restores share with the save
+// hooks (held by shared_ptr: background work holds what it uses).
+struct TierLink {
+  c10::intrusive_ptr<c10d::Store> store;
+  std::string key_prefix;  // this instance's Store keys
+  int rank = 0;
+  int world = 1;
+  int send_to = -1;    // the peer that keeps this rank's replica; -1: no replication
+  int recv_from = -1;  // the rank whose replica this rank keeps
+  std::string hostname;
+  double timeout_seconds = 300;
+  size_t chunk_bytes = 16 << 20;
+  bool fsync = true;
+  std::shared_ptr<Env> env;
+  std::shared_ptr<spdlog::logger> logger;
+  c10::intrusive_ptr<c10d::ProcessGroup> given;  // the caller's transfer group, if any
+
+  std::mutex mu;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  std::atomic<uint64_t> replicated{0}, failed{0}, bytes{0};
+
+  // The transfer group, created at first use (every rank reaches its first
+  // save or load together).
+  c10::intrusive_ptr<c10d::ProcessGroup> Group() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!group) {
+      group = given ? given
+                    : CreateCheckpointGroup(store, key_prefix + "transfer/", rank, world, hostname,
+                                            timeout_seconds);
+    }
+    return group;
+  }
+  PeerTransferOptions Options() {
+    PeerTransferOptions o;
+    o.group = Group();
+    o.env = env.get();
+    o.chunk_bytes = chunk_bytes;
+    o.fsync = fsync;
+    o.timeout_seconds = timeout_seconds;
+    return o;
+  }
+  // Sends this rank's durable part to send_to and keeps recv_from's at
+  // replica_path. A failure is counted and logged: the checkpoint commits
+  // without that replica (the peer that failed is usually gone anyway).
+  void Replicate(uint64_t seq, int64_t index, const std::string& part_path,
+                 const std::string& replica_path) {
+    try {
+      const uint64_t got =
+          ExchangeFiles(Options(), part_path, send_to, replica_path, recv_from, SaveTag(seq));
+      ++replicated;
+      bytes += got;
+    } catch (const std::exception& e) {
+      ++failed;
+      logger->error("replication of checkpoint {} (rank {} -> {}, {} -> {}) failed: {}", index,
+                    rank, send_to, recv_from, rank, e.what());
+    }
+  }
+  std::string GoKey(uint64_t seq) const { return key_prefix + "promote-go/" + std::to_string(seq); }
+};
+
 }  // namespace
 
 class DistributedCheckpointer::Impl {
@@ -62,7 +145,7 @@ class DistributedCheckpointer::Impl {
       : args(Validated(a)),
         rank(args.process_group->getRank()),
         world(args.process_group->getSize()),
-        core(args.checkpointer, /*owns_save_dir=*/rank == 0) {
+        core(args.checkpointer, /*owns_save_dir=*/rank == 0, rank) {
     const DefaultCheckpointerArguments& base = core.args();
     // This instance's key space in the Store: every rank counts its own
     // checkpointers of this prefix, so the k-th one on each rank gets the same
@@ -76,11 +159,37 @@ class DistributedCheckpointer::Impl {
     o.rank = rank;
     o.world = world;
     o.timeout_seconds = args.commit_timeout_seconds;
-    o.dir = core.dir();
+    o.dir = core.local() ? core.local() : core.dir();
     o.env = core.engine().env();
     o.replicated = args.replicated;
     o.fsync = base.fsync;
     o.logger = core.engine().logger();
+    o.copy_manifest = core.local() != nullptr;
+    if (core.local()) {
+      // The promotion's commit into save_dir: the same protocol, its own keys.
+      StoreCommitOptions p = o;
+      p.key_prefix = o.key_prefix + "promote/";
+      p.dir = core.dir();
+      p.copy_manifest = false;
+      promote_commit = std::make_shared<StoreCommit>(std::move(p));
+      link = std::make_shared<TierLink>();
+      link->store = args.store;
+      link->key_prefix = o.key_prefix;
+      link->rank = rank;
+      link->world = world;
+      const int k = (args.replica_offset > 0 ? args.replica_offset : args.ranks_per_node) % world;
+      if (k != 0) {
+        link->send_to = (rank + k) % world;
+        link->recv_from = (rank - k + world) % world;
+      }
+      link->hostname = args.transfer_hostname;
+      link->timeout_seconds = args.commit_timeout_seconds;
+      link->chunk_bytes = args.transfer_chunk_bytes;
+      link->fsync = base.fsync;
+      link->env = core.engine().env();
+      link->logger = core.engine().logger();
+      link->given = args.transfer_group;
+    }
     commit = std::make_shared<StoreCommit>(std::move(o));
   }
 
@@ -122,12 +231,84 @@ class DistributedCheckpointer::Impl {
     return true;
   }
 
+  // Two tiers, after this rank's part of the `seq`-th save is committed in
+  // the local tier: queue its promotion when due (rank 0 decides whether it
+  // goes, so that every rank promotes the same checkpoints), then local
+  // retention. Runs on the writer; holds what it uses.
+  engine::CommitHook LocalTierAfterCommit(
+      uint64_t seq, int64_t index, bool force, const std::map<std::string, double>& metrics,
+      const std::function<Manifest::Part(const WriteResult&)>& part_of) {
+    std::shared_ptr<CheckpointDir> local = core.local();
+    const RetentionPolicy local_policy = base().local_tier.retention;
+    const bool due = core.PromotionDue(index, force);
+    std::shared_ptr<Promoter> promoter = core.promoter();
+    std::shared_ptr<StoreCommit> promote = promote_commit;
+    std::shared_ptr<TierLink> l = link;
+    std::shared_ptr<CheckpointDir> persistent = core.dir();  // rank 0 only
+    const RetentionPolicy persistent_policy = base().retention;
+    const std::string save_dir = base().save_dir;
+    const int r = rank;
+    const double timeout = args.commit_timeout_seconds;
+    return [=](const WriteResult& w, const engine::Metadata&) {
+      if (due) {
+        const Manifest::Part part = part_of(w);
+        PromotionJob job;
+        job.index = index;
+        job.seq = seq;
+        job.force = force;
+        // The other ranks follow rank 0's decision, never their own queue.
+        job.follow = r != 0;
+        job.source = l->env->NewRandomAccessFile(w.path);
+        job.dest_path = JoinPath(save_dir, part.file);
+        if (r != 0) {
+          job.go = [l, seq, index, timeout] {
+            const std::string key = l->GoKey(seq);
+            try {
+              l->store->wait({key}, std::chrono::milliseconds(
+                                        static_cast<int64_t>(2 * timeout * 1000) + 10000));
+            } catch (const c10::Error&) {
+              throw Error::TimedOut("promotion of checkpoint " + std::to_string(index) +
+                                    ": no decision from rank 0 (is it alive?)");
+            }
+            const auto v = l->store->get(key);
+            return !v.empty() && v[0] == '1';
+          };
+        }
+        job.commit = [promote, seq, index, part, metrics, persistent, persistent_policy](uint64_t) {
+          promote->Publish(seq, index, part, metrics);
+          if (persistent && persistent->writer()) {
+            persistent->ApplyRetention(persistent_policy, FileKind::kPart);
+            persistent->RemoveOrphanParts([index](int64_t i) { return i <= index; });
+          }
+        };
+        job.failed = [promote, seq](const std::string& why) {
+          try {
+            promote->Abort(seq, why);
+          } catch (...) {
+          }
+        };
+        const bool queued = promoter->Offer(std::move(job));
+        if (r == 0) {
+          const std::string go = queued ? "1" : "0";
+          l->store->set(l->GoKey(seq), std::vector<uint8_t>(go.begin(), go.end()));
+          if (!queued) {
+            promoter->Skipped(index,
+                              "promotions are behind (local_tier.max_pending_promotions waiting)");
+          }
+        }
+      }
+      local->ApplyRetention(local_policy, FileKind::kPart);
+      // Older indices' parts (and replicas) that never committed.
+      local->RemoveOrphanParts([index](int64_t i) { return i <= index; });
+    };
+  }
+
   // Reads this rank's share of checkpoint `index`, tensors of `targets`
   // straight into them; `damage` learns which targets were (or, on an
   // error, may have been) written; `info` what was read.
-  Checkpoint LoadIndex(int64_t index, const LoadTargets& targets, DamagedTargets* damage,
-                       DistributedLoadInfo* info) {
-    const std::string path = ManifestPath(index);
+  Checkpoint LoadIndex(int64_t index, const std::string& dir, const LoadTargets& targets,
+                       DamagedTargets* damage, DistributedLoadInfo* info) {
+    const std::string path = JoinPath(dir, ManifestFileName(base().file_prefix, index));
     const Manifest m = ReadManifest(core.env(), path);
     const std::map<std::string, GlobalTensor> layout =
         GlobalLayout(m, Error::Code::kCorruption, path);
@@ -162,6 +343,7 @@ class DistributedCheckpointer::Impl {
     info->local_state_from_rank = m.any_local() ? local_src : -1;
     info->sharded_bytes_read = 0;
     info->sharded_bytes_needed = 0;
+    info->tier = core.TierOf(path);
 
     const ReadOptions ro = core.LoadReadOptions();
     // Parts are opened when first needed: a rank reads the headers of the
@@ -169,8 +351,7 @@ class DistributedCheckpointer::Impl {
     std::vector<std::unique_ptr<CheckpointReader>> readers(m.parts.size());
     auto reader_of = [&](size_t p) -> CheckpointReader& {
       if (!readers[p])
-        readers[p] =
-            CheckpointReader::Open(JoinPath(base().save_dir, m.parts[p].file), ro, core.env());
+        readers[p] = CheckpointReader::Open(JoinPath(dir, m.parts[p].file), ro, core.env());
       return *readers[p];
     };
     // Part 0 names the replicated tensors and holds their tree.
@@ -385,8 +566,192 @@ class DistributedCheckpointer::Impl {
     return l && l->is_dict() ? std::move(l->dict()) : StateDict();
   }
 
-  std::string ManifestPath(int64_t index) const {
-    return JoinPath(base().save_dir, ManifestFileName(base().file_prefix, index));
+  // ---- Two tiers: restoring from the local tiers -------------------------
+  // A checkpoint load() may propose: its tier and index and, for the local
+  // tier, which rank holds its manifest and each saved rank's part.
+  struct Candidate {
+    Tier tier = Tier::kNone;
+    int64_t index = -1;
+    std::string path;  // persistent: its manifest
+    int64_t manifest_holder = -1;
+    std::vector<int64_t> holders;
+    std::vector<int64_t> Encode() const {
+      std::vector<int64_t> v{static_cast<int64_t>(tier), index, manifest_holder};
+      v.insert(v.end(), holders.begin(), holders.end());
+      return v;
+    }
+  };
+
+  std::string LoadKey(uint64_t load_no, const std::string& what) const {
+    return link->key_prefix + "load/" + std::to_string(load_no) + "/" + what;
+  }
+
+  // What this rank's local tier holds, for rank 0: every manifest (index,
+  // generation, world size) and every part file of the right size.
+  void PublishHoldings(uint64_t load_no) {
+    nlohmann::json h = {{"m", nlohmann::json::array()}, {"p", nlohmann::json::array()}};
+    Env* env = core.env();
+    for (const auto& e : core.local()->Manifests()) {
+      try {
+        const Manifest m = ReadManifest(env, e.path);
+        h["m"].push_back({m.index, m.generation, m.world_size});
+        for (size_t p = 0; p < m.parts.size(); ++p) {
+          const std::string f = JoinPath(core.local()->dir(), m.parts[p].file);
+          if (env->FileExists(f) && env->GetFileSize(f) == m.parts[p].file_bytes)
+            h["p"].push_back({m.index, p});
+        }
+      } catch (const Error& err) {
+        core.log().warn("local tier: skipping {}: {}", e.path, err.message());
+      }
+    }
+    const std::string text = h.dump();
+    args.store->set(LoadKey(load_no, "holdings/" + std::to_string(rank)),
+                    std::vector<uint8_t>(text.begin(), text.end()));
+  }
+
+  // Rank 0: the local checkpoints whose manifest and every part some rank
+  // holds, newest first (by generation, then index).
+  std::vector<Candidate> LocalCandidates(uint64_t load_no) {
+    std::vector<std::string> keys;
+    for (int r = 0; r < world; ++r)
+      keys.push_back(LoadKey(load_no, "holdings/" + std::to_string(r)));
+    try {
+      args.store->wait(keys, std::chrono::milliseconds(
+                                 static_cast<int64_t>(args.commit_timeout_seconds * 1000)));
+    } catch (const c10::Error&) {
+      core.log().error(
+          "local tier: not every rank reported what its local tier holds within {} s; "
+          "resuming from the persistent tier only",
+          args.commit_timeout_seconds);
+      return {};
+    }
+    struct Seen {
+      uint64_t generation = 0;
+      int world_size = 0;
+      int64_t manifest_holder = -1;
+      std::map<int64_t, std::vector<int64_t>> part_holders;  // saved rank -> ranks holding it
+    };
+    std::map<int64_t, Seen> seen;
+    for (int r = 0; r < world; ++r) {
+      const auto bytes = args.store->get(keys[static_cast<size_t>(r)]);
+      args.store->deleteKey(keys[static_cast<size_t>(r)]);
+      try {
+        const nlohmann::json h = nlohmann::json::parse(bytes.begin(), bytes.end());
+        for (const auto& m : h.at("m")) {
+          Seen& x = seen[m.at(0).get<int64_t>()];
+          x.generation = std::max(x.generation, m.at(1).get<uint64_t>());
+          x.world_size = m.at(2).get<int>();
+          if (x.manifest_holder < 0) x.manifest_holder = r;
+        }
+        for (const auto& p : h.at("p")) {
+          seen[p.at(0).get<int64_t>()].part_holders[p.at(1).get<int64_t>()].push_back(r);
+        }
+      } catch (const std::exception& e) {
+        core.log().warn("local tier: rank {} reported an unreadable list: {}", r, e.what());
+      }
+    }
+    std::vector<std::pair<uint64_t, Candidate>> found;
+    for (const auto& [index, x] : seen) {
+      if (x.manifest_holder < 0 || x.world_size <= 0) continue;
+      Candidate c;
+      c.tier = Tier::kLocal;
+      c.index = index;
+      c.manifest_holder = x.manifest_holder;
+      for (int64_t p = 0; p < x.world_size; ++p) {
+        auto it = x.part_holders.find(p);
+        if (it == x.part_holders.end()) break;
+        // Its own rank if it still has it, else the first peer with a replica.
+        const auto& hs = it->second;
+        c.holders.push_back(std::find(hs.begin(), hs.end(), p) != hs.end() ? p : hs.front());
+      }
+      if (static_cast<int>(c.holders.size()) != x.world_size) {
+        core.log().info("local tier: checkpoint {} is incomplete (part {} is on no rank)", index,
+                        c.holders.size());
+        continue;
+      }
+      found.emplace_back(x.generation, std::move(c));
+    }
+    std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second.index > b.second.index;
+    });
+    std::vector<Candidate> out;
+    for (auto& f : found) out.push_back(std::move(f.second));
+    return out;
+  }
+
+  // Rank 0: every candidate of load(), newest first: the local tier's and
+  // save_dir's merged by index (the local copy first at equal index).
+  std::vector<Candidate> Candidates(uint64_t load_no) {
+    std::vector<Candidate> persistent;
+    for (const auto& e : core.Catalog()->Manifests()) {
+      Candidate c;
+      c.tier = Tier::kPersistent;
+      c.index = e.index;
+      c.path = e.path;
+      persistent.push_back(std::move(c));
+    }
+    if (!core.local()) return persistent;
+    const std::vector<Candidate> local = LocalCandidates(load_no);
+    std::vector<Candidate> out;
+    size_t i = 0, j = 0;
+    while (i < local.size() || j < persistent.size()) {
+      if (j == persistent.size() || (i < local.size() && local[i].index >= persistent[j].index)) {
+        out.push_back(local[i++]);
+      } else {
+        out.push_back(persistent[j++]);
+      }
+    }
+    return out;
+  }
+
+  // Collective, for a local candidate: the manifest to every rank that lacks
+  // it, and every part to every rank that lacks it, from the rank rank 0
+  // named (its own rank, or the peer holding its replica). A rank's own
+  // part comes back into its local tier for good, as does the replica it
+  // keeps; the other parts it received are listed in `fetched` (removed
+  // after the load).
+  void FetchLocal(int64_t index, const std::vector<int64_t>& proposal, DistributedLoadInfo* info,
+                  std::vector<std::string>* fetched) {
+    Env* env = core.env();
+    const std::string ldir = core.local()->dir();
+    const std::string mpath = JoinPath(ldir, ManifestFileName(base().file_prefix, index));
+    const PeerTransferOptions o = link->Options();
+    const bool have_manifest = env->FileExists(mpath);
+    info->bytes_transferred +=
+        ShareFile(o, static_cast<int>(proposal[2]), mpath, !have_manifest, mpath, NextLoadTag());
+    const Manifest m = ReadManifest(env, mpath);
+    if (!have_manifest) core.local()->RecordManifest(m, mpath);
+    const size_t n = proposal.size() - 3;
+    if (m.parts.size() != n) {
+      throw Error::Corruption("'" + mpath + "' lists " + std::to_string(m.parts.size()) +
+                              " parts; rank 0 found " + std::to_string(n));
+    }
+    info->part_holders.clear();
+    for (size_t p = 0; p < n; ++p) {
+      const int holder = static_cast<int>(proposal[3 + p]);
+      info->part_holders.push_back(holder);
+      const std::string f = JoinPath(ldir, m.parts[p].file);
+      const bool have = env->FileExists(f) && env->GetFileSize(f) == m.parts[p].file_bytes;
+      const uint64_t got = ShareFile(o, holder, f, !have, f, NextLoadTag());
+      if (have) continue;
+      info->bytes_transferred += got;
+      if (static_cast<int>(p) == rank) {
+        info->restored_from_replica = true;
+        core.log().info("restored this rank's part of checkpoint {} from rank {}'s replica", index,
+                        holder);
+      } else if (static_cast<int>(p) != link->recv_from) {
+        fetched->push_back(f);
+      }
+    }
+  }
+  int NextLoadTag() { return kLoadTagBase + static_cast<int>(load_tags++ % kLoadTagBase); }
+
+  std::vector<int64_t> BroadcastVector(std::vector<int64_t> v) {
+    const int64_t n = Broadcast(static_cast<int64_t>(v.size()));
+    std::vector<at::Tensor> t{rank == 0 ? at::tensor(v, at::kLong) : at::empty({n}, at::kLong)};
+    args.process_group->broadcast(t)->wait();
+    const int64_t* d = t[0].data_ptr<int64_t>();
+    return std::vector<int64_t>(d, d + n);
   }
 
   DistributedCheckpointerArguments args;
@@ -394,7 +759,11 @@ class DistributedCheckpointer::Impl {
   int world = 1;
   CheckpointerCore core;
   std::shared_ptr<StoreCommit> commit;
-  uint64_t seq = 0;  // saves accepted by this instance: the same on every rank
+  std::shared_ptr<StoreCommit> promote_commit;  // two tiers
+  std::shared_ptr<TierLink> link;               // two tiers
+  uint64_t seq = 0;        // saves accepted by this instance: the same on every rank
+  uint64_t loads = 0;      // load() calls: the same on every rank
+  uint64_t load_tags = 0;  // transfers of load(): the same on every rank
   std::string last_loaded_manifest;
   DistributedLoadInfo last_load;
 };
@@ -439,7 +808,7 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
     StateDict part_state = PartState(split, im.rank, im.world);
     if (!shards.empty()) part_state.set(kPartSharded, std::move(slabs));
     const std::string path = JoinPath(
-        im.base().save_dir,
+        core.write_dir(),
         PartFileName(im.base().file_prefix, index, im.rank, core.compressed(), im.base().file_ext));
     engine::SaveHooks hooks;
     hooks.metadata = {{kMetaKind, KindName(FileKind::kPart)},
@@ -450,20 +819,31 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
     std::shared_ptr<StoreCommit> commit = im.commit;
     const bool has_local = split.has_local;
     const std::map<std::string, double> metrics = checkpoint.metrics;
-    hooks.publish = [commit, seq, index, has_local, metrics, records](const WriteResult& w,
-                                                                      const engine::Metadata&) {
-      Guard(Error::Code::kIOError, "committing distributed checkpoint " + std::to_string(index),
-            [&] {
-              Manifest::Part part;
-              part.file = BaseName(w.path);
-              part.file_bytes = w.file_bytes;
-              part.header_xxh3 = w.header_xxh3;
-              part.has_local = has_local;
-              part.shards = records;
-              commit->Publish(seq, index, part, metrics);
-            });
+    auto part_of = [has_local, records](const WriteResult& w) {
+      Manifest::Part part;
+      part.file = BaseName(w.path);
+      part.file_bytes = w.file_bytes;
+      part.header_xxh3 = w.header_xxh3;
+      part.has_local = has_local;
+      part.shards = records;
+      return part;
     };
-    if (im.owner()) {
+    std::shared_ptr<TierLink> link = im.link;
+    const std::string replica_path =
+        link && link->recv_from >= 0
+            ? JoinPath(core.write_dir(), PartFileName(im.base().file_prefix, index, link->recv_from,
+                                                      core.compressed(), im.base().file_ext))
+            : std::string();
+    hooks.publish = [commit, seq, index, metrics, part_of, link, replica_path](
+                        const WriteResult& w, const engine::Metadata&) {
+      // The replica first: once the manifest exists, the peer holds a copy.
+      if (link && link->send_to >= 0) link->Replicate(seq, index, w.path, replica_path);
+      Guard(Error::Code::kIOError, "committing distributed checkpoint " + std::to_string(index),
+            [&] { commit->Publish(seq, index, part_of(w), metrics); });
+    };
+    if (core.local()) {
+      hooks.after_commit = im.LocalTierAfterCommit(seq, index, force, metrics, part_of);
+    } else if (im.owner()) {
       std::shared_ptr<CheckpointDir> dir = core.dir();
       const RetentionPolicy policy = im.base().retention;
       hooks.after_commit = [dir, policy, index](const WriteResult&, const engine::Metadata&) {
@@ -476,6 +856,8 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
     }
     core.engine().Save(std::move(part_state), index, path, force, std::move(hooks));
     core.Saved(path);
+    // A forced save is committed in both tiers when it returns.
+    if (force) core.WaitPromotion(seq);
   });
 }
 
@@ -493,9 +875,12 @@ Checkpoint DistributedCheckpointer::load(const LoadTargets& targets) {
   core.Drain();
   return Guard(
       Error::Code::kCorruption, "distributed load on rank " + std::to_string(im.rank), [&] {
-        std::vector<CheckpointEntry> candidates;
+        const uint64_t load_no = im.loads++;
+        // Two tiers: every rank tells rank 0 what its local tier holds.
+        if (core.local()) im.PublishHoldings(load_no);
+        std::vector<Impl::Candidate> candidates;
         if (im.rank == 0) {
-          candidates = core.Catalog()->Manifests();
+          candidates = im.Candidates(load_no);
           // Nothing is being written now: parts that never committed can go.
           if (im.owner()) core.dir()->RemoveOrphanParts([](int64_t) { return true; });
         }
@@ -504,33 +889,55 @@ Checkpoint DistributedCheckpointer::load(const LoadTargets& targets) {
         Checkpoint result;
         size_t next = 0;
         for (;;) {
-          int64_t proposal = -1;
+          std::vector<int64_t> proposal{-1};
           if (im.rank == 0) {
             for (; next < candidates.size(); ++next) {
-              const auto& e = candidates[next];
+              const Impl::Candidate& c = candidates[next];
+              if (c.tier == Tier::kLocal) break;  // its parts are checked as they load
               Manifest m;
               try {
-                m = ReadManifest(core.env(), e.path);
+                m = ReadManifest(core.env(), c.path);
               } catch (const Error& err) {
-                core.log().warn("skipping {}: {}", e.path, err.message());
+                core.log().warn("skipping {}: {}", c.path, err.message());
                 continue;
               }
-              if (im.Plausible(m, e.path)) break;
+              if (im.Plausible(m, c.path)) break;
             }
-            if (next < candidates.size()) proposal = candidates[next++].index;
+            if (next < candidates.size()) proposal = candidates[next++].Encode();
           }
-          const int64_t index = im.Broadcast(proposal);
-          if (index < 0) {
-            core.log().info("no distributed checkpoint in {}; starting fresh", im.base().save_dir);
+          proposal = im.BroadcastVector(proposal);
+          if (proposal[0] < 0) {
+            core.log().info("no distributed checkpoint in {}{}; starting fresh", im.base().save_dir,
+                            core.local() ? " or the local tiers" : "");
             break;
           }
+          const Tier tier = static_cast<Tier>(proposal[0]);
+          const int64_t index = proposal[1];
+          const std::string dir = tier == Tier::kLocal ? core.local()->dir() : im.base().save_dir;
           std::string why;
           bool world_mismatch = false;
+          std::vector<std::string> fetched;
+          info = DistributedLoadInfo();
           try {
-            result = im.LoadIndex(index, targets, &damage, &info);
+            if (tier == Tier::kLocal) im.FetchLocal(index, proposal, &info, &fetched);
+            const DistributedLoadInfo transfer = info;
+            result = im.LoadIndex(index, dir, targets, &damage, &info);
+            info.part_holders = transfer.part_holders;
+            info.restored_from_replica = transfer.restored_from_replica;
+            info.bytes_transferred = transfer.bytes_transferred;
           } catch (const Error& e) {
             why = e.message();
             world_mismatch = e.code() == Error::Code::kInvalidArgument;
+          } catch (const std::exception& e) {
+            why = e.what();
+          }
+          // Parts received only to read replicated tensors and boxes from.
+          for (const auto& f : fetched) {
+            try {
+              core.env()->RemoveFile(f);
+            } catch (const Error& e) {
+              core.log().warn("{}", e.message());
+            }
           }
           // Every rank learns whether every rank could read its share.
           const int64_t bad = im.AllreduceSum(why.empty() ? 0 : 1);
@@ -542,14 +949,16 @@ Checkpoint DistributedCheckpointer::load(const LoadTargets& targets) {
                                              : why);
           }
           if (bad == 0) {
-            im.last_loaded_manifest = im.ManifestPath(index);
+            im.last_loaded_manifest = JoinPath(dir, ManifestFileName(im.base().file_prefix, index));
             im.last_load = info;
             core.Loaded(im.last_loaded_manifest, index, /*in_save_dir=*/true);
-            core.log().info("rank {} resumed distributed checkpoint {}", im.rank, index);
+            core.log().info("rank {} resumed distributed checkpoint {} from the {} tier", im.rank,
+                            index, TierName(tier));
             break;
           }
           if (!why.empty())
-            core.log().warn("distributed checkpoint {} on rank {}: {}", index, im.rank, why);
+            core.log().warn("distributed checkpoint {} ({} tier) on rank {}: {}", index,
+                            TierName(tier), im.rank, why);
           result = Checkpoint();
         }
         // Targets left partly overwritten on any rank fail the load on every rank.
@@ -562,7 +971,10 @@ Checkpoint DistributedCheckpointer::load(const LoadTargets& targets) {
       });
 }
 
-void DistributedCheckpointer::wait() { impl_->core.engine().Wait(); }
+void DistributedCheckpointer::wait() {
+  impl_->core.engine().Wait();
+  impl_->core.WaitPromotions();
+}
 
 void DistributedCheckpointer::wait_snapshot() { impl_->core.engine().WaitSnapshot(); }
 
@@ -582,6 +994,31 @@ const DistributedCheckpointerArguments& DistributedCheckpointer::args() const {
   return impl_->args;
 }
 
-CheckpointerCounters DistributedCheckpointer::counters() const { return impl_->core.counters(); }
+CheckpointerCounters DistributedCheckpointer::counters() const {
+  CheckpointerCounters c = impl_->core.counters();
+  if (const auto& l = impl_->link) {
+    c.replications_completed = l->replicated;
+    c.replications_failed = l->failed;
+    c.bytes_replicated = l->bytes;
+  }
+  return c;
+}
+
+std::vector<CheckpointEntry> DistributedCheckpointer::list_local_checkpoints() const {
+  const std::shared_ptr<CheckpointDir>& local = impl_->core.local();
+  if (!local) return {};
+  std::vector<CheckpointEntry> entries = local->Manifests();
+  EvaluateRetention(&entries, impl_->base().local_tier.retention);
+  return entries;
+}
+
+std::string DistributedCheckpointer::promotion_error() const {
+  return impl_->core.promotion_error();
+}
+
+std::string DistributedCheckpointer::local_dir() const {
+  const std::shared_ptr<CheckpointDir>& local = impl_->core.local();
+  return local ? local->dir() : std::string();
+}
 
 }  // namespace ackpt

@@ -147,7 +147,9 @@ Promoter::~Promoter() {
 bool Promoter::Offer(PromotionJob job) {
   std::unique_lock<std::mutex> lock(st_->mu);
   const size_t room = static_cast<size_t>(std::max(0, o_.max_pending));
-  if (job.force) {
+  if (job.follow) {
+    // Bounded by the decider: it says no to what its own queue cannot hold.
+  } else if (job.force) {
     // A forced promotion is not skipped; it waits for one of the slots
     // (or, with max_pending 0, for the thread to be idle).
     st_->cv.wait(lock, [&] {

@@ -36,7 +36,10 @@ struct PromotionJob {
   // retention may remove its name meanwhile, the open file stays readable.
   std::shared_ptr<RandomAccessFile> source;
   std::string dest_path;  // in the persistent tier
-  bool force = false;     // never skipped; WaitFor() waits for it
+  bool force = false;     // never skipped: Offer() waits for room
+  // Queued whatever the room, without waiting: the decision is go()'s
+  // (distributed ranks other than 0 follow rank 0's). Default: false.
+  bool follow = false;
   // Before the copy, on the promotion thread: false skips the job (counted
   // as skipped), e.g. when rank 0 decided not to promote this index. May
   // throw (counted as failed). Optional.

@@ -44,10 +44,23 @@ void StoreCommit::Commit(uint64_t seq, int64_t index,
                          const std::map<std::string, double>& metrics) {
   std::vector<std::string> keys;
   for (int r = 0; r < o_.world; ++r) keys.push_back(Key(seq, "part/" + std::to_string(r)));
-  try {
-    o_.store->wait(keys,
-                   std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_seconds * 1000)));
-  } catch (const c10::Error&) {
+  const std::string failed = Key(seq, "failed");
+  const auto end =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(o_.timeout_seconds * 1000));
+  bool all = false;
+  while (!all) {
+    // Waits in short slices, so that a rank's Abort() fails the commit at
+    // once rather than at the timeout.
+    try {
+      o_.store->wait(keys, std::chrono::milliseconds(100));
+      all = true;
+    } catch (const c10::Error&) {
+      if (o_.store->check({failed}))
+        throw Error(Error::Code::kIOError, Text(o_.store->get(failed)));
+      if (Clock::now() > end) break;
+    }
+  }
+  if (!all) {
     std::string missing;
     for (int r = 0; r < o_.world; ++r) {
       if (!o_.store->check({keys[static_cast<size_t>(r)]}))
@@ -83,11 +96,15 @@ void StoreCommit::Commit(uint64_t seq, int64_t index,
   AtomicWrite(o_.env.get(), path, o_.fsync,
               [&](WritableFile* f) { f->Append(text.data(), text.size()); });
   o_.dir->RecordManifest(m, path);
-  o_.store->set(Key(seq, "committed"), Bytes("ok"));
+  o_.store->set(Key(seq, "committed"), Bytes(o_.copy_manifest ? text : std::string("ok")));
   // Keys no rank reads any more: the parts now, the verdict of two saves
   // ago (every rank has finished waiting for it before publishing this one).
   for (const auto& k : keys) o_.store->deleteKey(k);
   if (seq >= 2) o_.store->deleteKey(Key(seq - 2, "committed"));
+}
+
+void StoreCommit::Abort(uint64_t seq, const std::string& why) {
+  o_.store->set(Key(seq, "failed"), Bytes("rank " + std::to_string(o_.rank) + ": " + why));
 }
 
 void StoreCommit::AwaitVerdict(uint64_t seq, int64_t index, int64_t timeout_ms) {
@@ -96,7 +113,17 @@ void StoreCommit::AwaitVerdict(uint64_t seq, int64_t index, int64_t timeout_ms) 
   const auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
   auto pause = std::chrono::milliseconds(1);
   for (;;) {
-    if (o_.store->check({ok})) return;
+    if (o_.store->check({ok})) {
+      if (o_.copy_manifest) {
+        const std::string text = Text(o_.store->get(ok));
+        const std::string path = o_.dir->ManifestPath(index);
+        const Manifest m = ParseManifest(text, path);
+        AtomicWrite(o_.env.get(), path, o_.fsync,
+                    [&](WritableFile* f) { f->Append(text.data(), text.size()); });
+        o_.dir->RecordManifest(m, path);
+      }
+      return;
+    }
     if (o_.store->check({failed})) throw Error::TimedOut(Text(o_.store->get(failed)));
     if (o_.store->check({invalid})) throw Error::InvalidArgument(Text(o_.store->get(invalid)));
     if (Clock::now() > end) {

@@ -8,12 +8,11 @@
 // run it (background work holds what it uses).
 #pragma once
 
-#include <torch/csrc/distributed/c10d/Store.hpp>
-
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 #include <vector>
 
 #include "checkpointer/checkpoint_dir.h"
@@ -31,11 +30,15 @@ struct StoreCommitOptions {
   int rank = 0;
   int world = 1;
   double timeout_seconds = 300;
-  std::shared_ptr<CheckpointDir> dir;  // rank 0: where the manifest goes
-  std::shared_ptr<Env> env;            // the engine's (detachable) Env
+  std::shared_ptr<CheckpointDir> dir;   // rank 0: where the manifest goes
+  std::shared_ptr<Env> env;             // the engine's (detachable) Env
   std::vector<std::string> replicated;  // recorded in the manifest
   bool fsync = true;
   std::shared_ptr<spdlog::logger> logger;
+  // Two tiers: rank 0's verdict carries the manifest, and every other rank
+  // writes it into its own `dir` (its local tier), so each local tier lists
+  // every committed checkpoint. Requires `dir` on every rank.
+  bool copy_manifest = false;
 };
 
 class StoreCommit {
@@ -47,6 +50,9 @@ class StoreCommit {
   // kTimedOut naming the ranks whose parts were missing, or rank 0's verdict.
   void Publish(uint64_t seq, int64_t index, const Manifest::Part& part,
                const std::map<std::string, double>& metrics);
+  // This rank cannot publish its part of the `seq`-th save: the commit
+  // fails on every rank with `why` at once, instead of at the timeout.
+  void Abort(uint64_t seq, const std::string& why);
 
  private:
   std::string Key(uint64_t seq, const std::string& what) const;
