@@ -27,6 +27,14 @@
 // them: each rank reads its new row box and all-gathers the others
 // (RowShards below). Rank-local state follows kFromRankModulo.
 //
+// Two tiers (--local-dir DIR, docs/TIERS.md): every checkpoint is written to
+// DIR (fast node-local storage; with --nproc, DIR/rank<r>, one "node" per
+// rank, and each rank's part is also replicated to rank r+1's directory)
+// and every --persist-every-th is copied byte for byte to --save-dir in the
+// background. --resume takes the newest checkpoint complete in either tier
+// and says which; a rank whose directory is gone gets its part back from its
+// peer's replica.
+//
 // The model: byte embeddings plus a byte-pair embedding table (and, for
 // medium, a hashed byte-triple table) feeding pre-norm transformer blocks
 // with causal self-attention. The tables hold most of the parameters: cheap
@@ -116,6 +124,13 @@ struct Options {
   int rank = -1;             // set by the launcher for each rank it starts
   int world = 1;
   std::string store;  // the FileStore of the ranks' rendezvous
+  // Two tiers (docs/TIERS.md): "" keeps one tier, --save-dir.
+  std::string local_dir;         // with --nproc: {local_dir}/rank{r}, one "node" per rank
+  int64_t persist_every = 1;     // every K-th checkpoint is also promoted to --save-dir
+  int64_t local_keep = 2;        // local tier retention (keep_last; 0 keeps all)
+  double promote_mib_per_s = 0;  // promotion copy rate cap; 0: none
+  int die_rank = 0;              // tests: this rank SIGKILLs itself after --die-at-step
+  int64_t die_at_step = -1;
 };
 
 ModelSize SizeOf(const std::string& name) {
@@ -279,7 +294,7 @@ class CharLM : public ackpt::ModuleInterface {
   // Progress: a loss line every --log-every steps; at the end of a window the
   // line waits for the validation loss and the checkpoint's stall.
   void on_end_train_step(int64_t step, double loss) override {
-    if (step_hook_) step_hook_();
+    if (step_hook_) step_hook_(step);
     loss_sum_ += loss;
     ++loss_n_;
     const bool window_end = step % opt_.checkpoint_every == 0 || step == opt_.steps;
@@ -302,7 +317,7 @@ class CharLM : public ackpt::ModuleInterface {
     pending_ += fmt::format("  val {:.3f}", loss);
   }
   // Runs after every optimizer step, between steps (the preemption check).
-  void set_step_hook(std::function<void()> hook) { step_hook_ = std::move(hook); }
+  void set_step_hook(std::function<void(int64_t)> hook) { step_hook_ = std::move(hook); }
   // The pending progress line (and clears it).
   std::string take_pending() { return std::exchange(pending_, std::string()); }
   void reset_clock() { since_ = Clock::now(); }
@@ -329,7 +344,7 @@ class CharLM : public ackpt::ModuleInterface {
   double last_loss_ = NAN, last_val_ = NAN;
   std::string pending_;
   Clock::time_point since_ = Clock::now();
-  std::function<void()> step_hook_;
+  std::function<void(int64_t)> step_hook_;
 };
 
 // ---- --shard: the embedding tables and their AdamW moments, row-sharded ----
@@ -589,6 +604,28 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
   }
   double model_stall() const { return model_stall_; }
   ackpt::Checkpoint load() override { return inner().load(); }
+  // Two tiers: the tier the last load came from, the counters, the local
+  // tier's directory (this rank's) and what its retention kept.
+  ackpt::Tier loaded_tier() const {
+    return single_ ? single_->last_loaded_tier() : dist_->last_load_info().tier;
+  }
+  ackpt::CheckpointerCounters counters() const {
+    return single_ ? single_->counters() : dist_->counters();
+  }
+  std::string promotion_error() const {
+    return single_ ? single_->promotion_error() : dist_->promotion_error();
+  }
+  std::string local_dir() const {
+    return single_ ? single_->args().local_tier.dir : dist_->local_dir();
+  }
+  std::string local_kept() const {
+    std::string out;
+    for (const auto& e :
+         single_ ? single_->list_local_checkpoints() : dist_->list_local_checkpoints()) {
+      out += fmt::format("{}  ", ackpt::BaseName(e.path));
+    }
+    return out;
+  }
   // The Trainer's in-place load. Without --shard: load() (copies, as before).
   ackpt::Checkpoint load(const ackpt::LoadTargets& targets) override {
     if (!shards_) return load();
@@ -666,6 +703,18 @@ int Run(const Options& o) {
     ca.retention.best_metric = "val_loss";
   }
   ca.retention.model_keep_last = o.keep_last > 0 ? 1 : 0;
+  if (!o.local_dir.empty()) {
+    // Two tiers: every checkpoint to the local directory (with --nproc one
+    // per rank, each rank standing for a node), every --persist-every-th
+    // also copied to --save-dir in the background. The demo's checkpoint
+    // index is the step, a multiple of --checkpoint-every: the K-th
+    // checkpoint is the one whose step is a multiple of K * checkpoint_every.
+    ca.local_tier.dir = o.world > 1 ? ackpt::JoinPath(o.local_dir, "rank{rank}") : o.local_dir;
+    ca.local_tier.persist_period = o.persist_every * o.checkpoint_every;
+    ca.local_tier.retention.keep_last = o.local_keep;
+    ca.local_tier.promote_bytes_per_second =
+        static_cast<uint64_t>(o.promote_mib_per_s * 1024.0 * 1024.0);
+  }
   ca.on_save = [&](const ackpt::SaveStats& s) {
     {
       std::lock_guard<std::mutex> lock(stats_mu);
@@ -687,6 +736,16 @@ int Run(const Options& o) {
   fmt::print("{} steps, checkpoint every {} into {} ({}, {} saves){}\n", o.steps,
              o.checkpoint_every, o.save_dir, format, o.sync ? "blocking --sync" : "asynchronous",
              o.resume ? "" : "; ackpt files already there are removed (use --resume to continue)");
+  if (!o.local_dir.empty()) {
+    fmt::print(
+        "two tiers: every checkpoint into {} (keeps {}), every {} also promoted to {} "
+        "(steps that are multiples of {}){}{}\n",
+        ca.local_tier.dir, o.local_keep > 0 ? fmt::format("the newest {}", o.local_keep) : "all",
+        o.persist_every == 1 ? std::string("one") : fmt::format("{}th", o.persist_every),
+        o.save_dir, ca.local_tier.persist_period,
+        o.promote_mib_per_s > 0 ? fmt::format(" at most {:g} MiB/s", o.promote_mib_per_s) : "",
+        o.world > 1 ? "; rank r's part also replicated to rank r+1's local tier" : "");
+  }
   std::fflush(stdout);
 
   // Installed before the Trainer loads anything, so a SIGTERM at any point
@@ -717,6 +776,9 @@ int Run(const Options& o) {
     da.replicated = {"module_interface_state", "trainer_state/optimizers",
                      "trainer_state/schedulers"};
     da.commit_timeout_seconds = 120;
+    // Peer replication r -> r + 1 (one rank per "node"), over a Gloo group
+    // the checkpointer creates for itself, on the loopback like the ranks.
+    if (!o.local_dir.empty()) da.transfer_hostname = "127.0.0.1";
     if (o.shard) {
       // The embedding tables and their AdamW moments are row shards (one
       // box per rank); the other parameters stay replicated (written once),
@@ -757,6 +819,7 @@ int Run(const Options& o) {
   const std::string loaded = checkpointer->loaded_path();
   const ackpt::Checkpoint& resumed = trainer.checkpointed_states();
   int64_t start_step = 0;
+  std::string tier_line;  // two tiers: which tier the resume came from (the per-rank summary)
   if (!loaded.empty() && !resumed.empty()) {
     start_step = resumed.trainer_backend_state.at("global_step_completed").to_int();
     const int64_t e = resumed.trainer_state.at("last_epoch").to_int();
@@ -774,6 +837,32 @@ int Run(const Options& o) {
             : ackpt::ParseCheckpointIndex(ackpt::BaseName(loaded), ca.file_prefix, ca.file_ext);
     fmt::print("resuming from checkpoint index {} (step {}, {})\n", index ? *index : -1, start_step,
                loaded);
+    if (!o.local_dir.empty()) {
+      tier_line = fmt::format("resumed step {} from the {} tier", start_step,
+                              ackpt::TierName(checkpointer->loaded_tier()));
+      if (const ackpt::DistributedCheckpointer* d = checkpointer->dist()) {
+        const ackpt::DistributedLoadInfo info = d->last_load_info();
+        tier_line = fmt::format("rank {}: {}", o.rank, tier_line);
+        if (info.tier == ackpt::Tier::kLocal && o.rank == 0) {
+          // Rank 0 learned where every part came from (the same list on every rank).
+          std::vector<std::string> from;
+          for (size_t p = 0; p < info.part_holders.size(); ++p) {
+            from.push_back(info.part_holders[p] == static_cast<int>(p)
+                               ? fmt::format("{}: own", p)
+                               : fmt::format("{}: rank {}'s replica", p, info.part_holders[p]));
+          }
+          fmt::print("local tier: part of rank {}\n", fmt::join(from, ", part of rank "));
+        }
+        if (info.restored_from_replica) {
+          const int holder = static_cast<size_t>(o.rank) < info.part_holders.size()
+                                 ? info.part_holders[static_cast<size_t>(o.rank)]
+                                 : -1;
+          tier_line += fmt::format("; part restored from rank {}'s replica ({} received)", holder,
+                                   Bytes(static_cast<double>(info.bytes_transferred)));
+        }
+      }
+      fmt::print("{}\n", tier_line);
+    }
     if (const ackpt::DistributedCheckpointer* d = checkpointer->dist()) {
       const ackpt::DistributedLoadInfo info = d->last_load_info();
       fmt::print(
@@ -796,14 +885,28 @@ int Run(const Options& o) {
       }
     }
   } else if (o.resume) {
-    fmt::print("no checkpoint in {}: starting from step 0\n", o.save_dir);
+    if (o.local_dir.empty()) {
+      fmt::print("no checkpoint in {}: starting from step 0\n", o.save_dir);
+    } else {
+      fmt::print("no checkpoint in {} or {}: starting from step 0\n", ca.local_tier.dir,
+                 o.save_dir);
+    }
   }
   std::fflush(stdout);
 
-  if (guard) {
-    // Between steps: a preemption request stops training after this step.
-    module->set_step_hook([&] {
-      if (guard->requested()) trainer.request_stop();
+  const int my_rank = std::max(o.rank, 0);
+  if (guard || o.die_at_step >= 0) {
+    module->set_step_hook([&](int64_t step) {
+      // Between steps: a preemption request stops training after this step.
+      if (guard && guard->requested()) trainer.request_stop();
+      if (step == o.die_at_step && my_rank == o.die_rank) {
+        // Tests (--die-at-step): a node lost at a known point. Every save
+        // so far is made durable first, so the test knows the newest
+        // checkpoint; then no destructor, no drain: SIGKILL.
+        checkpointer->inner().wait();
+        Print("rank {}: --die-at-step {}: saves so far are durable; SIGKILL\n", my_rank, step);
+        ::kill(::getpid(), SIGKILL);
+      }
     });
   }
   g_trainer.store(&trainer);
@@ -941,13 +1044,36 @@ int Run(const Options& o) {
       "%, final save {:.1f} %)\n",
       total_stall, train_seconds, share(total_stall), share(periodic_sum), share(final_total));
   fmt::print("kept (retention):    {}", checkpointer->kept());
+  // Two tiers: one line of what moved between them.
+  std::string tiers;
+  if (!o.local_dir.empty()) {
+    const ackpt::CheckpointerCounters n = checkpointer->counters();
+    tiers = fmt::format("promotions {} completed, {} skipped, {} failed ({} promoted)",
+                        n.promotions_completed, n.promotions_skipped, n.promotions_failed,
+                        Bytes(static_cast<double>(n.bytes_promoted)));
+    if (o.world > 1) {
+      tiers += fmt::format("; replications {} completed, {} failed ({} received)",
+                           n.replications_completed, n.replications_failed,
+                           Bytes(static_cast<double>(n.bytes_replicated)));
+    }
+    fmt::print("\nkept (local tier):   {}", checkpointer->local_kept());
+    fmt::print("\ntiers:               {}", tiers);
+    const std::string error = checkpointer->promotion_error();
+    if (!error.empty()) fmt::print("\nlast promotion error: {}", error);
+  }
   fmt::print("\nfiles:               ackpt ls {}\n", o.save_dir);
   if (o.world > 1) {
-    // For the launcher's per-rank table.
-    std::ofstream(fmt::format("{}/.demo-summary-rank{}", o.save_dir, o.rank)) << fmt::format(
+    // For the launcher's per-rank table (with two tiers, a second line).
+    std::string line = fmt::format(
         "rank {}: {} saves, stall mean {:.1f} ms, max {:.1f} ms; {} written ({} of tensors)\n",
         o.rank, periodic, periodic ? 1e3 * periodic_sum / periodic : 0.0, 1e3 * periodic_max,
         Bytes(static_cast<double>(file_bytes)), Bytes(static_cast<double>(bytes)));
+    if (!o.local_dir.empty()) {
+      line +=
+          fmt::format("rank {}: {}{}\n", o.rank, tiers,
+                      tier_line.empty() ? "" : "; " + tier_line.substr(tier_line.find(':') + 2));
+    }
+    std::ofstream(fmt::format("{}/.demo-summary-rank{}", o.save_dir, o.rank)) << line;
   }
   if (preempted) return ackpt::kPreemptedExitCode;
   return trainer.interrupted() ? 130 : 0;
@@ -1028,6 +1154,7 @@ int Launch(const Options& o, int argc, char** argv) {
     std::ifstream in(fmt::format("{}/.demo-summary-rank{}", o.save_dir, r));
     std::string line;
     fmt::print("{}\n", std::getline(in, line) ? line : fmt::format("rank {}: no summary", r));
+    while (std::getline(in, line)) fmt::print("{}\n", line);  // two tiers: a second line
   }
   if (status != 0 && !killed_all) return status;
   return killed_all ? 1 : status;
@@ -1131,6 +1258,23 @@ int main(int argc, char** argv) {
   app.add_flag("--shard", o.shard,
                "with --nproc: checkpoint the embedding tables and their AdamW moments as row "
                "shards (each rank writes its rows; --resume on another --nproc reshards)");
+  app.add_option("--local-dir", o.local_dir,
+                 "two tiers: save every checkpoint into DIR (node-local storage; with --nproc: "
+                 "DIR/rank<r>, one \"node\" per rank, each rank's part also replicated to rank "
+                 "r+1's) and promote every --persist-every-th to --save-dir in the background");
+  app.add_option("--persist-every", o.persist_every,
+                 "with --local-dir: every K-th checkpoint (steps that are multiples of K x "
+                 "--checkpoint-every) is also copied to --save-dir")
+      ->check(IntAtLeast(1));
+  app.add_option("--local-keep", o.local_keep,
+                 "with --local-dir: the local tier keeps the N newest checkpoints; 0 = keep all")
+      ->check(IntAtLeast(0));
+  app.add_option("--promote-mib-per-s", o.promote_mib_per_s,
+                 "with --local-dir: cap on the promotion copy rate (MiB/s); 0 = no cap")
+      ->check(CLI::NonNegativeNumber);
+  // Tests: rank --die-rank SIGKILLs itself after step --die-at-step, once its saves are durable.
+  app.add_option("--die-at-step", o.die_at_step)->group("");
+  app.add_option("--die-rank", o.die_rank)->group("");
   // Set by the --nproc launcher for the ranks it starts.
   app.add_option("--rank", o.rank)->group("");
   app.add_option("--world", o.world)->group("");
@@ -1147,6 +1291,12 @@ int main(int argc, char** argv) {
   if (o.shard && o.nproc < 2) {
     fmt::print(stderr, "--shard: needs --nproc 2 or more\n");
     return kExitUsage;
+  }
+  for (const char* flag : {"--persist-every", "--local-keep", "--promote-mib-per-s"}) {
+    if (o.local_dir.empty() && app.count(flag) > 0) {
+      fmt::print(stderr, "{}: needs --local-dir\n", flag);
+      return kExitUsage;
+    }
   }
   try {
     if (o.nproc > 1 && o.rank < 0) return Launch(o, argc, argv);
