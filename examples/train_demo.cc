@@ -857,8 +857,11 @@ int Run(const Options& o) {
           const int holder = static_cast<size_t>(o.rank) < info.part_holders.size()
                                  ? info.part_holders[static_cast<size_t>(o.rank)]
                                  : -1;
-          tier_line += fmt::format("; part restored from rank {}'s replica ({} received)", holder,
-                                   Bytes(static_cast<double>(info.bytes_transferred)));
+          // The bytes count every file this rank received to load: its own
+          // part, and the parts holding replicated tensors it reads.
+          tier_line += fmt::format(
+              "; part restored from rank {}'s replica ({} received from peers' local tiers)",
+              holder, Bytes(static_cast<double>(info.bytes_transferred)));
         }
       }
       fmt::print("{}\n", tier_line);
