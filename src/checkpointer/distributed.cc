@@ -662,6 +662,11 @@ class DistributedCheckpointer::Impl {
         core.log().warn("local tier: rank {} reported an unreadable list: {}", r, e.what());
       }
     }
+    // New local checkpoints rank above every manifest any rank still holds,
+    // also when rank 0's own local tier was wiped (its catalog starts empty).
+    uint64_t newest = 0;
+    for (const auto& kv : seen) newest = std::max(newest, kv.second.generation);
+    core.local()->RaiseGeneration(newest);
     std::vector<std::pair<uint64_t, Candidate>> found;
     for (const auto& [index, x] : seen) {
       if (x.manifest_holder < 0 || x.world_size <= 0) continue;
