@@ -1064,7 +1064,13 @@ int Run(const Options& o) {
     const std::string error = checkpointer->promotion_error();
     if (!error.empty()) fmt::print("\nlast promotion error: {}", error);
   }
-  fmt::print("\nfiles:               ackpt ls {}\n", o.save_dir);
+  if (o.local_dir.empty()) {
+    fmt::print("\nfiles:               ackpt ls {}\n", o.save_dir);
+  } else {
+    // Both tiers, and with --nproc which directory holds each part.
+    fmt::print("\nfiles:               ackpt ls {} --local-dir '{}'\n", o.save_dir,
+               ca.local_tier.dir);
+  }
   if (o.world > 1) {
     // For the launcher's per-rank table (with two tiers, a second line).
     std::string line = fmt::format(
