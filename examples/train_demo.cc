@@ -84,6 +84,18 @@ std::string Bytes(double b) {
   return fmt::format("{:.1f} kB", b / 1e3);
 }
 
+// "one", "2nd", "3rd", "4th", ..., "11th", "21st": "every {} checkpoint".
+std::string Ordinal(int64_t k) {
+  if (k == 1) return "one";
+  const int64_t tens = k % 100, ones = k % 10;
+  const char* suffix = (tens >= 11 && tens <= 13) ? "th"
+                       : ones == 1                ? "st"
+                       : ones == 2                ? "nd"
+                       : ones == 3                ? "rd"
+                                                  : "th";
+  return fmt::format("{}{}", k, suffix);
+}
+
 std::mutex g_print_mu;  // main thread and writer threads print
 
 template <typename... A>
@@ -604,8 +616,8 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
   }
   double model_stall() const { return model_stall_; }
   ackpt::Checkpoint load() override { return inner().load(); }
-  // Two tiers: the tier the last load came from, the counters, the local
-  // tier's directory (this rank's) and what its retention kept.
+  // Two tiers: the tier the last load came from, the counters, the last
+  // promotion error and what the local tier's retention kept.
   ackpt::Tier loaded_tier() const {
     return single_ ? single_->last_loaded_tier() : dist_->last_load_info().tier;
   }
@@ -614,9 +626,6 @@ class DemoCheckpointer : public ackpt::AbstractCheckpointer {
   }
   std::string promotion_error() const {
     return single_ ? single_->promotion_error() : dist_->promotion_error();
-  }
-  std::string local_dir() const {
-    return single_ ? single_->args().local_tier.dir : dist_->local_dir();
   }
   std::string local_kept() const {
     std::string out;
@@ -741,8 +750,7 @@ int Run(const Options& o) {
         "two tiers: every checkpoint into {} (keeps {}), every {} also promoted to {} "
         "(steps that are multiples of {}){}{}\n",
         ca.local_tier.dir, o.local_keep > 0 ? fmt::format("the newest {}", o.local_keep) : "all",
-        o.persist_every == 1 ? std::string("one") : fmt::format("{}th", o.persist_every),
-        o.save_dir, ca.local_tier.persist_period,
+        Ordinal(o.persist_every), o.save_dir, ca.local_tier.persist_period,
         o.promote_mib_per_s > 0 ? fmt::format(" at most {:g} MiB/s", o.promote_mib_per_s) : "",
         o.world > 1 ? "; rank r's part also replicated to rank r+1's local tier" : "");
   }
