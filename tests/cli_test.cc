@@ -1,10 +1,15 @@
-// The ackpt command-line tool: inspect, verify, export and its exit codes.
+// The ackpt command-line tool: inspect, verify, export, ls (one and two
+// tiers) and its exit codes.
 #include <ATen/ATen.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "ackpt/checkpointer.h"
+#include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "checkpointer/manifest.h"
 #include "test_util.h"
 
 namespace ackpt {
@@ -298,6 +303,327 @@ TEST_F(CliTest, ExportOfCorruptFileFailsAndWritesNothing) {
   // No temp file left behind either.
   for (const auto& name : testing::ListDir(dir_.path()))
     EXPECT_FALSE(Contains(name, ".tmp-")) << name;
+}
+
+// ---- ls with two tiers (--local-dir) ----
+
+// The whitespace-separated fields of the table row of `index` (the line that
+// starts with it); empty if there is none.
+std::vector<std::string> RowFields(const std::string& out, int64_t index) {
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream fields(line);
+    std::vector<std::string> f;
+    for (std::string w; fields >> w;) f.push_back(w);
+    if (!f.empty() && f[0] == std::to_string(index) && line[0] != ' ') return f;
+  }
+  return {};
+}
+
+// The JSON object of checkpoint `index` in `ls --json` output.
+nlohmann::json JsonRow(const nlohmann::json& j, int64_t index) {
+  for (const auto& c : j["checkpoints"])
+    if (c["index"] == index) return c;
+  return nullptr;
+}
+
+void CopyFile(const std::string& from, const std::string& to) {
+  WriteFileBytes(to, ReadFileBytes(from));
+}
+
+// The file name of checkpoint `index` in `dir` ("model_4.safetensors[.zst]").
+std::string FileOf(const std::string& dir, int64_t index) {
+  for (const auto& n : testing::ListDir(dir))
+    if (ParseCheckpointIndex(n, "model") == index) return n;
+  return "";
+}
+
+// Fields 0..6 of a two-tier row: INDEX SAVED BYTES RATIO VERIFY PERSISTENT LOCAL.
+constexpr size_t kVerify = 4, kPersistent = 5, kLocal = 6;
+
+TEST(CliLsTwoTiersTest, SingleProcessUnionOfBothTiers) {
+  TempDir t;
+  const std::string save_dir = t.file("ckpt"), local = t.file("local");
+  {
+    DefaultCheckpointerArguments a;
+    a.save_dir = save_dir;
+    a.model_state_save_dir = t.file("models");
+    a.log_level = "ERROR";
+    a.retention.keep_last = 3;
+    DefaultCheckpointer ck(a);
+    for (int i = 1; i <= 5; ++i) {
+      Checkpoint c;
+      c.module_interface_state.set("w", PatternTensor({32, 32}, at::kFloat, i));
+      c.metrics["loss"] = 1.0 / i;
+      ck.save(c, i);
+    }
+  }
+  // save_dir keeps 3, 4, 5. The local tier holds 4 and 5 (byte-identical
+  // copies, as promotion makes them); 5 was never promoted (only local), 3
+  // has left the local tier (only persistent), and a torn local 6 does not read.
+  Env::Default()->CreateDirs(local);
+  for (int i : {4, 5})
+    CopyFile(JoinPath(save_dir, FileOf(save_dir, i)), JoinPath(local, FileOf(save_dir, i)));
+  const std::string five = FileOf(save_dir, 5);
+  Env::Default()->RemoveFile(JoinPath(save_dir, five));
+  WriteFileBytes(JoinPath(local, "model_6.safetensors"), "torn: not a checkpoint");
+
+  std::string out;
+  // One tier: as before, save_dir alone.
+  ASSERT_EQ(Cli("ls " + Quote(save_dir), &out), 0) << out;
+  EXPECT_FALSE(Contains(out, "PERSISTENT")) << out;
+  EXPECT_TRUE(RowFields(out, 5).empty() && RowFields(out, 6).empty()) << out;
+  EXPECT_TRUE(Contains(out, "2 checkpoints in " + save_dir)) << out;
+
+  ASSERT_EQ(Cli("ls " + Quote(save_dir) + " --local-dir " + Quote(local), &out), 0) << out;
+  EXPECT_TRUE(Contains(out, "PERSISTENT") && Contains(out, "LOCAL")) << out;
+  auto row6 = RowFields(out, 6), row5 = RowFields(out, 5), row4 = RowFields(out, 4),
+       row3 = RowFields(out, 3);
+  ASSERT_GT(row6.size(), kLocal) << out;
+  ASSERT_GT(row5.size(), kLocal) << out;
+  ASSERT_GT(row4.size(), kLocal) << out;
+  ASSERT_GT(row3.size(), kLocal) << out;
+  EXPECT_EQ(row6[kPersistent], "-");
+  EXPECT_EQ(row6[kLocal], "incomplete");
+  EXPECT_TRUE(Contains(out, "local unreadable:")) << out;
+  EXPECT_EQ(row5[kPersistent], "-");
+  EXPECT_EQ(row5[kLocal], "complete");
+  EXPECT_TRUE(Contains(out, "- (local only)")) << out;
+  EXPECT_EQ(row4[kPersistent], "complete");
+  EXPECT_EQ(row4[kLocal], "complete");
+  EXPECT_TRUE(Contains(out, "newest,keep_last")) << out;  // retention marks of save_dir
+  EXPECT_EQ(row3[kPersistent], "complete");
+  EXPECT_EQ(row3[kLocal], "-");
+  EXPECT_TRUE(RowFields(out, 2).empty()) << out;  // deleted by retention, in no tier
+  // Newest first: 5 (saved last) before 4 before 3.
+  EXPECT_LT(out.find("\n5 "), out.find("\n4 ")) << out;
+  EXPECT_LT(out.find("\n4 "), out.find("\n3 ")) << out;
+  EXPECT_TRUE(
+      Contains(out, "2 complete in " + save_dir + " (persistent), 2 complete in the local tier"))
+      << out;
+
+  ASSERT_EQ(Cli("ls " + Quote(save_dir) + " --local-dir " + Quote(local) + " --json", &out), 0)
+      << out;
+  nlohmann::json j;
+  ASSERT_NO_THROW(j = nlohmann::json::parse(out)) << out;
+  EXPECT_EQ(j["dir"], save_dir);
+  ASSERT_EQ(j["local_dirs"].size(), 1u);
+  EXPECT_EQ(j["local_dirs"][0]["dir"], local);
+  EXPECT_EQ(j["retention"]["keep_last"], 3);
+  ASSERT_EQ(j["checkpoints"].size(), 4u);
+  const auto c5 = JsonRow(j, 5), c4 = JsonRow(j, 4), c3 = JsonRow(j, 3), c6 = JsonRow(j, 6);
+  EXPECT_EQ(c5["tiers"]["persistent"]["status"], "absent");
+  EXPECT_EQ(c5["tiers"]["local"]["status"], "complete");
+  EXPECT_EQ(c5["tiers"]["local"]["path"], JoinPath(local, five));
+  EXPECT_TRUE(c5["kept_by"].is_null());
+  EXPECT_DOUBLE_EQ(c5["metrics"]["loss"].get<double>(), 0.2);
+  EXPECT_EQ(c4["tiers"]["persistent"]["status"], "complete");
+  EXPECT_EQ(c4["tiers"]["persistent"]["kept_by"], nlohmann::json({"newest", "keep_last"}));
+  EXPECT_EQ(c4["kept_by"], nlohmann::json({"newest", "keep_last"}));
+  EXPECT_EQ(c4["tiers"]["local"]["status"], "complete");
+  EXPECT_EQ(c3["tiers"]["persistent"]["status"], "complete");
+  EXPECT_EQ(c3["tiers"]["local"]["status"], "absent");
+  EXPECT_EQ(c6["tiers"]["local"]["status"], "incomplete");
+  EXPECT_TRUE(c6["tiers"]["local"].contains("error"));
+
+  // --verify checks both tiers' copies: the torn local file is corrupt (1).
+  ASSERT_EQ(Cli("ls " + Quote(save_dir) + " --local-dir " + Quote(local) + " --verify", &out), 1)
+      << out;
+  Env::Default()->RemoveFile(JoinPath(local, "model_6.safetensors"));
+  ASSERT_EQ(Cli("ls " + Quote(save_dir) + " --local-dir " + Quote(local) + " --verify", &out), 0)
+      << out;
+  EXPECT_EQ(RowFields(out, 5)[kVerify], "ok") << out;
+  EXPECT_EQ(RowFields(out, 4)[kVerify], "ok") << out;
+  // A flipped byte in the local copy of 4: corrupt there, and named.
+  std::string bytes = ReadFileBytes(JoinPath(local, FileOf(local, 4)));
+  bytes[bytes.size() - 100] ^= 0x01;
+  WriteFileBytes(JoinPath(local, FileOf(local, 4)), bytes);
+  ASSERT_EQ(
+      Cli("ls " + Quote(save_dir) + " --local-dir " + Quote(local) + " --verify --json", &out), 1)
+      << out;
+  j = nlohmann::json::parse(out);
+  EXPECT_EQ(JsonRow(j, 4)["tiers"]["persistent"]["verified"], true);
+  EXPECT_EQ(JsonRow(j, 4)["tiers"]["local"]["verified"], false);
+  EXPECT_EQ(JsonRow(j, 4)["verified"], false);
+  EXPECT_EQ(JsonRow(j, 5)["verified"], true);
+}
+
+// A two-rank distributed layout written by hand: each part a real checkpoint
+// file, the manifest encoded by manifest.h.
+class CliLsDistributedTest : public ::testing::Test {
+ protected:
+  static constexpr int kWorld = 2;
+
+  void SetUp() override {
+    Env::Default()->CreateDirs(save_dir_);
+    Env::Default()->CreateDirs(staging_);
+    for (int r = 0; r < kWorld; ++r) Env::Default()->CreateDirs(LocalDir(r));
+  }
+
+  std::string LocalDir(int r) const { return t_.file("local/rank" + std::to_string(r)); }
+  std::string Pattern() const { return t_.file("local/rank{rank}"); }
+  static std::string Part(int64_t index, int r) { return PartFileName("ckpt", index, r, false); }
+
+  // Writes checkpoint `index` (parts and manifest) into staging_.
+  void Build(int64_t index) {
+    Manifest m;
+    m.index = index;
+    m.world_size = kWorld;
+    m.time = 1.7e9 + static_cast<double>(index);
+    m.generation = static_cast<uint64_t>(index);
+    m.metrics = {{"loss", 0.5}};
+    for (int r = 0; r < kWorld; ++r) {
+      WriteOptions w;
+      w.fsync = false;
+      w.compression = Compression::kNone;
+      const WriteResult res = WriteStateDict(SampleState(static_cast<int>(index) * 10 + r),
+                                             JoinPath(staging_, Part(index, r)), w);
+      Manifest::Part p;
+      p.file = Part(index, r);
+      p.file_bytes = res.file_bytes;
+      p.header_xxh3 = res.header_xxh3;
+      m.parts.push_back(std::move(p));
+    }
+    WriteFileBytes(JoinPath(staging_, ManifestFileName("ckpt", index)), EncodeManifest(m));
+  }
+  // save_dir gets the manifest and every part.
+  void Persist(int64_t index) const {
+    for (const std::string& f : {ManifestFileName("ckpt", index), Part(index, 0), Part(index, 1)})
+      CopyFile(JoinPath(staging_, f), JoinPath(save_dir_, f));
+  }
+  // Rank r's local dir gets the manifest, its own part, and the replica of
+  // the part of rank q with (q + 1) % N == r.
+  void Local(int64_t index) const {
+    for (int r = 0; r < kWorld; ++r) {
+      const int q = (r + kWorld - 1) % kWorld;
+      for (const std::string& f : {ManifestFileName("ckpt", index), Part(index, r), Part(index, q)})
+        CopyFile(JoinPath(staging_, f), JoinPath(LocalDir(r), f));
+    }
+  }
+
+  int Ls(const std::string& extra, std::string* out) const {
+    return Cli("ls " + Quote(save_dir_) + " --prefix ckpt " + extra, out);
+  }
+
+  TempDir t_;
+  const std::string save_dir_ = t_.file("ckpt");
+  const std::string staging_ = t_.file("staging");
+};
+
+TEST_F(CliLsDistributedTest, ShowsWhichLocalDirHoldsEachPart) {
+  Build(6);
+  Build(7);
+  Build(8);
+  Persist(6);  // only persistent
+  Persist(7);  // both tiers
+  Local(7);
+  Local(8);  // only local
+  const std::string pattern = "--local-dir " + Quote(Pattern());
+  std::string out;
+  ASSERT_EQ(Ls(pattern, &out), 0) << out;
+  auto r8 = RowFields(out, 8), r7 = RowFields(out, 7), r6 = RowFields(out, 6);
+  ASSERT_GT(r8.size(), kLocal) << out;
+  ASSERT_GT(r7.size(), kLocal) << out;
+  ASSERT_GT(r6.size(), kLocal) << out;
+  EXPECT_EQ(r8[kPersistent], "-");
+  EXPECT_EQ(r8[kLocal], "complete");
+  EXPECT_EQ(r7[kPersistent], "complete");
+  EXPECT_EQ(r7[kLocal], "complete");
+  EXPECT_EQ(r6[kPersistent], "complete");
+  EXPECT_EQ(r6[kLocal], "-");
+  // Every part: in its own rank's directory and as the peer's replica.
+  EXPECT_TRUE(Contains(out, "local parts: 0:own+r1 1:own+r0")) << out;
+  EXPECT_TRUE(Contains(out, "r0=" + LocalDir(0) + ", r1=" + LocalDir(1))) << out;
+  // The same dirs given one by one, in rank order, read the same.
+  std::string listed;
+  ASSERT_EQ(Ls("--local-dir " + Quote(LocalDir(0)) + " --local-dir " + Quote(LocalDir(1)), &listed),
+            0)
+      << listed;
+  EXPECT_EQ(listed, out);
+
+  ASSERT_EQ(Ls(pattern + " --json --verify", &out), 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_EQ(j["local_dirs"].size(), 2u);
+  EXPECT_EQ(j["local_dirs"][1]["dir"], LocalDir(1));
+  EXPECT_EQ(j["local_dirs"][1]["exists"], true);
+  auto l8 = JsonRow(j, 8)["tiers"]["local"];
+  EXPECT_EQ(l8["status"], "complete");
+  EXPECT_EQ(l8["verified"], true);
+  EXPECT_EQ(l8["missing"], nlohmann::json::array());
+  ASSERT_EQ(l8["parts"].size(), 2u);
+  EXPECT_EQ(l8["parts"][1]["file"], Part(8, 1));
+  EXPECT_EQ(l8["parts"][1]["file_bytes"], ReadFileBytes(JoinPath(staging_, Part(8, 1))).size());
+  ASSERT_EQ(l8["parts"][1]["locations"].size(), 2u);
+  EXPECT_EQ(l8["parts"][1]["locations"][0]["rank"], 1);
+  EXPECT_EQ(l8["parts"][1]["locations"][0]["role"], "own");
+  EXPECT_EQ(l8["parts"][1]["locations"][1]["rank"], 0);
+  EXPECT_EQ(l8["parts"][1]["locations"][1]["role"], "replica");
+  EXPECT_EQ(JsonRow(j, 8)["tiers"]["persistent"]["status"], "absent");
+  EXPECT_EQ(JsonRow(j, 8)["world_size"], 2);
+  EXPECT_EQ(JsonRow(j, 6)["tiers"]["local"]["status"], "absent");
+  EXPECT_EQ(JsonRow(j, 7)["tiers"]["persistent"]["verified"], true);
+
+  // Rank 1's local dir is gone (its node died): still complete, rank 1's part
+  // from the replica in rank 0's dir. The pattern still names rank 1's dir
+  // (the manifests say two ranks), as missing.
+  ASSERT_EQ(testing::RunCommand("rm -rf " + Quote(LocalDir(1))), 0);
+  ASSERT_EQ(Ls(pattern, &out), 0) << out;
+  r8 = RowFields(out, 8);
+  ASSERT_GT(r8.size(), kLocal) << out;
+  EXPECT_EQ(r8[kLocal], "complete") << out;
+  EXPECT_TRUE(Contains(out, "local parts: 0:own 1:r0")) << out;
+  EXPECT_TRUE(Contains(out, "r1=" + LocalDir(1) + " (missing)")) << out;
+
+  // And the replica of rank 1's part is gone too: incomplete, naming it.
+  Env::Default()->RemoveFile(JoinPath(LocalDir(0), Part(8, 1)));
+  ASSERT_EQ(Ls(pattern, &out), 0) << out;
+  r8 = RowFields(out, 8);
+  ASSERT_GT(r8.size(), kLocal) << out;
+  EXPECT_EQ(r8[kLocal], "incomplete") << out;
+  EXPECT_TRUE(Contains(out, "local parts: 0:own 1:MISSING")) << out;
+  EXPECT_TRUE(Contains(out, "local incomplete: missing " + Part(8, 1) + " (rank 1)")) << out;
+  EXPECT_EQ(RowFields(out, 7)[kPersistent], "complete") << out;
+  ASSERT_EQ(Ls(pattern + " --json --verify", &out), 0) << out;  // missing is not corrupt
+  j = nlohmann::json::parse(out);
+  l8 = JsonRow(j, 8)["tiers"]["local"];
+  EXPECT_EQ(l8["status"], "incomplete");
+  EXPECT_EQ(l8["missing"], nlohmann::json({Part(8, 1)}));
+  EXPECT_EQ(l8["parts"][1]["present"], false);
+  EXPECT_EQ(l8["parts"][0]["locations"][0]["role"], "own");
+  EXPECT_EQ(j["local_dirs"][1]["exists"], false);
+  EXPECT_TRUE(l8["verified"].is_null());  // not corrupt, but nothing whole to check
+  EXPECT_EQ(JsonRow(j, 7)["tiers"]["local"]["verified"], true);
+
+  // A replica of the wrong size (torn copy) does not count.
+  WriteFileBytes(JoinPath(LocalDir(0), Part(8, 1)), "short");
+  ASSERT_EQ(Ls(pattern, &out), 0) << out;
+  EXPECT_TRUE(Contains(out, "missing " + Part(8, 1) + " (rank 1, wrong size)")) << out;
+}
+
+TEST_F(CliLsDistributedTest, RankPatternFindsExistingDirsWithoutManifests) {
+  // Nothing in save_dir says how many ranks: the pattern covers the rank
+  // directories that exist (rank 0, 1, and 2 here).
+  Env::Default()->CreateDirs(t_.file("local/rank2"));
+  Build(3);
+  Local(3);
+  std::string out;
+  ASSERT_EQ(Ls("--local-dir " + Quote(Pattern()) + " --json", &out), 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
+  ASSERT_EQ(j["local_dirs"].size(), 3u) << out;
+  EXPECT_EQ(j["local_dirs"][2]["dir"], t_.file("local/rank2"));
+  EXPECT_EQ(JsonRow(j, 3)["tiers"]["local"]["status"], "complete");
+  // Rank 0's dir gone and save_dir empty: rank 1's manifest still gives the
+  // world size, so both ranks are listed (rank 0's as missing).
+  ASSERT_EQ(
+      testing::RunCommand("rm -rf " + Quote(LocalDir(0)) + " " + Quote(t_.file("local/rank2"))), 0);
+  ASSERT_EQ(Ls("--local-dir " + Quote(Pattern()), &out), 0) << out;
+  EXPECT_TRUE(Contains(out, "r0=" + LocalDir(0) + " (missing), r1=" + LocalDir(1))) << out;
+  EXPECT_TRUE(Contains(out, "local parts: 0:r1 1:own")) << out;
+  // A pattern must stand alone; an unknown option is a usage error.
+  EXPECT_EQ(Ls("--local-dir " + Quote(Pattern()) + " --local-dir " + Quote(LocalDir(1)), &out), 2)
+      << out;
+  EXPECT_TRUE(Contains(out, "{rank}")) << out;
+  EXPECT_EQ(Ls("--local-dir", &out), 2) << out;
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // save_dir every 3rd step; lost nodes, a shared file system that goes away.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
@@ -77,6 +79,25 @@ TEST_F(TiersDistTest, EachRankKeepsItsPartAndItsPeersReplicaAndEveryThirdIsPromo
   const std::string p6 = PartFileName("model", 6, 2, false);
   EXPECT_EQ(testing::ReadFileBytes(persistent() + "/" + p6),
             testing::ReadFileBytes(local(2) + "/" + p6));
+
+  // `ackpt ls` sees both tiers as the checkpointer wrote them: 7 only
+  // local, 6 in both, 3 only persistent; after a lost node, still complete.
+  Remove(local(1));
+  std::string out;
+  ASSERT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls --json " + persistent() +
+                                    " --local-dir '" + local_root() + "/rank{rank}' 2>/dev/null",
+                                &out),
+            0)
+      << out;
+  const nlohmann::json ls = nlohmann::json::parse(out);
+  std::map<int64_t, std::pair<std::string, std::string>> tiers;  // index -> (persistent, local)
+  for (const auto& c : ls.at("checkpoints")) {
+    tiers[c.at("index").get<int64_t>()] = {c.at("tiers").at("persistent").at("status"),
+                                           c.at("tiers").at("local").at("status")};
+  }
+  EXPECT_EQ(tiers[7], std::make_pair(std::string("absent"), std::string("complete"))) << out;
+  EXPECT_EQ(tiers[6], std::make_pair(std::string("complete"), std::string("complete"))) << out;
+  EXPECT_EQ(tiers[3], std::make_pair(std::string("complete"), std::string("absent"))) << out;
 }
 
 TEST_F(TiersDistTest, ALostNodeResumesFromThePeerReplicaAndTwoLostNodesFromThePersistentTier) {

@@ -5,7 +5,12 @@
 //                                           tensors and every rank's boxes)
 //   ackpt verify PATH... [--quiet]          exit 0 all good, 1 something corrupt, 2 usage
 //   ackpt export FILE -o OUT.safetensors [--quiet]
-//   ackpt ls DIR [--json] [--verify] [--prefix P] [--ext E]
+//   ackpt ls DIR [--local-dir D]... [--json] [--verify] [--prefix P] [--ext E]
+//                                           with --local-dir (two tiers; one per rank in
+//                                           rank order, or one with {rank}): each index's
+//                                           state in DIR (persistent) and the local tier,
+//                                           and for a distributed checkpoint which local
+//                                           directory holds each part (own or replica)
 //   ackpt convert IN.pt -o OUT.safetensors[.zst] [--level L] [--none skip|error] [--quiet]
 //   ackpt consolidate MANIFEST -o OUT.safetensors[.zst] [--level L] [--quiet]
 //                                           one file of a distributed checkpoint's global
@@ -24,8 +29,10 @@
 #include <cmath>
 #include <ctime>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ackpt/consolidate.h"
@@ -33,6 +40,7 @@
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
 #include "ackpt/retention.h"
+#include "checkpointer/manifest.h"
 #include "checkpointer/metadata_keys.h"
 #include "convert.h"
 #include "progress.h"
@@ -293,45 +301,78 @@ std::string UtcTime(double t) {
   return buf;
 }
 
+// The policy in force is the one recorded in the newest readable checkpoint
+// file (manifests record no policy). Returns whether one was found.
+bool PolicyInForce(const std::vector<ackpt::CheckpointEntry>& entries,
+                   ackpt::RetentionPolicy* policy) {
+  for (const auto& e : entries) {
+    if (!e.readable || e.world_size > 0) continue;
+    try {
+      return ackpt::ParseRetention(ackpt::CheckpointReader::Open(e.path)->info().metadata, policy);
+    } catch (const ackpt::Error&) {
+    }
+    return false;
+  }
+  return false;
+}
+
+// Checks every checksum of `files`; false at the first corrupt or unreadable one.
+bool VerifyFiles(const std::vector<std::string>& files) {
+  try {
+    for (const auto& f : files) ackpt::CheckpointReader::Open(f)->Verify();
+    return true;
+  } catch (const std::exception&) {  // ackpt::Error, or bad_alloc on a wild header
+    return false;
+  }
+}
+
+// The files of an entry of `dir`: itself, or a distributed checkpoint's parts.
+std::vector<std::string> EntryFiles(const std::string& dir, const ackpt::CheckpointEntry& e) {
+  if (e.world_size == 0) return {e.path};
+  std::vector<std::string> files;
+  for (const auto& p : e.parts) files.push_back(ackpt::JoinPath(dir, p));
+  return files;
+}
+
+nlohmann::ordered_json MetricsJson(const std::map<std::string, double>& metrics) {
+  nlohmann::ordered_json m = nlohmann::ordered_json::object();
+  for (const auto& kv : metrics) {
+    if (std::isfinite(kv.second)) {
+      m[kv.first] = kv.second;
+    } else {
+      m[kv.first] = nullptr;
+    }
+  }
+  return m;
+}
+
+std::string MetricsText(const std::map<std::string, double>& metrics) {
+  std::vector<std::string> m;
+  for (const auto& kv : metrics) m.push_back(fmt::format("{}={:.4g}", kv.first, kv.second));
+  return m.empty() ? std::string("-") : fmt::format("{}", fmt::join(m, " "));
+}
+
+std::string KeptByText(const std::vector<std::string>& v) {
+  return v.empty() ? std::string("(deleted at next save)") : fmt::format("{}", fmt::join(v, ","));
+}
+
+// One tier: save_dir alone, as before two tiers existed.
 int List(const std::string& dir, const std::string& prefix, const std::string& ext, bool as_json,
          bool verify) {
   std::vector<ackpt::CheckpointEntry> entries =
       ackpt::ListCheckpointEntries(ackpt::Env::Default(), dir, prefix, ext);
-  // The policy in force is the one recorded in the newest readable checkpoint.
   ackpt::RetentionPolicy policy;
-  bool have_policy = false;
-  for (const auto& e : entries) {
-    if (!e.readable || e.world_size > 0) continue;  // manifests record no policy
-    try {
-      have_policy =
-          ackpt::ParseRetention(ackpt::CheckpointReader::Open(e.path)->info().metadata, &policy);
-    } catch (const ackpt::Error&) {
-    }
-    break;
-  }
+  const bool have_policy = PolicyInForce(entries, &policy);
   ackpt::EvaluateRetention(&entries, policy);
   std::vector<std::string> status(entries.size(), "-");
   int bad = 0;
   if (verify) {
     for (size_t i = 0; i < entries.size(); ++i) {
-      try {
-        // A distributed checkpoint verifies part by part.
-        std::vector<std::string> files{entries[i].path};
-        if (entries[i].world_size > 0) {
-          files.clear();
-          for (const auto& p : entries[i].parts) files.push_back(ackpt::JoinPath(dir, p));
-        }
-        for (const auto& f : files) ackpt::CheckpointReader::Open(f)->Verify();
-        status[i] = "ok";
-      } catch (const ackpt::Error&) {
-        status[i] = "CORRUPT";
-        ++bad;
-      }
+      // A distributed checkpoint verifies part by part.
+      status[i] = VerifyFiles(EntryFiles(dir, entries[i])) ? "ok" : "CORRUPT";
+      if (status[i] != "ok") ++bad;
     }
   }
-  auto kept_by = [](const std::vector<std::string>& v) {
-    return v.empty() ? std::string("(deleted at next save)") : fmt::format("{}", fmt::join(v, ","));
-  };
   if (as_json) {
     nlohmann::ordered_json j;
     j["dir"] = dir;
@@ -349,15 +390,7 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
         c["world_size"] = e.world_size;
         c["parts"] = e.parts;
       }
-      nlohmann::ordered_json m = nlohmann::ordered_json::object();
-      for (const auto& kv : e.metrics) {
-        if (std::isfinite(kv.second)) {
-          m[kv.first] = kv.second;
-        } else {
-          m[kv.first] = nullptr;
-        }
-      }
-      c["metrics"] = m;
+      c["metrics"] = MetricsJson(e.metrics);
       if (!e.readable) c["error"] = e.error;
       if (verify) c["verified"] = status[i] == "ok";
       j["checkpoints"].push_back(c);
@@ -369,18 +402,406 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
              "RATIO", "VERIFY", "METRICS", "KEPT BY");
   for (size_t i = 0; i < entries.size(); ++i) {
     const auto& e = entries[i];
-    std::vector<std::string> metrics;
-    for (const auto& kv : e.metrics)
-      metrics.push_back(fmt::format("{}={:.4g}", kv.first, kv.second));
     fmt::print("{:<8} {:<21} {:>12} {:>7.3f} {:<8} {:<28} {}\n", e.index, UtcTime(e.save_time),
-               e.file_bytes, e.compression_ratio(), status[i],
-               metrics.empty() ? std::string("-") : fmt::format("{}", fmt::join(metrics, " ")),
-               kept_by(e.kept_by));
+               e.file_bytes, e.compression_ratio(), status[i], MetricsText(e.metrics),
+               KeptByText(e.kept_by));
     if (!e.readable) fmt::print("         unreadable: {}\n", e.error);
     if (e.world_size > 0)
       fmt::print("         distributed: {} ({} parts)\n", ackpt::BaseName(e.path), e.parts.size());
   }
   fmt::print("{} checkpoints in {}; retention: {}\n", entries.size(), dir,
+             have_policy ? ackpt::EncodeRetention(policy) : std::string("keep all"));
+  return bad ? kExitCorrupt : kExitOk;
+}
+
+// ---- ls with two tiers (--local-dir) ----
+//
+// The local tier is one directory per rank (single process: one); the i-th
+// local directory, after "{rank}" is expanded, is rank i's. A distributed
+// checkpoint is complete locally when some local directory holds its
+// manifest and every part it lists is in at least one local directory with
+// the manifest's file_bytes: rank r's own directory, or the replica that
+// rank (r + k) % N keeps under the same name. A single-file checkpoint is
+// complete locally when a local directory holds it and its header reads.
+// The persistent tier (save_dir) is complete as the one-tier listing says
+// (listed and readable); only it has retention marks.
+
+constexpr const char* kRankToken = "{rank}";
+constexpr int kMaxLocalRanks = 1 << 16;
+
+std::string ExpandRank(const std::string& pattern, int rank) {
+  std::string out = pattern;
+  const std::string r = std::to_string(rank);
+  for (size_t at = out.find(kRankToken); at != std::string::npos;
+       at = out.find(kRankToken, at + r.size()))
+    out.replace(at, std::string(kRankToken).size(), r);
+  return out;
+}
+
+int MaxWorldSize(const std::vector<ackpt::CheckpointEntry>& entries) {
+  int w = 0;
+  for (const auto& e : entries) w = std::max(w, e.world_size);
+  return w;
+}
+
+// The local directories, by rank. A pattern with "{rank}" stands for ranks
+// 0 .. n-1, n the largest of: the world size of any manifest in save_dir or
+// in the directories expanded so far, and one past the last rank whose
+// directory exists (so a deleted rank's directory still shows, as missing,
+// whenever some manifest names that many ranks). A pattern must be the only
+// --local-dir: otherwise ranks would be ambiguous.
+std::vector<std::string> LocalDirs(const std::vector<std::string>& specs, int persistent_world,
+                                   const std::string& prefix, const std::string& ext) {
+  const bool pattern = std::any_of(specs.begin(), specs.end(), [](const std::string& s) {
+    return s.find(kRankToken) != std::string::npos;
+  });
+  if (!pattern) return specs;
+  if (specs.size() != 1)
+    throw ackpt::Error::InvalidArgument(
+        "ls: a --local-dir with {rank} must be the only --local-dir (its expansions are the "
+        "ranks' directories, in rank order)");
+  std::vector<std::string> dirs;
+  int want = std::max(persistent_world, 1);
+  for (;;) {
+    while (static_cast<int>(dirs.size()) < want) {
+      dirs.push_back(ExpandRank(specs[0], static_cast<int>(dirs.size())));
+    }
+    while (IsDirectory(ExpandRank(specs[0], static_cast<int>(dirs.size())))) {
+      dirs.push_back(ExpandRank(specs[0], static_cast<int>(dirs.size())));
+    }
+    int world = 0;
+    for (const auto& d : dirs) {
+      world = std::max(
+          world, MaxWorldSize(ackpt::ListCheckpointEntries(ackpt::Env::Default(), d, prefix, ext)));
+    }
+    if (world <= static_cast<int>(dirs.size())) return dirs;
+    // A manifest's world size is bounded by its parts (ReadManifest), but a
+    // hostile one could still ask for millions of directories.
+    if (world > kMaxLocalRanks)
+      throw ackpt::Error::InvalidArgument(
+          fmt::format("ls: a manifest under '{}' names {} ranks; expanding {{rank}} stops at {}",
+                      specs[0], world, kMaxLocalRanks));
+    want = world;
+  }
+}
+
+enum class TierStatus { kAbsent, kComplete, kIncomplete };
+
+const char* TierStatusName(TierStatus s) {
+  switch (s) {
+    case TierStatus::kComplete:
+      return "complete";
+    case TierStatus::kIncomplete:
+      return "incomplete";
+    case TierStatus::kAbsent:
+      break;
+  }
+  return "absent";
+}
+
+// A part of a distributed checkpoint as the local tier holds it.
+struct LocalPart {
+  int rank = 0;
+  std::string file;
+  uint64_t file_bytes = 0;
+  std::vector<size_t> dirs;        // local directories holding it at the right size
+  std::vector<size_t> wrong_size;  // local directories holding a file of another size
+};
+
+struct TierView {
+  TierStatus status = TierStatus::kAbsent;
+  ackpt::CheckpointEntry entry;  // the copy shown (for local: the manifest or file chosen)
+  size_t dir = 0;                // local: the directory of `entry`
+  std::string error;             // incomplete: why
+  std::vector<LocalPart> parts;  // local, distributed
+  std::string verify = "-";      // "-", "ok", "CORRUPT"
+};
+
+struct Row {
+  int64_t index = 0;
+  bool distributed = false;
+  TierView persistent, local;
+  const ackpt::CheckpointEntry& shown() const {
+    return persistent.status != TierStatus::kAbsent ? persistent.entry : local.entry;
+  }
+};
+
+// Where each part of the manifest `e` is found among the local directories.
+std::vector<LocalPart> FindLocalParts(const ackpt::CheckpointEntry& e,
+                                      const std::vector<std::string>& dirs) {
+  ackpt::Env* env = ackpt::Env::Default();
+  const ackpt::Manifest m = ackpt::ReadManifest(env, e.path);
+  std::vector<LocalPart> parts;
+  for (size_t r = 0; r < m.parts.size(); ++r) {
+    LocalPart p;
+    p.rank = static_cast<int>(r);
+    p.file = m.parts[r].file;
+    p.file_bytes = m.parts[r].file_bytes;
+    for (size_t d = 0; d < dirs.size(); ++d) {
+      const std::string path = ackpt::JoinPath(dirs[d], p.file);
+      try {
+        if (!env->FileExists(path)) continue;
+        (env->GetFileSize(path) == p.file_bytes ? p.dirs : p.wrong_size).push_back(d);
+      } catch (const ackpt::Error&) {
+        // Removed meanwhile, or unreadable: not there.
+      }
+    }
+    // The rank's own copy first, then the replicas.
+    std::stable_partition(p.dirs.begin(), p.dirs.end(),
+                          [&](size_t d) { return static_cast<int>(d) == p.rank; });
+    parts.push_back(std::move(p));
+  }
+  return parts;
+}
+
+std::string MissingPartsText(const std::vector<LocalPart>& parts) {
+  std::vector<std::string> missing;
+  for (const auto& p : parts) {
+    if (p.dirs.empty())
+      missing.push_back(fmt::format("{} (rank {}{})", p.file, p.rank,
+                                    p.wrong_size.empty() ? "" : ", wrong size"));
+  }
+  return fmt::format("{}", fmt::join(missing, ", "));
+}
+
+// The local view of checkpoint `index`: among its copies (one per local
+// directory that lists it), the first complete one, else the first.
+TierView LocalView(const std::vector<std::pair<size_t, ackpt::CheckpointEntry>>& copies,
+                   const std::vector<std::string>& dirs) {
+  TierView first;
+  for (size_t c = 0; c < copies.size(); ++c) {
+    TierView v;
+    v.dir = copies[c].first;
+    v.entry = copies[c].second;
+    if (v.entry.world_size == 0) {
+      v.status = v.entry.readable ? TierStatus::kComplete : TierStatus::kIncomplete;
+      v.error = v.entry.error;
+    } else {
+      try {
+        v.parts = FindLocalParts(v.entry, dirs);
+        const bool all = std::all_of(v.parts.begin(), v.parts.end(),
+                                     [](const LocalPart& p) { return !p.dirs.empty(); });
+        v.status = all ? TierStatus::kComplete : TierStatus::kIncomplete;
+        if (!all) v.error = "missing " + MissingPartsText(v.parts);
+      } catch (const ackpt::Error& e) {
+        v.status = TierStatus::kIncomplete;
+        v.error = e.what();
+      }
+    }
+    if (v.status == TierStatus::kComplete) return v;
+    if (c == 0) first = std::move(v);
+  }
+  return first;
+}
+
+// "0:own+r1 1:r0 2:MISSING": per part, the local directories holding it
+// (own: the rank's own directory; rN: rank N's directory, a replica).
+std::string PartsText(const TierView& v) {
+  std::vector<std::string> out;
+  for (const auto& p : v.parts) {
+    std::vector<std::string> where;
+    for (size_t d : p.dirs)
+      where.push_back(static_cast<int>(d) == p.rank ? std::string("own") : fmt::format("r{}", d));
+    out.push_back(fmt::format(
+        "{}:{}", p.rank,
+        where.empty() ? std::string("MISSING") : fmt::format("{}", fmt::join(where, "+"))));
+  }
+  return fmt::format("{}", fmt::join(out, " "));
+}
+
+// Verifies the local copies: the file (an unreadable one is corrupt, as in
+// save_dir), or each part in every local directory holding it. A missing part
+// is not corrupt (the status says incomplete): "-" unless a present copy fails.
+std::string VerifyLocal(const TierView& v, const std::vector<std::string>& dirs) {
+  if (v.status == TierStatus::kAbsent) return "-";
+  std::vector<std::string> files;
+  if (v.entry.world_size == 0) {
+    files.push_back(v.entry.path);
+  } else {
+    for (const auto& p : v.parts)
+      for (size_t d : p.dirs) files.push_back(ackpt::JoinPath(dirs[d], p.file));
+  }
+  if (!VerifyFiles(files)) return "CORRUPT";
+  return v.status == TierStatus::kComplete ? "ok" : "-";
+}
+
+int ListTwoTiers(const std::string& dir, const std::vector<std::string>& local_specs,
+                 const std::string& prefix, const std::string& ext, bool as_json, bool verify) {
+  ackpt::Env* env = ackpt::Env::Default();
+  std::vector<ackpt::CheckpointEntry> persistent =
+      ackpt::ListCheckpointEntries(env, dir, prefix, ext);
+  ackpt::RetentionPolicy policy;
+  const bool have_policy = PolicyInForce(persistent, &policy);
+  ackpt::EvaluateRetention(&persistent, policy);
+  const std::vector<std::string> dirs =
+      LocalDirs(local_specs, MaxWorldSize(persistent), prefix, ext);
+
+  // One row per checkpoint: (index, distributed or not), the union of both tiers.
+  std::map<std::pair<int64_t, bool>, Row> rows;
+  auto row = [&](const ackpt::CheckpointEntry& e) -> Row& {
+    Row& r = rows[{e.index, e.world_size > 0}];
+    r.index = e.index;
+    r.distributed = e.world_size > 0;
+    return r;
+  };
+  for (const auto& e : persistent) {
+    Row& r = row(e);
+    if (r.persistent.status != TierStatus::kAbsent) continue;  // listed once per index
+    r.persistent.entry = e;
+    r.persistent.status = e.readable ? TierStatus::kComplete : TierStatus::kIncomplete;
+    r.persistent.error = e.error;
+  }
+  std::map<std::pair<int64_t, bool>, std::vector<std::pair<size_t, ackpt::CheckpointEntry>>>
+      local_copies;
+  std::vector<bool> dir_exists(dirs.size());
+  for (size_t d = 0; d < dirs.size(); ++d) {
+    dir_exists[d] = IsDirectory(dirs[d]);
+    for (auto& e : ackpt::ListCheckpointEntries(env, dirs[d], prefix, ext)) {
+      row(e);
+      local_copies[{e.index, e.world_size > 0}].emplace_back(d, std::move(e));
+    }
+  }
+  for (auto& [key, copies] : local_copies) rows[key].local = LocalView(copies, dirs);
+
+  std::vector<Row> ordered;
+  for (auto& kv : rows) ordered.push_back(std::move(kv.second));
+  // Newest first by save time: generations are per directory, so they do not
+  // order checkpoints across tiers; a promoted copy has its local twin's time.
+  std::stable_sort(ordered.begin(), ordered.end(), [](const Row& a, const Row& b) {
+    if (a.shown().save_time != b.shown().save_time)
+      return a.shown().save_time > b.shown().save_time;
+    return a.index > b.index;
+  });
+
+  int bad = 0;
+  if (verify) {
+    for (auto& r : ordered) {
+      if (r.persistent.status != TierStatus::kAbsent)
+        r.persistent.verify = VerifyFiles(EntryFiles(dir, r.persistent.entry)) ? "ok" : "CORRUPT";
+      r.local.verify = VerifyLocal(r.local, dirs);
+      if (r.persistent.verify == "CORRUPT" || r.local.verify == "CORRUPT") ++bad;
+    }
+  }
+  auto verify_text = [](const Row& r) {
+    if (r.persistent.verify == "CORRUPT" || r.local.verify == "CORRUPT")
+      return std::string("CORRUPT");
+    if (r.persistent.verify == "ok" || r.local.verify == "ok") return std::string("ok");
+    return std::string("-");
+  };
+  size_t complete_persistent = 0, complete_local = 0;
+  for (const auto& r : ordered) {
+    complete_persistent += r.persistent.status == TierStatus::kComplete;
+    complete_local += r.local.status == TierStatus::kComplete;
+  }
+
+  if (as_json) {
+    nlohmann::ordered_json j;
+    j["dir"] = dir;
+    j["local_dirs"] = nlohmann::ordered_json::array();
+    for (size_t d = 0; d < dirs.size(); ++d)
+      j["local_dirs"].push_back({{"rank", d}, {"dir", dirs[d]}, {"exists", bool(dir_exists[d])}});
+    j["retention"] = have_policy ? nlohmann::json::parse(ackpt::EncodeRetention(policy))
+                                 : nlohmann::json::object();
+    j["checkpoints"] = nlohmann::ordered_json::array();
+    for (const auto& r : ordered) {
+      const auto& e = r.shown();
+      nlohmann::ordered_json c{
+          {"index", r.index},           {"path", e.path},
+          {"time", e.save_time},        {"time_utc", UtcTime(e.save_time)},
+          {"file_bytes", e.file_bytes}, {"compression_ratio", e.compression_ratio()},
+          {"readable", e.readable}};
+      // Retention marks belong to save_dir: none for a checkpoint only local.
+      c["kept_by"] = r.persistent.status != TierStatus::kAbsent
+                         ? nlohmann::ordered_json(r.persistent.entry.kept_by)
+                         : nlohmann::ordered_json(nullptr);
+      if (e.world_size > 0) {
+        c["world_size"] = e.world_size;
+        c["parts"] = e.parts;
+      }
+      c["metrics"] = MetricsJson(e.metrics);
+      if (!e.readable) c["error"] = e.error;
+      // verified: true all checked copies are good, false one is corrupt,
+      // null nothing could be checked (incomplete: missing parts).
+      auto verified = [](const std::string& v) {
+        return v == "-" ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v == "ok");
+      };
+      if (verify) c["verified"] = verified(verify_text(r));
+
+      nlohmann::ordered_json p{{"status", TierStatusName(r.persistent.status)}};
+      if (r.persistent.status != TierStatus::kAbsent) {
+        p["path"] = r.persistent.entry.path;
+        p["kept_by"] = r.persistent.entry.kept_by;
+        if (!r.persistent.error.empty()) p["error"] = r.persistent.error;
+        if (verify) p["verified"] = verified(r.persistent.verify);
+      }
+      nlohmann::ordered_json l{{"status", TierStatusName(r.local.status)}};
+      if (r.local.status != TierStatus::kAbsent) {
+        l["path"] = r.local.entry.path;
+        l["dir"] = dirs[r.local.dir];
+        if (!r.local.error.empty()) l["error"] = r.local.error;
+        if (r.distributed) {
+          nlohmann::ordered_json parts = nlohmann::ordered_json::array();
+          nlohmann::ordered_json missing = nlohmann::ordered_json::array();
+          for (const auto& part : r.local.parts) {
+            nlohmann::ordered_json where = nlohmann::ordered_json::array();
+            for (size_t d : part.dirs) {
+              where.push_back({{"rank", d},
+                               {"dir", dirs[d]},
+                               {"role", static_cast<int>(d) == part.rank ? "own" : "replica"}});
+            }
+            parts.push_back({{"rank", part.rank},
+                             {"file", part.file},
+                             {"file_bytes", part.file_bytes},
+                             {"present", !part.dirs.empty()},
+                             {"locations", std::move(where)}});
+            if (part.dirs.empty()) missing.push_back(part.file);
+          }
+          l["parts"] = std::move(parts);
+          l["missing"] = std::move(missing);
+        }
+        if (verify) l["verified"] = verified(r.local.verify);
+      }
+      c["tiers"] = {{"persistent", std::move(p)}, {"local", std::move(l)}};
+      j["checkpoints"].push_back(c);
+    }
+    std::cout << j.dump(2) << "\n";
+    return bad ? kExitCorrupt : kExitOk;
+  }
+
+  auto status_text = [](TierStatus s) {
+    return s == TierStatus::kAbsent ? std::string("-") : std::string(TierStatusName(s));
+  };
+  fmt::print("{:<8} {:<21} {:>12} {:>7} {:<8} {:<10} {:<10} {:<28} {}\n", "INDEX", "SAVED (UTC)",
+             "BYTES", "RATIO", "VERIFY", "PERSISTENT", "LOCAL", "METRICS", "KEPT BY");
+  for (const auto& r : ordered) {
+    const auto& e = r.shown();
+    fmt::print("{:<8} {:<21} {:>12} {:>7.3f} {:<8} {:<10} {:<10} {:<28} {}\n", r.index,
+               UtcTime(e.save_time), e.file_bytes, e.compression_ratio(), verify_text(r),
+               status_text(r.persistent.status), status_text(r.local.status),
+               MetricsText(e.metrics),
+               r.persistent.status != TierStatus::kAbsent ? KeptByText(r.persistent.entry.kept_by)
+                                                          : std::string("- (local only)"));
+    if (r.persistent.status == TierStatus::kIncomplete)
+      fmt::print("         persistent unreadable: {}\n", r.persistent.error);
+    if (r.distributed)
+      fmt::print("         distributed: {} ({} parts)\n", ackpt::BaseName(e.path), e.parts.size());
+    if (r.local.status != TierStatus::kAbsent && r.distributed && !r.local.parts.empty())
+      fmt::print("         local parts: {}\n", PartsText(r.local));
+    if (r.local.status == TierStatus::kIncomplete)
+      fmt::print("         local {}: {}\n", r.distributed ? "incomplete" : "unreadable",
+                 r.local.error);
+    if (verify && (r.persistent.verify == "CORRUPT" || r.local.verify == "CORRUPT")) {
+      fmt::print("         corrupt in: {}{}\n",
+                 r.persistent.verify == "CORRUPT" ? "persistent " : "",
+                 r.local.verify == "CORRUPT" ? "local" : "");
+    }
+  }
+  std::vector<std::string> dir_text;
+  for (size_t d = 0; d < dirs.size(); ++d)
+    dir_text.push_back(fmt::format("r{}={}{}", d, dirs[d], dir_exists[d] ? "" : " (missing)"));
+  fmt::print("{} checkpoints: {} complete in {} (persistent), {} complete in the local tier ({})\n",
+             ordered.size(), complete_persistent, dir, complete_local, fmt::join(dir_text, ", "));
+  fmt::print("retention (persistent): {}\n",
              have_policy ? ackpt::EncodeRetention(policy) : std::string("keep all"));
   return bad ? kExitCorrupt : kExitOk;
 }
@@ -478,7 +899,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   std::string file, out, dir, prefix = "model", ext = "safetensors", none = "skip";
-  std::vector<std::string> paths;
+  std::vector<std::string> paths, local_dirs;
   bool as_json = false, verify = false, quiet = false;
   int level = 1;
 
@@ -509,6 +930,11 @@ int main(int argc, char** argv) {
   ls->add_flag("--verify", verify, "also check every checksum");
   ls->add_option("--prefix", prefix, "file name prefix")->capture_default_str();
   ls->add_option("--ext", ext, "file extension, without the dot")->capture_default_str();
+  ls->add_option("--local-dir", local_dirs,
+                 "a rank's local-tier directory (two tiers; repeat in rank order, or once with "
+                 "{rank}, expanded to rank 0 .. the world size of the manifests or the last "
+                 "existing directory); adds the PERSISTENT and LOCAL columns")
+      ->allow_extra_args(false);  // one directory per --local-dir: DIR is never swallowed
 
   CLI::App* convert = app.add_subcommand(
       "convert",
@@ -567,7 +993,10 @@ int main(int argc, char** argv) {
     if (*inspect) return Inspect(file, as_json);
     if (*verify_cmd) return Verify(paths, quiet);
     if (*export_cmd) return Export(file, out, quiet);
-    if (*ls) return List(dir, prefix, ext, as_json, verify);
+    if (*ls) {
+      return local_dirs.empty() ? List(dir, prefix, ext, as_json, verify)
+                                : ListTwoTiers(dir, local_dirs, prefix, ext, as_json, verify);
+    }
     if (*consolidate) return Consolidate(file, out, level, quiet);
     if (*convert) {
       ackpt_cli::ConvertOptions options;

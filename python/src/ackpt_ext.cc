@@ -446,6 +446,7 @@ const std::vector<std::pair<const char*, const char*>> kNotExposed = {
     {"logger", "a C++ spdlog logger; use log_level"},
     {"env", "the C++ file-system seam"},
     {"retention", "flattened: its fields are keyword arguments of their own"},
+    {"local_tier", "two tiers (docs/TIERS.md) are C++ only for now"},
 };
 
 const FieldDoc* DocOf(const std::string& name) {

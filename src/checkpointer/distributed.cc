@@ -251,50 +251,62 @@ class DistributedCheckpointer::Impl {
     const double timeout = args.commit_timeout_seconds;
     return [=](const WriteResult& w, const engine::Metadata&) {
       if (due) {
-        const Manifest::Part part = part_of(w);
-        PromotionJob job;
-        job.index = index;
-        job.seq = seq;
-        job.force = force;
-        // The other ranks follow rank 0's decision, never their own queue.
-        job.follow = r != 0;
-        job.source = l->env->NewRandomAccessFile(w.path);
-        job.dest_path = JoinPath(save_dir, part.file);
-        if (r != 0) {
-          job.go = [l, seq, index, timeout] {
-            const std::string key = l->GoKey(seq);
-            try {
-              l->store->wait({key}, std::chrono::milliseconds(
-                                        static_cast<int64_t>(2 * timeout * 1000) + 10000));
-            } catch (const c10::Error&) {
-              throw Error::TimedOut("promotion of checkpoint " + std::to_string(index) +
-                                    ": no decision from rank 0 (is it alive?)");
+        bool queued = false;
+        try {
+          const Manifest::Part part = part_of(w);
+          PromotionJob job;
+          job.index = index;
+          job.seq = seq;
+          job.force = force;
+          // The other ranks follow rank 0's decision, never their own queue.
+          job.follow = r != 0;
+          job.source = l->env->NewRandomAccessFile(w.path);
+          job.dest_path = JoinPath(save_dir, part.file);
+          if (r != 0) {
+            job.go = [l, seq, index, timeout] {
+              const std::string key = l->GoKey(seq);
+              try {
+                l->store->wait({key}, std::chrono::milliseconds(
+                                          static_cast<int64_t>(2 * timeout * 1000) + 10000));
+              } catch (const c10::Error&) {
+                throw Error::TimedOut("promotion of checkpoint " + std::to_string(index) +
+                                      ": no decision from rank 0 (is it alive?)");
+              }
+              const auto v = l->store->get(key);
+              // The last follower to read the decision removes it.
+              if (l->store->add(key + "/read", 1) == l->world - 1) {
+                l->store->deleteKey(key);
+                l->store->deleteKey(key + "/read");
+              }
+              return !v.empty() && v[0] == '1';
+            };
+          }
+          job.commit = [promote, seq, index, part, metrics, persistent,
+                        persistent_policy](uint64_t) {
+            promote->Publish(seq, index, part, metrics);
+            if (persistent && persistent->writer()) {
+              persistent->ApplyRetention(persistent_policy, FileKind::kPart);
+              persistent->RemoveOrphanParts([index](int64_t i) { return i <= index; });
             }
-            const auto v = l->store->get(key);
-            return !v.empty() && v[0] == '1';
           };
-        }
-        job.commit = [promote, seq, index, part, metrics, persistent, persistent_policy](uint64_t) {
-          promote->Publish(seq, index, part, metrics);
-          if (persistent && persistent->writer()) {
-            persistent->ApplyRetention(persistent_policy, FileKind::kPart);
-            persistent->RemoveOrphanParts([index](int64_t i) { return i <= index; });
-          }
-        };
-        job.failed = [promote, seq](const std::string& why) {
-          try {
-            promote->Abort(seq, why);
-          } catch (...) {
-          }
-        };
-        const bool queued = promoter->Offer(std::move(job));
-        if (r == 0) {
-          const std::string go = queued ? "1" : "0";
-          l->store->set(l->GoKey(seq), std::vector<uint8_t>(go.begin(), go.end()));
-          if (!queued) {
+          job.failed = [promote, seq](const std::string& why) {
+            try {
+              promote->Abort(seq, why);
+            } catch (...) {
+            }
+          };
+          queued = promoter->Offer(std::move(job));
+          if (r == 0 && !queued) {
             promoter->Skipped(index,
                               "promotions are behind (local_tier.max_pending_promotions waiting)");
           }
+        } catch (const std::exception& e) {
+          promoter->Skipped(index, e.what());
+        }
+        // Rank 0 always announces its decision: the other ranks wait for it.
+        if (r == 0 && l->world > 1) {
+          const std::string go = queued ? "1" : "0";
+          l->store->set(l->GoKey(seq), std::vector<uint8_t>(go.begin(), go.end()));
         }
       }
       local->ApplyRetention(local_policy, FileKind::kPart);
@@ -650,6 +662,11 @@ class DistributedCheckpointer::Impl {
         core.log().warn("local tier: rank {} reported an unreadable list: {}", r, e.what());
       }
     }
+    // New local checkpoints rank above every manifest any rank still holds,
+    // also when rank 0's own local tier was wiped (its catalog starts empty).
+    uint64_t newest = 0;
+    for (const auto& kv : seen) newest = std::max(newest, kv.second.generation);
+    core.local()->RaiseGeneration(newest);
     std::vector<std::pair<uint64_t, Candidate>> found;
     for (const auto& [index, x] : seen) {
       if (x.manifest_holder < 0 || x.world_size <= 0) continue;
