@@ -35,23 +35,53 @@
 namespace bench {
 
 // Counts the bytes read through every file it opens (RandomAccessFile::Read:
-// headers and seek tables included): what a load cost in I/O.
+// headers and seek tables included): what a load cost in I/O. Optionally,
+// per directory registered with Track() before use, the bytes read from and
+// written to (WritableFile::Append: temp files included) files under it: what
+// a save or a promotion cost each tier.
 class CountingEnv : public ackpt::EnvWrapper {
  public:
   CountingEnv() : EnvWrapper(ackpt::Env::Default()) {}
   std::unique_ptr<ackpt::RandomAccessFile> NewRandomAccessFile(const std::string& path) override {
-    return std::make_unique<File>(target()->NewRandomAccessFile(path), &bytes_);
+    return std::make_unique<File>(target()->NewRandomAccessFile(path), &bytes_, Find(path, true));
+  }
+  std::unique_ptr<ackpt::WritableFile> NewWritableFile(const std::string& path) override {
+    return std::make_unique<Writable>(target()->NewWritableFile(path), &written_,
+                                      Find(path, false));
   }
   uint64_t bytes() const { return bytes_.load(); }
-  void Reset() { bytes_ = 0; }
+  uint64_t bytes_written() const { return written_.load(); }
+  // Files whose path starts with dir + "/" count under dir. Call before the
+  // Env is used (the set of directories is not locked).
+  void Track(const std::string& dir) { tracked_[dir]; }
+  uint64_t bytes_read(const std::string& dir) const { return tracked_.at(dir).read.load(); }
+  uint64_t bytes_written(const std::string& dir) const { return tracked_.at(dir).written.load(); }
+  void Reset() {
+    bytes_ = 0;
+    written_ = 0;
+    for (auto& kv : tracked_) kv.second.read = kv.second.written = 0;
+  }
 
  private:
+  struct Counts {
+    std::atomic<uint64_t> read{0}, written{0};
+  };
+  // The counter of the tracked directory holding path, or null.
+  std::atomic<uint64_t>* Find(const std::string& path, bool read) {
+    for (auto& kv : tracked_) {
+      if (path.compare(0, kv.first.size() + 1, kv.first + "/") == 0)
+        return read ? &kv.second.read : &kv.second.written;
+    }
+    return nullptr;
+  }
   class File : public ackpt::RandomAccessFile {
    public:
-    File(std::unique_ptr<ackpt::RandomAccessFile> f, std::atomic<uint64_t>* bytes)
-        : f_(std::move(f)), bytes_(bytes) {}
+    File(std::unique_ptr<ackpt::RandomAccessFile> f, std::atomic<uint64_t>* bytes,
+         std::atomic<uint64_t>* dir)
+        : f_(std::move(f)), bytes_(bytes), dir_(dir) {}
     void Read(uint64_t offset, size_t n, void* dst) const override {
       *bytes_ += n;
+      if (dir_) *dir_ += n;
       f_->Read(offset, n, dst);
     }
     uint64_t Size() const override { return f_->Size(); }
@@ -60,8 +90,30 @@ class CountingEnv : public ackpt::EnvWrapper {
    private:
     std::unique_ptr<ackpt::RandomAccessFile> f_;
     std::atomic<uint64_t>* bytes_;
+    std::atomic<uint64_t>* dir_;
   };
-  std::atomic<uint64_t> bytes_{0};
+  class Writable : public ackpt::WritableFile {
+   public:
+    Writable(std::unique_ptr<ackpt::WritableFile> f, std::atomic<uint64_t>* bytes,
+             std::atomic<uint64_t>* dir)
+        : f_(std::move(f)), bytes_(bytes), dir_(dir) {}
+    void Append(const void* data, size_t n) override {
+      f_->Append(data, n);
+      *bytes_ += n;
+      if (dir_) *dir_ += n;
+    }
+    void Sync() override { f_->Sync(); }
+    void StartWriteback(uint64_t offset, uint64_t n) override { f_->StartWriteback(offset, n); }
+    void Close() override { f_->Close(); }
+    const std::string& path() const override { return f_->path(); }
+
+   private:
+    std::unique_ptr<ackpt::WritableFile> f_;
+    std::atomic<uint64_t>* bytes_;
+    std::atomic<uint64_t>* dir_;
+  };
+  std::atomic<uint64_t> bytes_{0}, written_{0};
+  std::map<std::string, Counts> tracked_;
 };
 
 using Clock = std::chrono::steady_clock;
