@@ -721,6 +721,9 @@ int Run(const Options& o) {
     ca.local_tier.dir = o.world > 1 ? ackpt::JoinPath(o.local_dir, "rank{rank}") : o.local_dir;
     ca.local_tier.persist_period = o.persist_every * o.checkpoint_every;
     ca.local_tier.retention.keep_last = o.local_keep;
+    // The demo's checkpoints are small and frequent: let a few promotions
+    // queue behind a busy disk rather than skip them (default: 1).
+    ca.local_tier.max_pending_promotions = 4;
     ca.local_tier.promote_bytes_per_second =
         static_cast<uint64_t>(o.promote_mib_per_s * 1024.0 * 1024.0);
   }

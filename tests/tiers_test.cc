@@ -124,6 +124,9 @@ struct Tiers {
     a.compression = Compression::kNone;
     a.local_tier.dir = local;
     a.local_tier.persist_period = persist_period;
+    // A loaded machine may leave the nice-19 promotion thread without a
+    // core for a while: let due promotions queue (skipping has its own test).
+    a.local_tier.max_pending_promotions = 16;
     return a;
   }
   std::string LocalFile(int64_t i, bool zst = false) const {

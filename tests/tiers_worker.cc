@@ -78,6 +78,9 @@ int main(int argc, char** argv) {
   args.checkpointer.local_tier.dir = a.at("local") + "/rank{rank}";
   args.checkpointer.local_tier.persist_period = Int(a, "persist-every", 3);
   args.checkpointer.local_tier.retention.keep_last = 2;
+  // Promotions queue rather than skip on a loaded machine: the tests check
+  // which checkpoints reach save_dir.
+  args.checkpointer.local_tier.max_pending_promotions = 16;
   args.process_group = pg;
   args.store = store;
   args.replicated = {"module_interface_state"};

@@ -418,6 +418,11 @@ class DistributedCheckpointer::Impl {
     // The replicated tensors, each from the part that holds it, only its frames.
     std::map<std::string, at::Tensor> by_name;  // replicated flattened name -> tensor
     for (size_t r = 0; r < m.parts.size() && !names.empty(); ++r) {
+      // Restoring from the local tier, a rank holds only the parts it reads
+      // from (FetchLocal); one it lacks holds no replicated tensor, else the
+      // check below finds that tensor in no part.
+      if (info->tier == Tier::kLocal && !core.env()->FileExists(JoinPath(dir, m.parts[r].file)))
+        continue;
       CheckpointReader& reader = reader_of(r);
       std::map<std::string, at::Tensor> dests;  // part-file name -> target
       std::vector<std::string> replicated;      // part-file names of replicated tensors
@@ -587,9 +592,11 @@ class DistributedCheckpointer::Impl {
     std::string path;  // persistent: its manifest
     int64_t manifest_holder = -1;
     std::vector<int64_t> holders;
+    std::vector<int64_t> shared;  // 1: other ranks read from this part
     std::vector<int64_t> Encode() const {
       std::vector<int64_t> v{static_cast<int64_t>(tier), index, manifest_holder};
       v.insert(v.end(), holders.begin(), holders.end());
+      v.insert(v.end(), shared.begin(), shared.end());
       return v;
     }
   };
@@ -601,7 +608,9 @@ class DistributedCheckpointer::Impl {
   // What this rank's local tier holds, for rank 0: every manifest (index,
   // generation, world size) and every part file of the right size.
   void PublishHoldings(uint64_t load_no) {
-    nlohmann::json h = {{"m", nlohmann::json::array()}, {"p", nlohmann::json::array()}};
+    nlohmann::json h = {{"m", nlohmann::json::array()},
+                        {"p", nlohmann::json::array()},
+                        {"s", nlohmann::json::array()}};
     Env* env = core.env();
     for (const auto& e : core.local()->Manifests()) {
       try {
@@ -609,8 +618,22 @@ class DistributedCheckpointer::Impl {
         h["m"].push_back({m.index, m.generation, m.world_size});
         for (size_t p = 0; p < m.parts.size(); ++p) {
           const std::string f = JoinPath(core.local()->dir(), m.parts[p].file);
-          if (env->FileExists(f) && env->GetFileSize(f) == m.parts[p].file_bytes)
-            h["p"].push_back({m.index, p});
+          if (!env->FileExists(f) || env->GetFileSize(f) != m.parts[p].file_bytes) continue;
+          // Whether other ranks read from this part (replicated tensors or
+          // boxes), or only its own rank (rank-local state): only its header.
+          bool shared = !m.parts[p].shards.empty();
+          try {
+            ReadOptions ro;
+            ro.threads = 1;
+            const std::unique_ptr<CheckpointReader> reader = CheckpointReader::Open(f, ro, env);
+            for (const auto& t : reader->info().tensors)
+              shared = shared || ReplicatedTensorIndex(t.name) >= 0;
+          } catch (const Error& err) {
+            core.log().warn("local tier: not offering {}: {}", f, err.message());
+            continue;  // a damaged part is not a copy to restore from
+          }
+          h["p"].push_back({m.index, p});
+          if (shared) h["s"].push_back({m.index, p});
         }
       } catch (const Error& err) {
         core.log().warn("local tier: skipping {}: {}", e.path, err.message());
@@ -642,6 +665,7 @@ class DistributedCheckpointer::Impl {
       int world_size = 0;
       int64_t manifest_holder = -1;
       std::map<int64_t, std::vector<int64_t>> part_holders;  // saved rank -> ranks holding it
+      std::set<int64_t> shared;  // saved ranks whose parts other ranks read from
     };
     std::map<int64_t, Seen> seen;
     for (int r = 0; r < world; ++r) {
@@ -658,6 +682,8 @@ class DistributedCheckpointer::Impl {
         for (const auto& p : h.at("p")) {
           seen[p.at(0).get<int64_t>()].part_holders[p.at(1).get<int64_t>()].push_back(r);
         }
+        for (const auto& p : h.at("s"))
+          seen[p.at(0).get<int64_t>()].shared.insert(p.at(1).get<int64_t>());
       } catch (const std::exception& e) {
         core.log().warn("local tier: rank {} reported an unreadable list: {}", r, e.what());
       }
@@ -681,6 +707,7 @@ class DistributedCheckpointer::Impl {
         const auto& hs = it->second;
         c.holders.push_back(std::find(hs.begin(), hs.end(), p) != hs.end() ? p : hs.front());
       }
+      for (int64_t p = 0; p < x.world_size; ++p) c.shared.push_back(x.shared.count(p) ? 1 : 0);
       if (static_cast<int>(c.holders.size()) != x.world_size) {
         core.log().info("local tier: checkpoint {} is incomplete (part {} is on no rank)", index,
                         c.holders.size());
@@ -722,8 +749,9 @@ class DistributedCheckpointer::Impl {
   }
 
   // Collective, for a local candidate: the manifest to every rank that lacks
-  // it, and every part to every rank that lacks it, from the rank rank 0
-  // named (its own rank, or the peer holding its replica). A rank's own
+  // it, and each part to every rank that lacks it and reads from it (its own
+  // rank; every rank for a part holding replicated tensors or boxes), from
+  // the rank rank 0 named (its own rank, or the peer holding its replica). A rank's own
   // part comes back into its local tier for good, as does the replica it
   // keeps; the other parts it received are listed in `fetched` (removed
   // after the load).
@@ -738,7 +766,7 @@ class DistributedCheckpointer::Impl {
         ShareFile(o, static_cast<int>(proposal[2]), mpath, !have_manifest, mpath, NextLoadTag());
     const Manifest m = ReadManifest(env, mpath);
     if (!have_manifest) core.local()->RecordManifest(m, mpath);
-    const size_t n = proposal.size() - 3;
+    const size_t n = (proposal.size() - 3) / 2;
     if (m.parts.size() != n) {
       throw Error::Corruption("'" + mpath + "' lists " + std::to_string(m.parts.size()) +
                               " parts; rank 0 found " + std::to_string(n));
@@ -749,8 +777,14 @@ class DistributedCheckpointer::Impl {
       info->part_holders.push_back(holder);
       const std::string f = JoinPath(ldir, m.parts[p].file);
       const bool have = env->FileExists(f) && env->GetFileSize(f) == m.parts[p].file_bytes;
-      const uint64_t got = ShareFile(o, holder, f, !have, f, NextLoadTag());
-      if (have) continue;
+      // This rank reads its own part (or, resized, rank r mod N's), the
+      // parts others read from, and keeps the replica it is the holder of.
+      const int own = rank % m.world_size;
+      // Part 0 also holds the replicated tensors' names and tree.
+      const bool wanted = p == 0 || static_cast<int>(p) == own ||
+                          static_cast<int>(p) == link->recv_from || proposal[3 + n + p] != 0;
+      const uint64_t got = ShareFile(o, holder, f, !have && wanted, f, NextLoadTag());
+      if (have || !wanted) continue;
       info->bytes_transferred += got;
       if (static_cast<int>(p) == rank) {
         info->restored_from_replica = true;
