@@ -133,6 +133,30 @@ TEST_F(TiersDistTest, ALostNodeResumesFromThePeerReplicaAndTwoLostNodesFromThePe
   }
 }
 
+TEST_F(TiersDistTest, ALostNodeWithOnlyRankLocalStateMovesOnlyItsOwnParts) {
+  const Launch crash =
+      Run({"--steps", "10", "--kill-rank", "2", "--kill-at", "7", "--rank-local-only"}, "crash");
+  EXPECT_EQ(crash.status[2], 128 + SIGKILL);
+  Remove(local(2));
+  const Launch one = Run({"--steps", "8", "--resume", "--rank-local-only"}, "one-lost");
+  ExpectAllOk(one);
+  for (int r = 0; r < kWorld; ++r) {
+    EXPECT_TRUE(Contains(one.out[r], "resumed 7 tier local")) << "rank " << r << ":\n"
+                                                              << one.out[r];
+    EXPECT_TRUE(Contains(one.out[r], "verified")) << one.out[r];
+  }
+  // Each surviving rank reads only its own part, which it holds: nothing
+  // moves to it. Rank 2 gets its part back, and the replica it keeps.
+  for (int r : {0, 1, 3}) {
+    EXPECT_TRUE(Contains(one.out[r], "restored 0 transferred 0 verified")) << "rank " << r << ":\n"
+                                                                           << one.out[r];
+  }
+  EXPECT_TRUE(Contains(one.out[2], "restored 1 transferred ")) << one.out[2];
+  EXPECT_FALSE(Contains(one.out[2], "transferred 0 ")) << one.out[2];
+  EXPECT_TRUE(Parts(local(2)).count({7, 2}));
+  EXPECT_TRUE(Parts(local(2)).count({7, 1}));
+}
+
 TEST_F(TiersDistTest, SharedFileSystemGoneKeepsLocalSavesWorkingAndReportsTheError) {
   const Launch l = Run({"--steps", "8", "--remove-persistent-at", "2"}, "nofs");
   ExpectAllOk(l);

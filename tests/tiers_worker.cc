@@ -4,7 +4,7 @@
 //
 //   tiers_worker --rank R --world W --store FILE --dir SAVE_DIR --local ROOT
 //                [--steps N] [--persist-every K] [--force-last] [--resume]
-//                [--kill-rank R --kill-at I] [--remove-persistent-at I]
+//                [--kill-rank R --kill-at I] [--remove-persistent-at I] [--rank-local-only]
 //
 // The state at step s is a function of s and the rank, so a resumed rank
 // checks what it loaded: replicated weights W(s) (written once across ranks)
@@ -33,7 +33,7 @@ std::map<std::string, std::string> ParseArgs(int argc, char** argv) {
     std::string k = argv[i];
     if (k.rfind("--", 0) != 0) continue;
     k = k.substr(2);
-    if (k == "resume" || k == "force-last") {
+    if (k == "resume" || k == "force-last" || k == "rank-local-only") {
       a[k] = "1";
     } else if (i + 1 < argc) {
       a[k] = argv[++i];
@@ -83,7 +83,9 @@ int main(int argc, char** argv) {
   args.checkpointer.local_tier.max_pending_promotions = 16;
   args.process_group = pg;
   args.store = store;
+  // --rank-local-only: nothing is replicated; every part is its rank's own.
   args.replicated = {"module_interface_state"};
+  if (a.count("rank-local-only")) args.replicated.clear();
   args.commit_timeout_seconds = 20;
   args.transfer_hostname = "127.0.0.1";
   args.transfer_chunk_bytes = 64 << 10;

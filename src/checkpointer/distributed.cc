@@ -369,7 +369,9 @@ class DistributedCheckpointer::Impl {
     // Part 0 names the replicated tensors and holds their tree.
     std::vector<std::string> names;
     std::string tree;
-    {
+    // Restoring from the local tier, a rank lacks part 0 only when it holds
+    // no replicated subtree (FetchLocal).
+    if (info->tier != Tier::kLocal || core.env()->FileExists(JoinPath(dir, m.parts[0].file))) {
       const StateDict scalars = PartScalars(reader_of(0));
       if (const Value* n = scalars.find(kPartReplicatedNames))
         for (const auto& v : n->list()) names.push_back(v.str());
@@ -628,6 +630,12 @@ class DistributedCheckpointer::Impl {
             const std::unique_ptr<CheckpointReader> reader = CheckpointReader::Open(f, ro, env);
             for (const auto& t : reader->info().tensors)
               shared = shared || ReplicatedTensorIndex(t.name) >= 0;
+            // Part 0 also holds the replicated subtrees (names, scalars).
+            if (p == 0 && !shared) {
+              const StateDict scalars = PartScalars(*reader);
+              const Value* t = scalars.find(kPartReplicatedTree);
+              shared = t != nullptr && !t->str().empty();
+            }
           } catch (const Error& err) {
             core.log().warn("local tier: not offering {}: {}", f, err.message());
             continue;  // a damaged part is not a copy to restore from
@@ -780,9 +788,8 @@ class DistributedCheckpointer::Impl {
       // This rank reads its own part (or, resized, rank r mod N's), the
       // parts others read from, and keeps the replica it is the holder of.
       const int own = rank % m.world_size;
-      // Part 0 also holds the replicated tensors' names and tree.
-      const bool wanted = p == 0 || static_cast<int>(p) == own ||
-                          static_cast<int>(p) == link->recv_from || proposal[3 + n + p] != 0;
+      const bool wanted = static_cast<int>(p) == own || static_cast<int>(p) == link->recv_from ||
+                          proposal[3 + n + p] != 0;
       const uint64_t got = ShareFile(o, holder, f, !have && wanted, f, NextLoadTag());
       if (have || !wanted) continue;
       info->bytes_transferred += got;
