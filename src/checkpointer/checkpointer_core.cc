@@ -213,21 +213,26 @@ engine::SaveHooks CheckpointerCore::CheckpointFileHooks(
   hooks.after_commit = [=](const WriteResult& w, const engine::Metadata& m) {
     dir->RecordCommit(FileKind::kCheckpoint, index, w.path, w.file_bytes, w.logical_bytes,
                       w.compressed, m);
-    PromotionJob job;
-    job.index = index;
-    job.seq = seq;
-    job.force = force;
-    // Opened before local retention runs: the copy reads this very file.
-    job.source = env->NewRandomAccessFile(w.path);
-    job.dest_path = persistent->PathFor(FileKind::kCheckpoint, index, w.compressed);
-    const std::string dest = job.dest_path;
-    job.commit = [persistent, persistent_policy, index, dest, w, m](uint64_t) {
-      persistent->RecordCommit(FileKind::kCheckpoint, index, dest, w.file_bytes, w.logical_bytes,
-                               w.compressed, m);
-      persistent->ApplyRetention(persistent_policy);
-    };
-    if (!promoter->Offer(std::move(job))) {
-      promoter->Skipped(index, "promotions are behind (local_tier.max_pending_promotions waiting)");
+    try {
+      PromotionJob job;
+      job.index = index;
+      job.seq = seq;
+      job.force = force;
+      // Opened before local retention runs: the copy reads this very file.
+      job.source = env->NewRandomAccessFile(w.path);
+      job.dest_path = persistent->PathFor(FileKind::kCheckpoint, index, w.compressed);
+      const std::string dest = job.dest_path;
+      job.commit = [persistent, persistent_policy, index, dest, w, m](uint64_t) {
+        persistent->RecordCommit(FileKind::kCheckpoint, index, dest, w.file_bytes, w.logical_bytes,
+                                 w.compressed, m);
+        persistent->ApplyRetention(persistent_policy);
+      };
+      if (!promoter->Offer(std::move(job))) {
+        promoter->Skipped(index,
+                          "promotions are behind (local_tier.max_pending_promotions waiting)");
+      }
+    } catch (const std::exception& e) {
+      promoter->Skipped(index, e.what());  // counted; local retention still runs
     }
     dir->ApplyRetention(policy);
   };
