@@ -135,7 +135,8 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   // Every rank calls it with the same index. Raises a pending background
   // error first, naming the index and, for a commit that timed out, the
   // ranks whose parts were missing. force = true returns once the manifest
-  // is durable (on every rank).
+  // is durable (on every rank; two tiers: in both tiers, or once the
+  // promotion has failed).
   void save(const Checkpoint& checkpoint, int64_t index, bool force = false) override;
   // Rank 0 writes "{prefix}_model_{index}" from its (replicated) model state;
   // the other ranks do nothing.
@@ -160,8 +161,10 @@ class ACKPT_EXPORT DistributedCheckpointer : public AbstractCheckpointer {
   // target not listed there, at the name of a sharded global tensor, gets
   // the whole tensor. Collective like load().
   Checkpoint load(const LoadTargets& targets) override;
-  // Returns once every save so far is committed (manifest durable); raises a
-  // pending background error.
+  // Returns once every save so far is committed (manifest durable; two
+  // tiers: and every promotion queued so far on this rank is done or has
+  // failed); raises a pending background error (a failed promotion is not
+  // one: counters, promotion_error()).
   void wait() override;
   // The snapshot fence (overlap_snapshot): returns once this rank's copy of
   // every save so far is complete. Not collective.
