@@ -802,7 +802,10 @@ class DistributedCheckpointer::Impl {
       }
     }
   }
-  int NextLoadTag() { return kLoadTagBase + static_cast<int>(load_tags++ % kLoadTagBase); }
+  // Tags of one restore attempt: every rank counts the same attempts (rank
+  // 0's proposals), so a rank that failed half-way through one attempt
+  // still uses the same tags as the others in the next.
+  int NextLoadTag() { return next_load_tag++; }
 
   std::vector<int64_t> BroadcastVector(std::vector<int64_t> v) {
     const int64_t n = Broadcast(static_cast<int64_t>(v.size()));
@@ -819,9 +822,10 @@ class DistributedCheckpointer::Impl {
   std::shared_ptr<StoreCommit> commit;
   std::shared_ptr<StoreCommit> promote_commit;  // two tiers
   std::shared_ptr<TierLink> link;               // two tiers
-  uint64_t seq = 0;        // saves accepted by this instance: the same on every rank
-  uint64_t loads = 0;      // load() calls: the same on every rank
-  uint64_t load_tags = 0;  // transfers of load(): the same on every rank
+  uint64_t seq = 0;            // saves accepted by this instance: the same on every rank
+  uint64_t loads = 0;          // load() calls: the same on every rank
+  uint64_t load_attempts = 0;  // local-tier restore attempts: the same on every rank
+  int next_load_tag = 0;
   std::string last_loaded_manifest;
   DistributedLoadInfo last_load;
 };
@@ -977,7 +981,13 @@ Checkpoint DistributedCheckpointer::load(const LoadTargets& targets) {
           std::vector<std::string> fetched;
           info = DistributedLoadInfo();
           try {
-            if (tier == Tier::kLocal) im.FetchLocal(index, proposal, &info, &fetched);
+            if (tier == Tier::kLocal) {
+              // Disjoint tag ranges per attempt: one tag for the manifest, one per part.
+              im.next_load_tag =
+                  kLoadTagBase + static_cast<int>((im.load_attempts++ % 256) *
+                                                  static_cast<uint64_t>(proposal.size()));
+              im.FetchLocal(index, proposal, &info, &fetched);
+            }
             const DistributedLoadInfo transfer = info;
             result = im.LoadIndex(index, dir, targets, &damage, &info);
             info.part_holders = transfer.part_holders;
