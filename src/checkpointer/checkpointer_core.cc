@@ -265,20 +265,7 @@ std::vector<CheckpointEntry> CheckpointerCore::LoadCandidates() {
   std::vector<CheckpointEntry> persistent = Catalog()->Checkpoints();
   if (!local_) return persistent;
   if (!local_->writer()) local_->Refresh();
-  const std::vector<CheckpointEntry> local = local_->Checkpoints();
-  // Each list keeps its own (lineage) order; between them the higher index
-  // goes first, the local copy first at equal index (the persistent copy of
-  // the same checkpoint stays as its fallback).
-  std::vector<CheckpointEntry> out;
-  size_t i = 0, j = 0;
-  while (i < local.size() || j < persistent.size()) {
-    if (j == persistent.size() || (i < local.size() && local[i].index >= persistent[j].index)) {
-      out.push_back(local[i++]);
-    } else {
-      out.push_back(persistent[j++]);
-    }
-  }
-  return out;
+  return MergeTiers(local_->Checkpoints(), std::move(persistent));
 }
 
 void CheckpointerCore::SaveModel(const StateDict& model_state, int64_t index) {

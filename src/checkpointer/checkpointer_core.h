@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "ackpt/checkpointer.h"
 #include "checkpointer/checkpoint_dir.h"
@@ -26,6 +27,25 @@ void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& args);
 
 // local_tier.dir with "{rank}" replaced by `rank`.
 std::string LocalTierDir(const LocalTierArguments& tier, int rank);
+
+// load()'s candidates of two tiers, each list newest first in its own
+// (lineage) order: merged by index, higher first, the local one first at
+// equal index (the persistent copy of the same checkpoint stays as its
+// fallback). T has an `index`.
+template <typename T>
+std::vector<T> MergeTiers(std::vector<T> local, std::vector<T> persistent) {
+  std::vector<T> out;
+  out.reserve(local.size() + persistent.size());
+  size_t i = 0, j = 0;
+  while (i < local.size() || j < persistent.size()) {
+    if (j == persistent.size() || (i < local.size() && local[i].index >= persistent[j].index)) {
+      out.push_back(std::move(local[i++]));
+    } else {
+      out.push_back(std::move(persistent[j++]));
+    }
+  }
+  return out;
+}
 
 class CheckpointerCore {
  public:

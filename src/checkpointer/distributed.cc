@@ -743,17 +743,7 @@ class DistributedCheckpointer::Impl {
       persistent.push_back(std::move(c));
     }
     if (!core.local()) return persistent;
-    const std::vector<Candidate> local = LocalCandidates(load_no);
-    std::vector<Candidate> out;
-    size_t i = 0, j = 0;
-    while (i < local.size() || j < persistent.size()) {
-      if (j == persistent.size() || (i < local.size() && local[i].index >= persistent[j].index)) {
-        out.push_back(local[i++]);
-      } else {
-        out.push_back(persistent[j++]);
-      }
-    }
-    return out;
+    return MergeTiers(LocalCandidates(load_no), std::move(persistent));
   }
 
   // Collective, for a local candidate: the manifest to every rank that lacks
