@@ -168,6 +168,47 @@ struct LocalTierArguments {
   }
 };
 
+// Incremental checkpoints (docs/INCREMENTAL.md). A tensor whose storage,
+// storage offset, shape, strides, dtype, device and version counter are all
+// unchanged since this checkpointer last wrote it (on the lineage it saves
+// or resumed) is neither copied into staging nor written again: the new
+// checkpoint records a reference to the file that holds its bytes (always
+// that file itself, never a chain) with its checksum (docs/FORMAT.md
+// section 15). Frozen parameters and untouched optimizer state are what
+// benefit. Retention keeps every file a kept checkpoint references; load()
+// follows references with the same checksums, and a checkpoint whose
+// referenced file is missing or damaged is invalid (resume falls back to
+// the newest valid one). The first save after construction or load() is
+// full.
+//
+// The version counter is what detects a change: LibTorch bumps it on every
+// in-place operation, but not on writes through data_ptr(), through
+// Tensor::data() or in InferenceMode (inference tensors are never
+// referenced). Code that writes a tensor that way must use full_every or
+// verify, or not enable incremental saves.
+struct IncrementalArguments {
+  // Reference unchanged tensors instead of writing them. Costs per save one
+  // comparison per tensor; saves staging memory, copying, hashing,
+  // compression and disk traffic for every unchanged byte, and keeps the
+  // files holding them (bases) as long as a kept checkpoint references
+  // them. Not with local_tier (kInvalidArgument). Default: false.
+  bool enabled = false;
+  // Every full_every-th save of this checkpointer (counted from its
+  // construction or the last load()) writes every tensor, so no base lives
+  // longer than full_every saves and retention can free old ones. 0: only the
+  // first save is full. Must be >= 0. Default: 0.
+  int64_t full_every = 0;
+  // Hash every referenced tensor on the writer thread before the save
+  // commits and compare it with the referenced checksum: a mismatch (a
+  // write that bypassed the version counter) fails that save with
+  // kCorruption naming the tensor, raised at the next save() or wait(), and
+  // the next save is full. Costs one XXH3 pass (~10 GB/s per core) over the
+  // referenced bytes per save, off the training thread; the caller's tensor
+  // is read while training goes on, so a tensor changed in place during the
+  // hash is not reported (its version counter moved). Default: false.
+  bool verify = false;
+};
+
 // DefaultCheckpointer's arguments: pymarlin's DefaultCheckpointerArguments
 // (the first block) plus ackpt's own. The engine's options (compression,
 // threads, staging, overlap, priority, logging, Env, ...) are inherited from
@@ -220,6 +261,10 @@ struct DefaultCheckpointerArguments : EngineOptions {
   // persist_period-th checkpoint to save_dir in the background (see
   // LocalTierArguments). Default: off (one tier, save_dir).
   LocalTierArguments local_tier;
+  // Incremental checkpoints: reference tensors unchanged since they were
+  // last written (see IncrementalArguments). Default: off (every save is
+  // full).
+  IncrementalArguments incremental;
 };
 
 // Counters over the checkpointer's lifetime: the engine's, plus its own.
@@ -239,6 +284,10 @@ struct CheckpointerCounters : EngineCounters {
   uint64_t replications_completed = 0;
   uint64_t replications_failed = 0;
   uint64_t bytes_replicated = 0;
+  // Incremental saves: tensors referenced instead of written, and their
+  // bytes (neither staged nor written), over all saves.
+  uint64_t tensors_referenced = 0;
+  uint64_t bytes_referenced = 0;
 };
 
 class ACKPT_EXPORT DefaultCheckpointer : public AbstractCheckpointer {

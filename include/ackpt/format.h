@@ -140,6 +140,21 @@ struct TensorInfo {
   uint64_t nbytes() const { return end - begin; }
 };
 
+// A tensor an incremental checkpoint does not hold (docs/FORMAT.md section
+// 15): its bytes are those of the tensor of the same name in `file`, a
+// checkpoint in the same directory that holds them itself (never another
+// reference), with the same checksum. DecodeHeader fills name, file and
+// xxh3; CheckpointReader::Open fills the rest from `file`'s header.
+struct TensorReference {
+  std::string name;  // flattened name, as in the state tree
+  std::string file;  // base name of the file holding the bytes
+  uint64_t xxh3 = 0;
+  std::string dtype;  // from the holder
+  at::ScalarType scalar_type = at::ScalarType::Undefined;
+  std::vector<int64_t> shape;
+  uint64_t nbytes = 0;
+};
+
 struct FileInfo {
   std::string path;
   bool compressed = false;
@@ -149,7 +164,8 @@ struct FileInfo {
   uint64_t logical_bytes = 0;                   // the plain safetensors stream
   uint64_t header_bytes = 0;                    // 8-byte length + JSON + padding
   size_t num_frames = 0;                        // zstd frames (0 when uncompressed)
-  std::vector<TensorInfo> tensors;              // in data order
+  std::vector<TensorInfo> tensors;              // in data order (the bytes this file holds)
+  std::vector<TensorReference> references;      // incremental: tensors held by other files, by name
   std::map<std::string, std::string> metadata;  // __metadata__
   double compression_ratio() const {
     return file_bytes == 0 ? 1.0 : static_cast<double>(logical_bytes) / file_bytes;

@@ -80,6 +80,9 @@ struct CheckpointEntry {
   std::map<std::string, double> metrics;
   bool readable = true;  // false: the header failed validation (`error` says why)
   std::string error;
+  // Incremental: base names of the files (in the same directory) holding
+  // tensors this checkpoint references (distributed: those of its parts).
+  std::vector<std::string> references;
   std::vector<std::string> kept_by;  // filled by EvaluateRetention
   double compression_ratio() const {
     return file_bytes ? static_cast<double>(logical_bytes) / file_bytes : 1.0;
@@ -100,8 +103,10 @@ ACKPT_EXPORT void SortNewestFirst(std::vector<CheckpointEntry>* entries);
 
 // Sorts the entries newest first (SortNewestFirst), fills kept_by for every entry (names of the
 // rules keeping it: "newest", "keep_last", "keep_every", "keep_best", "keep_time_interval",
-// "max_total_bytes", "open", "all" when no rule is active, "unreadable") and
-// returns the entries no rule keeps. Unreadable files are never deleted.
+// "max_total_bytes", "open", "all" when no rule is active, "unreadable",
+// "base" for a file a kept checkpoint references) and returns the entries no
+// rule keeps, each before the files it references. Unreadable files are never
+// deleted.
 ACKPT_EXPORT std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
                                                             const RetentionPolicy& policy);
 

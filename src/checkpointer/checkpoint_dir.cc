@@ -12,6 +12,7 @@
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
+#include "format/header.h"
 #include "format/open_files.h"
 #include "io/atomic_file.h"
 #include "io/process.h"
@@ -32,6 +33,7 @@ void FillFromMetadata(const std::map<std::string, std::string>& metadata, Checkp
   e->metrics = ParseMetrics(metadata);
   e->parent = ParseIndexEntry(metadata, kMetaParent, -1);
   e->generation = static_cast<uint64_t>(ParseIndexEntry(metadata, kMetaGeneration, 0));
+  e->references = format::ReferencedFiles(metadata, e->path);
 }
 
 void ReplaceEntry(std::vector<CheckpointEntry>* list, CheckpointEntry e) {

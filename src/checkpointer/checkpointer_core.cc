@@ -73,6 +73,19 @@ void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& a) {
   if (r.keep_best > 0 && r.best_metric.empty()) {
     throw Error::InvalidArgument(n + ".retention.keep_best needs best_metric");
   }
+  const IncrementalArguments& inc = a.incremental;
+  if (inc.full_every < 0) {
+    throw Error::InvalidArgument(n + ".incremental.full_every must be >= 0, got " +
+                                 std::to_string(inc.full_every));
+  }
+  if (inc.enabled && a.local_tier.enabled()) {
+    throw Error::InvalidArgument(n + ".incremental with local_tier is not supported: a promoted "
+                                 "checkpoint could reference a file only the local tier holds");
+  }
+  if (inc.enabled && a.backpressure == BackpressurePolicy::kReplacePending) {
+    throw Error::InvalidArgument(n + ".incremental needs backpressure kBlock or kSkip: a save "
+                                 "that kReplacePending drops may hold what the next one references");
+  }
   const LocalTierArguments& t = a.local_tier;
   if (!t.enabled()) return;
   const RetentionPolicy& lr = t.retention;
@@ -111,6 +124,8 @@ CheckpointerCore::CheckpointerCore(DefaultCheckpointerArguments a, bool owns_sav
   ValidateCheckpointerArguments(args_);
   env_ = args_.env ? args_.env : Env::Default();
   engine_ = std::make_unique<engine::Engine>(args_, kArgs);
+  if (args_.incremental.enabled)
+    incremental_ = std::make_shared<IncrementalTracker>(args_.incremental);
   if (args_.save_dir.empty()) return;
   const bool writer = args_.checkpoint && owns_save_dir;
   if (owns_save_dir) {
@@ -239,6 +254,46 @@ engine::SaveHooks CheckpointerCore::CheckpointFileHooks(
   return hooks;
 }
 
+std::shared_ptr<IncrementalBox> CheckpointerCore::AddIncrementalHooks(const std::string& path,
+                                                                      engine::SaveHooks* hooks) {
+  if (!incremental_) return nullptr;
+  // A save that failed may hold what the tracker would reference.
+  const uint64_t failed = engine_->counters().saves_failed;
+  if (failed != failures_seen_) {
+    failures_seen_ = failed;
+    incremental_->Reset();
+  }
+  auto box = std::make_shared<IncrementalBox>();
+  std::shared_ptr<IncrementalTracker> tracker = incremental_;
+  // select runs inside engine.Save() on this thread, before the job reaches
+  // the writer, so stamp and held find the plan in the box.
+  hooks->select = [tracker, box, path](std::vector<format::FlatTensor>* tensors) {
+    box->plan = tracker->Select(tensors, path);
+  };
+  std::function<void(engine::Metadata*)> stamp = std::move(hooks->stamp);
+  std::shared_ptr<Env> env = engine_->env();
+  hooks->stamp = [stamp, box, env](engine::Metadata* m) {
+    if (stamp) stamp(m);
+    box->plan->Stamp(env.get(), m);
+  };
+  hooks->held = [box](const std::vector<format::FlatTensor>& tensors) {
+    box->plan->Held(tensors);
+  };
+  return box;
+}
+
+void CheckpointerCore::IncrementalSaveDone(const std::shared_ptr<IncrementalBox>& box,
+                                           bool accepted) {
+  if (!box) return;
+  if (!accepted || !box->plan) {
+    incremental_->Reset();
+    return;
+  }
+  incremental_->Accepted(*box->plan);
+  tensors_referenced_ += box->plan->referenced_tensors();
+  bytes_referenced_ += box->plan->referenced_bytes();
+}
+
 bool CheckpointerCore::PromotionDue(int64_t index, bool force) const {
   return local_ && (force || index % args_.local_tier.persist_period == 0);
 }
@@ -301,6 +356,8 @@ void CheckpointerCore::Loaded(const std::string& path, int64_t index, bool in_sa
     last_loaded_path_ = path;
     last_loaded_tier_ = path.empty() ? Tier::kNone : TierOf(path);
   }
+  // The loaded tensors are not the ones the tracker saw written.
+  if (incremental_) incremental_->Reset();
   if (!in_save_dir || index < 0) return;
   // Both tiers continue the lineage of what was resumed: the next save's
   // parent is this checkpoint, in whichever tier it lands.
@@ -340,6 +397,8 @@ CheckpointerCounters CheckpointerCore::counters() const {
     c.files_deleted += d->files_deleted();
     c.temp_files_removed += d->temp_files_removed();
   }
+  c.tensors_referenced = tensors_referenced_.load();
+  c.bytes_referenced = bytes_referenced_.load();
   if (promoter_) {
     const PromoterCounters p = promoter_->counters();
     c.promotions_completed = p.completed;

@@ -6,6 +6,7 @@
 // only its own policy: where a save goes and how load() finds what to read.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include "ackpt/checkpointer.h"
 #include "checkpointer/checkpoint_dir.h"
 #include "checkpointer/checkpoint_file.h"
+#include "checkpointer/incremental.h"
 #include "checkpointer/promoter.h"
 #include "engine/engine.h"
 
@@ -46,6 +48,11 @@ std::vector<T> MergeTiers(std::vector<T> local, std::vector<T> persistent) {
   }
   return out;
 }
+
+// One save's incremental plan, filled inside engine.Save() (AddIncrementalHooks).
+struct IncrementalBox {
+  std::shared_ptr<IncrementalSave> plan;
+};
 
 class CheckpointerCore {
  public:
@@ -95,6 +102,14 @@ class CheckpointerCore {
   // the save's number, for WaitPromotion).
   engine::SaveHooks CheckpointFileHooks(int64_t index, const std::map<std::string, double>& metrics,
                                         bool force = false, uint64_t seq = 0) const;
+  // Incremental saves (args.incremental): adds to `hooks` the selection of
+  // unchanged tensors, their references in the header and the record of what
+  // the file holds; `path` is the file the save writes. Returns null when
+  // off. Call IncrementalSaveDone after engine.Save() (accepted: it returned
+  // true; false when it skipped the save or threw).
+  std::shared_ptr<IncrementalBox> AddIncrementalHooks(const std::string& path,
+                                                      engine::SaveHooks* hooks);
+  void IncrementalSaveDone(const std::shared_ptr<IncrementalBox>& box, bool accepted);
   // Two tiers: returns once the promotion of save `seq` is done (or failed).
   void WaitPromotion(uint64_t seq);
   // Two tiers: returns once every promotion queued so far is done.
@@ -129,6 +144,10 @@ class CheckpointerCore {
   std::shared_ptr<CheckpointDir> local_;      // two tiers: local_tier.dir
   std::shared_ptr<Promoter> promoter_;        // two tiers; outlives the engine's hooks
   std::unique_ptr<engine::Engine> engine_;
+  std::shared_ptr<IncrementalTracker> incremental_;  // args.incremental.enabled
+  uint64_t failures_seen_ = 0;                       // engine saves_failed, for the tracker
+  std::atomic<uint64_t> tensors_referenced_{0};
+  std::atomic<uint64_t> bytes_referenced_{0};
   mutable std::mutex mu_;
   std::string last_saved_path_;
   std::string last_loaded_path_;

@@ -1,6 +1,8 @@
 // Retention rules: which checkpoints of a catalog to keep, and the order they rank in.
 #include "ackpt/retention.h"
 
+#include "ackpt/env.h"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -42,6 +44,76 @@ void SortNewestFirst(std::vector<CheckpointEntry>* entries) {
   }
   all = std::move(ordered);
 }
+
+namespace {
+
+// The base names of the files an entry is stored in (its file, or its parts).
+std::vector<std::string> FilesOf(const CheckpointEntry& e) {
+  if (e.world_size > 0) return e.parts;
+  return {BaseName(e.path)};
+}
+
+bool References(const CheckpointEntry& e, const std::string& file) {
+  return std::find(e.references.begin(), e.references.end(), file) != e.references.end();
+}
+
+// Incremental checkpoints: a kept checkpoint keeps the files its references
+// name ("base"), and a kept base keeps its own.
+void KeepBases(std::vector<CheckpointEntry>* all) {
+  std::map<std::string, size_t> by_file;
+  for (size_t i = 0; i < all->size(); ++i) {
+    for (const auto& f : FilesOf((*all)[i])) by_file.emplace(f, i);
+  }
+  std::vector<size_t> work;
+  for (size_t i = 0; i < all->size(); ++i) {
+    if (!(*all)[i].kept_by.empty()) work.push_back(i);
+  }
+  while (!work.empty()) {
+    const size_t i = work.back();
+    work.pop_back();
+    for (const auto& f : (*all)[i].references) {
+      auto it = by_file.find(f);
+      if (it == by_file.end()) continue;
+      CheckpointEntry& base = (*all)[it->second];
+      if (std::find(base.kept_by.begin(), base.kept_by.end(), "base") != base.kept_by.end())
+        continue;
+      const bool was_kept = !base.kept_by.empty();
+      base.kept_by.push_back("base");
+      if (!was_kept) work.push_back(it->second);
+    }
+  }
+}
+
+// Deletion order: a checkpoint before the bases it references, so a crash
+// between two deletions never leaves a reference to a deleted file.
+std::vector<CheckpointEntry> DependentsFirst(std::vector<CheckpointEntry> doomed) {
+  std::vector<CheckpointEntry> out;
+  out.reserve(doomed.size());
+  while (!doomed.empty()) {
+    bool progressed = false;
+    for (size_t i = 0; i < doomed.size();) {
+      bool referenced = false;
+      for (const auto& f : FilesOf(doomed[i])) {
+        for (size_t j = 0; j < doomed.size() && !referenced; ++j)
+          referenced = j != i && References(doomed[j], f);
+      }
+      if (referenced) {
+        ++i;
+        continue;
+      }
+      out.push_back(std::move(doomed[i]));
+      doomed.erase(doomed.begin() + static_cast<std::ptrdiff_t>(i));
+      progressed = true;
+    }
+    if (!progressed) {  // a cycle cannot be written; delete the rest in order
+      for (auto& e : doomed) out.push_back(std::move(e));
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* entries,
                                                const RetentionPolicy& p) {
@@ -110,11 +182,12 @@ std::vector<CheckpointEntry> EvaluateRetention(std::vector<CheckpointEntry>* ent
       readable[i]->kept_by.push_back("max_total_bytes");
     }
   }
+  KeepBases(&all);
   std::vector<CheckpointEntry> doomed;
   for (auto& e : all) {
     if (e.kept_by.empty()) doomed.push_back(e);
   }
-  return doomed;
+  return DependentsFirst(std::move(doomed));
 }
 
 }  // namespace ackpt

@@ -223,6 +223,7 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   job->stats.forced = force;
 
   format::Flatten(state, &job->tensors, &job->tree_json);
+  if (job->hooks.select) job->hooks.select(&job->tensors);
   bool any_device = false;
   const uint64_t bytes = PlanSnapshot(&job->tensors, &any_device);
   job->stats.bytes = bytes;
@@ -467,6 +468,7 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
     written->file_bytes = r.file_bytes;
     written->header_xxh3 = r.header_xxh3;
     *metadata_out = std::move(metadata);
+    if (job.hooks.held) job.hooks.held(job.tensors);
     if (job.hooks.publish) job.hooks.publish(*written, *metadata_out);
     job.stats.file_bytes = r.file_bytes;
     job.stats.compress_seconds = r.compress_seconds;

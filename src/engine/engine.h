@@ -55,6 +55,14 @@ struct SaveHooks {
   // Runs on the writer, in commit order, right before the header is encoded:
   // may add entries that depend on the saves before it (lineage).
   std::function<void(Metadata*)> stamp;
+  // Runs on the caller's thread inside Save(), after the state is flattened
+  // (tensors in tree order) and before anything is staged or hashed: it may
+  // remove tensors this save must not write (an incremental save references
+  // them; the tree still names them). Its exceptions leave Save().
+  std::function<void(std::vector<format::FlatTensor>*)> select;
+  // Runs on the writer once the file is durable, before publish, with the
+  // tensors it holds (checksums filled). Same lifetime rule as after_commit.
+  std::function<void(const std::vector<format::FlatTensor>&)> held;
   // Runs on the writer right after the save is durable, before after_commit;
   // an exception fails the save like a write error (sticky, raised at the
   // next Save()/Wait()). For commits that need more than this file (the

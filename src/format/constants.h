@@ -49,6 +49,9 @@ inline constexpr const char* kMetaHeaderChecksum = "ackpt.header_xxh3";
 // 1-2 refuse them instead of misreading a frame).
 inline constexpr const char* kMetaCodec = "ackpt.codec";
 inline constexpr const char* kCodecByteGrouped = "bytegroup1";
+// Incremental checkpoints: the tensors held by other files, {file: {name:
+// hex64}} (docs/FORMAT.md section 15).
+inline constexpr const char* kMetaReferences = "ackpt.refs";
 
 }  // namespace format
 }  // namespace ackpt

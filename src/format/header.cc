@@ -432,6 +432,92 @@ class ChecksumSax : public json::json_sax_t {
   std::string key_;
 };
 
+// Parses ackpt.refs ({"file": {"name": "hex64", ...}, ...}) into references.
+class ReferencesSax : public json::json_sax_t {
+ public:
+  ReferencesSax(const std::string& path, std::vector<TensorReference>* refs, size_t max_refs)
+      : path_(path), refs_(refs), max_refs_(max_refs) {}
+  bool null() override { return Fail(); }
+  bool boolean(bool) override { return Fail(); }
+  bool number_integer(number_integer_t) override { return Fail(); }
+  bool number_unsigned(number_unsigned_t) override { return Fail(); }
+  bool number_float(number_float_t, const string_t&) override { return Fail(); }
+  bool binary(binary_t&) override { return Fail(); }
+  bool string(string_t& v) override {
+    if (depth_ != 2) return Fail();
+    if (refs_->size() >= max_refs_)
+      Bad(path_, "more than " + std::to_string(max_refs_) +
+                     " tensors and references (ReadOptions::max_tensors)");
+    TensorReference r;
+    r.name = std::move(key_);
+    r.file = file_;
+    if (!ParseHex64(v, &r.xxh3)) Bad(path_, "reference '" + r.name + "' has no valid checksum");
+    refs_->push_back(std::move(r));
+    return true;
+  }
+  bool start_object(std::size_t) override {
+    if (++depth_ > 2) return Fail();
+    if (depth_ == 2) file_ = std::move(key_);
+    return true;
+  }
+  bool key(string_t& k) override {
+    key_ = std::move(k);
+    return true;
+  }
+  bool end_object() override {
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override { return Fail(); }
+  bool end_array() override { return Fail(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    Bad(path_, std::string("references are malformed: ") + e.what());
+  }
+
+ private:
+  bool Fail() { Bad(path_, "references are not an object of files of tensor checksums"); }
+  const std::string& path_;
+  std::vector<TensorReference>* refs_;
+  const size_t max_refs_;
+  int depth_ = 0;
+  std::string key_;
+  std::string file_;
+};
+
+// A holder is named by its base name in the same directory: nothing that
+// leaves it ("/", "." and ".."), nothing empty.
+bool IsPlainFileName(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+void DecodeReferences(const std::string& text, const std::string& path, FileInfo* info,
+                      const ReadOptions& options) {
+  const size_t max_refs = static_cast<size_t>(options.max_tensors) > info->tensors.size()
+                              ? static_cast<size_t>(options.max_tensors) - info->tensors.size()
+                              : 0;
+  {
+    ReferencesSax sax(path, &info->references, max_refs);
+    json::sax_parse(text.begin(), text.end(), &sax);
+  }
+  std::sort(info->references.begin(), info->references.end(),
+            [](const TensorReference& a, const TensorReference& b) { return a.name < b.name; });
+  for (size_t i = 0; i < info->references.size(); ++i) {
+    const TensorReference& r = info->references[i];
+    if (!IsPlainFileName(r.file))
+      Bad(path, "reference '" + r.name + "' names '" + r.file + "', not a file name");
+    if (i > 0 && info->references[i - 1].name == r.name)
+      Bad(path, "tensor '" + r.name + "' is referenced twice");
+  }
+  for (const auto& t : info->tensors) {
+    auto it = std::lower_bound(
+        info->references.begin(), info->references.end(), t.name,
+        [](const TensorReference& r, const std::string& name) { return r.name < name; });
+    if (it != info->references.end() && it->name == t.name)
+      Bad(path, "tensor '" + t.name + "' is both held and referenced");
+  }
+}
+
 bool IsReadableVersion(const std::string& v) {
   for (int k = kOldestReadableVersion; k <= kNewestReadableVersion; ++k) {
     if (v == std::to_string(k)) return true;
@@ -446,6 +532,7 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
   ValidateReadOptions(options);
   if (region.size() < 8) Bad(path, "header region shorter than its 8-byte length");
   info->tensors.clear();
+  info->references.clear();
   info->metadata.clear();
   info->written_by_ackpt = false;
   info->format_version = 0;
@@ -552,6 +639,25 @@ void DecodeHeader(const std::string& region, uint64_t data_bytes, const std::str
   for (const auto& t : info->tensors) {
     if (!t.has_checksum) Bad(path, "tensor '" + t.name + "' has no valid checksum");
   }
+  auto refs = info->metadata.find(kMetaReferences);
+  if (refs != info->metadata.end()) DecodeReferences(refs->second, path, info, options);
+}
+
+std::vector<std::string> ReferencedFiles(const std::map<std::string, std::string>& metadata,
+                                         const std::string& path) {
+  auto it = metadata.find(kMetaReferences);
+  if (it == metadata.end()) return {};
+  FileInfo info;
+  DecodeReferences(it->second, path, &info, ReadOptions{});
+  std::set<std::string> files;
+  for (const auto& r : info.references) files.insert(r.file);
+  return {files.begin(), files.end()};
+}
+
+std::string EncodeReferences(const std::vector<TensorReference>& refs) {
+  json by_file = json::object();  // std::map: files and names in byte order
+  for (const auto& r : refs) by_file[r.file][r.name] = Hex64(r.xxh3);
+  return by_file.dump();
 }
 
 }  // namespace format

@@ -31,6 +31,13 @@ std::string HeaderChecksumOf(const std::string& region);
 // (kUnsupported for a dtype or format version this build cannot read).
 void DecodeHeader(const std::string& header_region, uint64_t data_bytes, const std::string& path,
                   FileInfo* info, const ReadOptions& options = {});
+// The value of ackpt.refs for `refs` (name, file and xxh3 of each):
+// {"file": {"name": "hex64", ...}, ...}, compact, files and names in byte order.
+std::string EncodeReferences(const std::vector<TensorReference>& refs);
+// The files an ackpt.refs entry of `metadata` names, each once, in byte
+// order (none without references). Throws kCorruption naming `path`.
+std::vector<std::string> ReferencedFiles(const std::map<std::string, std::string>& metadata,
+                                         const std::string& path);
 // Throws kInvalidArgument for limits that are zero or negative.
 void ValidateReadOptions(const ReadOptions& options);
 

@@ -72,8 +72,12 @@ auto Guard(const std::string& path, const char* step, F&& f) -> decltype(f()) {
 
 class ReaderImpl final : public CheckpointReader {
  public:
-  ReaderImpl(std::unique_ptr<RandomAccessFile> file, const ReadOptions& options)
-      : registration_(file->path()), file_(std::move(file)), options_(options) {
+  // resolve_references: open the files an incremental checkpoint's
+  // references name (a holder itself is opened without: only the tensors it
+  // holds are read from it).
+  ReaderImpl(std::unique_ptr<RandomAccessFile> file, const ReadOptions& options, Env* env,
+             bool resolve_references)
+      : registration_(file->path()), file_(std::move(file)), options_(options), env_(env) {
     ValidateReadOptions(options_);
     info_.path = file_->path();
     info_.file_bytes = file_->Size();
@@ -111,6 +115,7 @@ class ReaderImpl final : public CheckpointReader {
               " bytes) alone in the first zstd frame, which holds " +
               std::to_string(frames_.table().frame(0).decompressed_size));
     }
+    if (resolve_references) ResolveReferences();
   }
 
   const FileInfo& info() const override { return info_; }
@@ -153,10 +158,69 @@ class ReaderImpl final : public CheckpointReader {
   }
 
  private:
+  // Opens the holder of every reference and checks that it holds that
+  // tensor itself with the referenced checksum; fills each reference's
+  // dtype and shape from it. A holder that is missing, unreadable or holds
+  // something else makes this file unreadable (kCorruption).
+  void ResolveReferences() {
+    const std::string dir = DirName(info_.path);
+    ref_infos_.reserve(info_.references.size());
+    for (TensorReference& r : info_.references) {
+      auto it = holders_.find(r.file);
+      if (it == holders_.end()) {
+        const std::string holder_path = JoinPath(dir, r.file);
+        std::unique_ptr<ReaderImpl> holder;
+        try {
+          holder = std::make_unique<ReaderImpl>(env_->NewRandomAccessFile(holder_path), options_,
+                                                env_, /*resolve_references=*/false);
+        } catch (const Error& e) {
+          Corrupt("tensor '" + r.name + "' is held by '" + holder_path +
+                  "', which cannot be read: " + e.what());
+        }
+        if (!holder->info_.written_by_ackpt)
+          Corrupt("tensor '" + r.name + "' is held by '" + holder_path +
+                  "', which is not an ackpt checkpoint");
+        it = holders_.emplace(r.file, std::move(holder)).first;
+      }
+      ReaderImpl& holder = *it->second;
+      const TensorInfo* held = holder.Held(r.name);
+      if (held == nullptr || held->xxh3 != r.xxh3) {
+        Corrupt("tensor '" + r.name + "' is held by '" + holder.info_.path + "', which " +
+                (held == nullptr ? std::string("does not hold a tensor of that name")
+                                 : "holds it with checksum " + Hex64(held->xxh3) + ", not " +
+                                       Hex64(r.xxh3) + " (the file was replaced?)"));
+      }
+      r.dtype = held->dtype;
+      r.scalar_type = held->scalar_type;
+      r.shape = held->shape;
+      r.nbytes = held->nbytes();
+      ref_infos_.push_back(*held);
+      ref_holders_.push_back(&holder);
+    }
+  }
+
+  // The entry of a tensor this file holds itself, or null.
+  const TensorInfo* Held(const std::string& name) const {
+    if (held_by_name_.empty() && !info_.tensors.empty()) {
+      for (const auto& t : info_.tensors) held_by_name_.emplace(t.name, &t);
+    }
+    auto it = held_by_name_.find(name);
+    return it == held_by_name_.end() ? nullptr : it->second;
+  }
+
+  // Which holder reads a wanted entry (null: this file): entries of
+  // references point into ref_infos_.
+  ReaderImpl* HolderOf(const TensorInfo* t) const {
+    if (ref_infos_.empty() || t < ref_infos_.data() || t >= ref_infos_.data() + ref_infos_.size())
+      return nullptr;
+    return ref_holders_[static_cast<size_t>(t - ref_infos_.data())];
+  }
+
   // The header entries of `names` (unknown ones throw kNotFound), each once.
   std::vector<const TensorInfo*> Lookup(const std::vector<std::string>& names) const {
     std::map<std::string, const TensorInfo*> by_name;
     for (const auto& t : info_.tensors) by_name[t.name] = &t;
+    for (const auto& t : ref_infos_) by_name[t.name] = &t;
     std::vector<const TensorInfo*> out;
     std::set<std::string> seen;
     for (const auto& name : names) {
@@ -170,8 +234,9 @@ class ReaderImpl final : public CheckpointReader {
 
   StateDict ReadStateDictImpl(const std::map<std::string, at::Tensor>* destinations, bool strict) {
     std::vector<const TensorInfo*> all;
-    all.reserve(info_.tensors.size());
+    all.reserve(info_.tensors.size() + ref_infos_.size());
     for (const auto& t : info_.tensors) all.push_back(&t);
+    for (const auto& t : ref_infos_) all.push_back(&t);
     if (strict && destinations != nullptr) {
       std::set<std::string> names;
       for (const auto* t : all) names.insert(t->name);
@@ -210,9 +275,42 @@ class ReaderImpl final : public CheckpointReader {
   // tensor); the others into fresh CPU tensors. Contiguous CPU destinations
   // take the bytes directly; others through bounce tensors (kBounceBatch).
   // Every checksum is checked on the bytes as they land.
-  std::map<std::string, at::Tensor> Load(const std::vector<const TensorInfo*>& wanted,
+  // Referenced tensors are read by their holders, after this file's own.
+  std::map<std::string, at::Tensor> Load(const std::vector<const TensorInfo*>& all_wanted,
                                          const std::map<std::string, at::Tensor>* destinations,
                                          bool strict) {
+    std::vector<const TensorInfo*> wanted;
+    std::map<ReaderImpl*, std::vector<const TensorInfo*>> by_holder;
+    for (const TensorInfo* t : all_wanted) {
+      ReaderImpl* holder = HolderOf(t);
+      if (holder == nullptr) {
+        wanted.push_back(t);
+        continue;
+      }
+      // Strict mismatches are found before anything is read, as for held tensors.
+      if (strict && destinations != nullptr) {
+        auto it = destinations->find(t->name);
+        if (it != destinations->end()) {
+          const std::string why = Mismatch(*t, it->second);
+          if (!why.empty()) {
+            throw Error::InvalidArgument("cannot read tensor '" + t->name + "' of '" +
+                                         info_.path + "' into its destination: " + why);
+          }
+        }
+      }
+      by_holder[holder].push_back(holder->Held(t->name));
+    }
+    std::map<std::string, at::Tensor> out = LoadHeld(wanted, destinations, strict);
+    for (auto& kv : by_holder) {
+      std::map<std::string, at::Tensor> got = kv.first->LoadHeld(kv.second, destinations, strict);
+      out.insert(got.begin(), got.end());
+    }
+    return out;
+  }
+
+  std::map<std::string, at::Tensor> LoadHeld(const std::vector<const TensorInfo*>& wanted,
+                                             const std::map<std::string, at::Tensor>* destinations,
+                                             bool strict) {
     std::map<std::string, at::Tensor> out;
     std::vector<Target> direct;
     std::vector<std::pair<const TensorInfo*, at::Tensor>> bounced;
@@ -279,7 +377,13 @@ class ReaderImpl final : public CheckpointReader {
     return out;
   }
 
+  // This file's own checksums, then every holder's.
   void VerifyImpl() {
+    VerifyHeld();
+    for (auto& kv : holders_) kv.second->VerifyHeld();
+  }
+
+  void VerifyHeld() {
     if (!info_.compressed) {
       ParallelFor(info_.tensors.size(), options_.threads, [&](size_t i) {
         const TensorInfo& t = info_.tensors[i];
@@ -328,6 +432,10 @@ class ReaderImpl final : public CheckpointReader {
 
   void ExportImpl(const std::string& out_path, Env* env) {
     if (options_.verify_checksums) VerifyImpl();
+    if (!info_.references.empty()) {
+      MaterializeImpl(out_path, env);
+      return;
+    }
     AtomicWrite(env, out_path, /*fsync=*/true, [&](WritableFile* out) {
       if (!info_.compressed) {
         std::string buf(static_cast<size_t>(std::min<uint64_t>(kReadBlock, info_.logical_bytes)),
@@ -393,6 +501,56 @@ class ReaderImpl final : public CheckpointReader {
     return EncodeHeader(tensors, tree, user, internal);
   }
 
+  // The export of an incremental checkpoint: the plain version-2 stream a
+  // full save of the same state writes (every tensor in tree order sorted
+  // for alignment, the same metadata without ackpt.refs and ackpt.codec),
+  // each tensor's bytes read from whichever file holds them, one at a time.
+  void MaterializeImpl(const std::string& out_path, Env* env) {
+    std::map<std::string, const TensorInfo*> by_name;
+    std::map<std::string, at::Tensor> placeholders;
+    for (const auto& t : info_.tensors) by_name[t.name] = &t;
+    for (const auto& t : ref_infos_) by_name[t.name] = &t;
+    for (const auto& kv : by_name) placeholders.emplace(kv.first, at::empty({0}));
+    // The tree order of the tensors, as Flatten walks the saved state.
+    std::vector<FlatTensor> tensors;
+    std::string tree;
+    Flatten(Unflatten(info_.metadata.at(kMetaTree), placeholders, info_.path,
+                      options_.max_nesting_depth),
+            &tensors, &tree);
+    for (FlatTensor& f : tensors) {
+      const TensorInfo* t = by_name.at(f.name);
+      f.tensor = at::Tensor();
+      f.dtype = t->scalar_type;
+      f.shape = t->shape;
+      f.nbytes = t->nbytes();
+      f.xxh3 = t->xxh3;
+    }
+    SortForAlignment(&tensors);
+    std::map<std::string, std::string> user, internal;
+    for (const auto& kv : info_.metadata) {
+      if (kv.first.rfind("ackpt.", 0) != 0) {
+        if (kv.first != kMetaFormat) user[kv.first] = kv.second;
+      } else if (kv.first != kMetaVersion && kv.first != kMetaCodec && kv.first != kMetaTree &&
+                 kv.first != kMetaChecksums && kv.first != kMetaHeaderChecksum &&
+                 kv.first != kMetaReferences) {
+        internal[kv.first] = kv.second;
+      }
+    }
+    const std::string header = EncodeHeader(tensors, info_.metadata.at(kMetaTree), user, internal);
+    AtomicWrite(env, out_path, /*fsync=*/true, [&](WritableFile* out) {
+      out->Append(header.data(), header.size());
+      for (const FlatTensor& f : tensors) {
+        if (f.nbytes == 0) continue;
+        const TensorInfo* t = by_name.at(f.name);
+        ReaderImpl* holder = HolderOf(t);
+        ReaderImpl* from = holder ? holder : this;
+        std::map<std::string, at::Tensor> got = from->LoadHeld({from->Held(t->name)}, nullptr,
+                                                               /*strict=*/true);
+        out->Append(got.at(t->name).data_ptr(), f.nbytes);
+      }
+    });
+  }
+
   [[noreturn]] void Corrupt(const std::string& what) const { frames_.Corrupt(what); }
 
   void ReadTargets(std::vector<Target> targets) const {
@@ -402,7 +560,14 @@ class ReaderImpl final : public CheckpointReader {
   OpenFileRegistration registration_;
   std::unique_ptr<RandomAccessFile> file_;
   ReadOptions options_;
+  Env* env_;
   FileInfo info_;
+  mutable std::map<std::string, const TensorInfo*> held_by_name_;  // built on first use
+  // Incremental: the holders of references by file name, and for each
+  // reference (in info_.references' order) the holder's entry and reader.
+  std::map<std::string, std::unique_ptr<ReaderImpl>> holders_;
+  std::vector<TensorInfo> ref_infos_;
+  std::vector<ReaderImpl*> ref_holders_;
   FrameReader frames_{file_.get(), &info_, &options_};
 };
 
@@ -413,7 +578,8 @@ class ReaderImpl final : public CheckpointReader {
 std::unique_ptr<CheckpointReader> CheckpointReader::Open(const std::string& path,
                                                          const ReadOptions& options, Env* env) {
   return format::Guard(path, "opening", [&]() -> std::unique_ptr<CheckpointReader> {
-    return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options);
+    return std::make_unique<format::ReaderImpl>(env->NewRandomAccessFile(path), options, env,
+                                                /*resolve_references=*/true);
   });
 }
 
