@@ -8,6 +8,9 @@
 //               [--commit-timeout S] [--die-at-save I --die-rank R]
 //               [--die-before-manifest I] [--fail-write-at I --fail-rank R]
 //               [--second-dir DIR2] [--construct-delay-rank R --construct-delay-ms M]
+// [--incremental] [--keep-last N]
+// --incremental saves incrementally, with a frozen replicated tensor and a
+// frozen rank-local one in the state (both in --out);
 // --second-dir saves every checkpoint through a second checkpointer with the
 // same prefix too; --construct-delay-* makes rank R construct them late.
 // Prints "resumed I" (or "fresh") after load(), and "error: ..." on a
@@ -39,7 +42,7 @@ std::map<std::string, std::string> ParseArgs(int argc, char** argv) {
     std::string k = argv[i];
     if (k.rfind("--", 0) != 0) continue;
     k = k.substr(2);
-    if (k == "resume") {
+    if (k == "resume" || k == "incremental") {
       a[k] = "1";
     } else if (i + 1 < argc) {
       a[k] = argv[++i];
@@ -105,6 +108,8 @@ int main(int argc, char** argv) {
                                       ? ackpt::Compression::kNone
                                       : ackpt::Compression::kZstd;
   args.checkpointer.retention.keep_last = static_cast<int64_t>(Int(a, "keep-last", 0));
+  const bool incremental = a.count("incremental") > 0;
+  args.checkpointer.incremental.enabled = incremental;
   args.process_group = pg;
   args.store = store;
   args.replicated = {"module_interface_state", "trainer_state/optimizer"};
@@ -117,6 +122,9 @@ int main(int argc, char** argv) {
   torch::Tensor shard = torch::zeros({16 + rank});  // rank-local, of a rank-dependent size
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + rank);
   int64_t step = 0;
+  // --incremental: never modified after construction (referenced from then on).
+  torch::Tensor frozen = torch::arange(128 * 64, torch::kFloat).reshape({128, 64}).mul(1e-3);
+  torch::Tensor table = torch::full({32, 16}, static_cast<float>(rank));
 
   try {
     if (rank == Int(a, "construct-delay-rank", -1)) {
@@ -140,6 +148,10 @@ int main(int argc, char** argv) {
         gen.set_state(c.trainer_state.at("rng").tensor());
         step = c.trainer_backend_state.at("step").to_int();
         shard.copy_(c.trainer_backend_state.at("shard").tensor());
+        if (incremental) {
+          frozen.copy_(c.module_interface_state.at("frozen").tensor());
+          table.copy_(c.trainer_backend_state.at("table").tensor());
+        }
         std::printf("resumed %lld\n", static_cast<long long>(step));
       }
       std::fflush(stdout);
@@ -166,6 +178,10 @@ int main(int argc, char** argv) {
         c.trainer_state.set("rng", gen.get_state());
         c.trainer_backend_state.set("step", step);
         c.trainer_backend_state.set("shard", shard);
+        if (incremental) {
+          c.module_interface_state.set("frozen", frozen);
+          c.trainer_backend_state.set("table", table);
+        }
         ck.save(c, step);
         if (second) second->save(c, step);
         if (step == Int(a, "die-at-save", -1) && rank == Int(a, "die-rank", -1)) {
@@ -184,6 +200,10 @@ int main(int argc, char** argv) {
     ackpt::StateDict out{
         {"w", w},      {"b", b}, {"momentum", momentum}, {"shard", shard}, {"rng", gen.get_state()},
         {"step", step}};
+    if (incremental) {
+      out.set("frozen", frozen);
+      out.set("table", table);
+    }
     ackpt::WriteOptions o;
     o.compression = ackpt::Compression::kNone;
     ackpt::WriteStateDict(out, a.at("out"), o);

@@ -214,5 +214,52 @@ TEST_F(DistributedTest, RankLocalStateNeedsTheSameWorldSize) {
   }
 }
 
+// Incremental distributed saves: each rank's part references its own earlier
+// part for what did not change (a frozen replicated tensor, a frozen
+// rank-local one); retention keeps the referenced checkpoint; the job
+// resumes bit-exact from an incremental checkpoint.
+TEST_F(DistributedTest, IncrementalPartsReferenceTheirOwnRanksEarlierPart) {
+  const std::string dir = tmp_.file("ckpt-incremental");
+  ExpectAllOk(LaunchRanks(tmp_, kWorld, dir,
+                          Args(12, "none", {"--incremental", "--keep-last", "1"}), "inc"),
+              "incremental run");
+  // keep_last = 1: 12 stays, 4 stays as its base, 8 went.
+  EXPECT_TRUE(HasManifest(dir, 12));
+  EXPECT_TRUE(HasManifest(dir, 4));
+  EXPECT_FALSE(HasManifest(dir, 8));
+  std::set<std::string> referenced;
+  for (int r = 0; r < kWorld; ++r) {
+    auto reader = CheckpointReader::Open(JoinPath(dir, PartFileName("model", 12, r, false)));
+    for (const auto& ref : reader->info().references) {
+      EXPECT_EQ(ref.file, PartFileName("model", 4, r, false)) << ref.name;
+      referenced.insert(ref.name);
+    }
+    for (const auto& t : reader->info().tensors) {
+      EXPECT_EQ(t.name.find("table"), std::string::npos) << "rank " << r << " wrote " << t.name;
+    }
+    reader->Verify();
+  }
+  // The frozen replicated tensor (in one rank's part) and every rank's table.
+  EXPECT_GE(referenced.size(), 2u);
+  const std::vector<CheckpointEntry> entries = ListCheckpointEntries(Env::Default(), dir, "model");
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[0].index, 12);
+  EXPECT_EQ(entries[0].references.size(), static_cast<size_t>(kWorld));
+  // Resumed from 12 and run to 16: the same state as 16 steps straight.
+  auto straight = LaunchRanks(tmp_, kWorld, tmp_.file("inc-straight"),
+                              Args(16, "none", {"--incremental", "--out", "{out}"}), "inc-straight");
+  ExpectAllOk(straight, "straight incremental run");
+  auto l = LaunchRanks(tmp_, kWorld, dir,
+                       Args(16, "none", {"--incremental", "--resume", "--out", "{out}"}), "inc-res");
+  ExpectAllOk(l, "incremental resume");
+  for (int r = 0; r < kWorld; ++r) {
+    EXPECT_NE(l.out[static_cast<size_t>(r)].find("resumed 12"), std::string::npos)
+        << l.out[static_cast<size_t>(r)];
+    EXPECT_EQ(ReadFileBytes(tmp_.file("inc-res-" + std::to_string(r) + ".out")),
+              ReadFileBytes(tmp_.file("inc-straight-" + std::to_string(r) + ".out")))
+        << "rank " << r;
+  }
+}
+
 }  // namespace
 }  // namespace ackpt

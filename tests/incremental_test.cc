@@ -486,5 +486,43 @@ TEST(Incremental, TrainerWithAFrozenBackboneWritesOnlyTheAdapterAndItsOptimizerS
   }
 }
 
+// The independent Python reader (tests/interop/read_safetensors.py, written
+// from docs/FORMAT.md) follows references and checks their checksums.
+TEST(Incremental, ThePythonReaderResolvesReferences) {
+  std::string probe;
+  if (testing::RunCommand(std::string(ACKPT_TEST_PYTHON) + " -c 'import torch, xxhash'", &probe) !=
+      0) {
+    GTEST_SKIP() << "python3 cannot import torch and xxhash: " << probe;
+  }
+  TempDir inc, full;
+  Model m;
+  DefaultCheckpointerArguments a = Args(inc.path(), Compression::kNone);
+  DefaultCheckpointerArguments fa = Args(full.path(), Compression::kNone);
+  fa.incremental.enabled = false;
+  {
+    DefaultCheckpointer ck(a), fck(fa);
+    for (int i = 0; i < 3; ++i) {
+      ck.save(m.Get(), i, true);
+      fck.save(m.Get(), i, true);
+      m.Step();
+    }
+  }
+  const std::string script = std::string(ACKPT_TEST_PYTHON) + " '" + ACKPT_SOURCE_DIR +
+                             "/tests/interop/read_safetensors.py' check ";
+  std::string out;
+  EXPECT_EQ(testing::RunCommand(script + inc.file("model_2.safetensors") + " --same-as " +
+                                    full.file("model_2.safetensors"),
+                                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("3 references"), std::string::npos) << out;
+  // A damaged holder fails the referenced checksum.
+  const std::string base = inc.file("model_0.safetensors");
+  std::string bytes = ReadFileBytes(base);
+  bytes[bytes.size() - 100] ^= 0x01;
+  WriteFileBytes(base, bytes);
+  EXPECT_NE(testing::RunCommand(script + inc.file("model_2.safetensors"), &out), 0) << out;
+}
+
 }  // namespace
 }  // namespace ackpt

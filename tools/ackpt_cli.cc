@@ -108,12 +108,23 @@ int Inspect(const std::string& file, bool as_json) {
       j["tensors"].push_back(
           {{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.nbytes()}});
     }
+    // Incremental: tensors whose bytes another file holds.
+    j["references"] = nlohmann::ordered_json::array();
+    for (const auto& r : info.references) {
+      j["references"].push_back({{"name", r.name},
+                                 {"dtype", r.dtype},
+                                 {"shape", r.shape},
+                                 {"bytes", r.nbytes},
+                                 {"file", r.file}});
+    }
     j["metadata"] = info.metadata;
     std::cout << j.dump(2) << "\n";
     return kExitOk;
   }
   uint64_t tensor_bytes = 0;
   for (const auto& t : info.tensors) tensor_bytes += t.nbytes();
+  uint64_t referenced_bytes = 0;
+  for (const auto& r : info.references) referenced_bytes += r.nbytes;
   fmt::print("file:        {}\n", info.path);
   fmt::print("format:      {}{}\n",
              info.compressed ? "safetensors in zstd seekable frames" : "safetensors",
@@ -124,6 +135,14 @@ int Inspect(const std::string& file, bool as_json) {
   fmt::print("tensors:     {}, {} bytes\n", info.tensors.size(), tensor_bytes);
   for (const auto& t : info.tensors) {
     fmt::print("  {:<48} {:<5} {:<20} {}\n", t.name, t.dtype, ShapeString(t.shape), t.nbytes());
+  }
+  if (!info.references.empty()) {
+    fmt::print("references:  {}, {} bytes held by other files (incremental checkpoint)\n",
+               info.references.size(), referenced_bytes);
+    for (const auto& r : info.references) {
+      fmt::print("  {:<48} {:<5} {:<20} {} in {}\n", r.name, r.dtype, ShapeString(r.shape),
+                 r.nbytes, r.file);
+    }
   }
   fmt::print("metadata:\n");
   for (const auto& kv : info.metadata) {
@@ -356,6 +375,23 @@ std::string KeptByText(const std::vector<std::string>& v) {
   return v.empty() ? std::string("(deleted at next save)") : fmt::format("{}", fmt::join(v, ","));
 }
 
+// Incremental: the indices of the listed checkpoints that reference a file of `e`.
+std::vector<int64_t> BaseOf(const std::vector<ackpt::CheckpointEntry>& entries,
+                            const ackpt::CheckpointEntry& e) {
+  std::vector<std::string> files = e.world_size > 0 ? e.parts
+                                                    : std::vector<std::string>{ackpt::BaseName(e.path)};
+  std::vector<int64_t> out;
+  for (const auto& d : entries) {
+    for (const auto& f : d.references) {
+      if (std::find(files.begin(), files.end(), f) != files.end()) {
+        out.push_back(d.index);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 // One tier: save_dir alone, as before two tiers existed.
 int List(const std::string& dir, const std::string& prefix, const std::string& ext, bool as_json,
          bool verify) {
@@ -390,6 +426,8 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
         c["world_size"] = e.world_size;
         c["parts"] = e.parts;
       }
+      c["references"] = e.references;
+      c["base_of"] = BaseOf(entries, e);
       c["metrics"] = MetricsJson(e.metrics);
       if (!e.readable) c["error"] = e.error;
       if (verify) c["verified"] = status[i] == "ok";
@@ -408,6 +446,10 @@ int List(const std::string& dir, const std::string& prefix, const std::string& e
     if (!e.readable) fmt::print("         unreadable: {}\n", e.error);
     if (e.world_size > 0)
       fmt::print("         distributed: {} ({} parts)\n", ackpt::BaseName(e.path), e.parts.size());
+    if (!e.references.empty())
+      fmt::print("         references: {}\n", fmt::join(e.references, ", "));
+    const std::vector<int64_t> base_of = BaseOf(entries, e);
+    if (!base_of.empty()) fmt::print("         base of: {}\n", fmt::join(base_of, ", "));
   }
   fmt::print("{} checkpoints in {}; retention: {}\n", entries.size(), dir,
              have_policy ? ackpt::EncodeRetention(policy) : std::string("keep all"));

@@ -184,6 +184,11 @@ class ACKPT_EXPORT CheckpointReader {
   virtual ~CheckpointReader() = default;
 
   virtual const FileInfo& info() const = 0;
+  // Every tensor the reads below return: the ones this file holds
+  // (info().tensors) and, in an incremental checkpoint, the ones it
+  // references (info().references), each with its dtype, shape and checksum
+  // (a referenced one's begin/end are those in its holder).
+  virtual const std::vector<TensorInfo>& all_tensors() const = 0;
 
   // Reads the whole state tree. Tensors are decompressed in parallel straight
   // into freshly allocated CPU tensors. Plain safetensors files written by

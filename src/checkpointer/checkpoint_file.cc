@@ -46,11 +46,11 @@ std::map<std::string, at::Tensor> TargetTensors(const LoadTargets& targets) {
   return FlattenTensors(CheckpointLayout(targets.into));
 }
 
-std::vector<std::string> MatchingTargets(const FileInfo& info,
+std::vector<std::string> MatchingTargets(const CheckpointReader& reader,
                                          const std::map<std::string, at::Tensor>& destinations) {
   std::vector<std::string> out;
   if (destinations.empty()) return out;
-  for (const TensorInfo& t : info.tensors) {
+  for (const TensorInfo& t : reader.all_tensors()) {
     auto it = destinations.find(t.name);
     if (it == destinations.end()) continue;
     const at::Tensor& d = it->second;
@@ -99,7 +99,7 @@ Checkpoint ReadCheckpointInto(const std::string& path, const ReadOptions& option
     throw Error::InvalidArgument("'" + path + "' is a " + kind->second +
                                  " file, not a full checkpoint");
   }
-  const std::vector<std::string> written = MatchingTargets(reader->info(), targets);
+  const std::vector<std::string> written = MatchingTargets(*reader, targets);
   StateDict root;
   try {
     root = targets.empty() ? reader->ReadStateDict()

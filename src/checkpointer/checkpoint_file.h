@@ -31,9 +31,10 @@ Checkpoint CheckpointFromLayout(StateDict root, const std::string& path);
 std::map<std::string, at::Tensor> TargetTensors(const LoadTargets& targets);
 
 // The names in `destinations` (keyed by tensor name in the file) whose
-// tensor `info` holds with the same dtype and shape, the destination being
-// dense: the tensors a lenient ReadStateDictInto(destinations) writes.
-std::vector<std::string> MatchingTargets(const FileInfo& info,
+// tensor `reader` reads (held or referenced) with the same dtype and shape,
+// the destination being dense: the tensors a lenient
+// ReadStateDictInto(destinations) writes.
+std::vector<std::string> MatchingTargets(const CheckpointReader& reader,
                                          const std::map<std::string, at::Tensor>& destinations);
 
 // Which targets may hold partly new bytes: a read into them that failed

@@ -28,6 +28,7 @@
 #include "format/constants.h"
 #include "format/dtype.h"
 #include "format/flatten.h"
+#include "format/header.h"
 
 namespace ackpt {
 
@@ -428,7 +429,7 @@ class DistributedCheckpointer::Impl {
       CheckpointReader& reader = reader_of(r);
       std::map<std::string, at::Tensor> dests;  // part-file name -> target
       std::vector<std::string> replicated;      // part-file names of replicated tensors
-      for (const auto& t : reader.info().tensors) {
+      for (const auto& t : reader.all_tensors()) {
         const int64_t i = ReplicatedTensorIndex(t.name);
         if (i < 0) continue;
         if (static_cast<size_t>(i) >= names.size())
@@ -439,7 +440,7 @@ class DistributedCheckpointer::Impl {
         if (target != to.replicated.end()) dests.emplace(t.name, target->second);
       }
       if (replicated.empty()) continue;
-      const std::vector<std::string> written = MatchingTargets(reader.info(), dests);
+      const std::vector<std::string> written = MatchingTargets(reader, dests);
       try {
         std::map<std::string, at::Tensor> into;
         std::vector<std::string> fresh;
@@ -556,8 +557,8 @@ class DistributedCheckpointer::Impl {
     const std::string prefix = std::string(kPartLocal) + "/";
     std::map<std::string, at::Tensor> into;
     std::vector<std::string> fresh;
-    const std::vector<std::string> written = MatchingTargets(reader.info(), dests);
-    for (const auto& t : reader.info().tensors) {
+    const std::vector<std::string> written = MatchingTargets(reader, dests);
+    for (const auto& t : reader.all_tensors()) {
       if (t.name.rfind(prefix, 0) != 0) continue;
       if (std::find(written.begin(), written.end(), t.name) != written.end()) {
         into.emplace(t.name, dests.at(t.name));
@@ -576,7 +577,7 @@ class DistributedCheckpointer::Impl {
     if (damage) damage->Succeeded(written);
     for (auto& kv : into) got.emplace(kv.first, kv.second);
     const at::Tensor placeholder = at::empty({0});
-    for (const auto& t : reader.info().tensors) got.emplace(t.name, placeholder);
+    for (const auto& t : reader.all_tensors()) got.emplace(t.name, placeholder);
     auto tree = reader.info().metadata.find(format::kMetaTree);
     if (tree == reader.info().metadata.end())
       throw Error::Corruption("'" + reader.info().path + "' is not a part written by ackpt");
@@ -628,7 +629,7 @@ class DistributedCheckpointer::Impl {
             ReadOptions ro;
             ro.threads = 1;
             const std::unique_ptr<CheckpointReader> reader = CheckpointReader::Open(f, ro, env);
-            for (const auto& t : reader->info().tensors)
+            for (const auto& t : reader->all_tensors())
               shared = shared || ReplicatedTensorIndex(t.name) >= 0;
             // Part 0 also holds the replicated subtrees (names, scalars).
             if (p == 0 && !shared) {
@@ -871,8 +872,9 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
     std::shared_ptr<StoreCommit> commit = im.commit;
     const bool has_local = split.has_local;
     const std::map<std::string, double> metrics = checkpoint.metrics;
-    auto part_of = [has_local, records](const WriteResult& w) {
+    auto part_of = [has_local, records](const WriteResult& w, const engine::Metadata& metadata) {
       Manifest::Part part;
+      part.references = format::ReferencedFiles(metadata, w.path);
       part.file = BaseName(w.path);
       part.file_bytes = w.file_bytes;
       part.header_xxh3 = w.header_xxh3;
@@ -887,14 +889,16 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
                                                       core.compressed(), im.base().file_ext))
             : std::string();
     hooks.publish = [commit, seq, index, metrics, part_of, link, replica_path](
-                        const WriteResult& w, const engine::Metadata&) {
+                        const WriteResult& w, const engine::Metadata& metadata) {
       // The replica first: once the manifest exists, the peer holds a copy.
       if (link && link->send_to >= 0) link->Replicate(seq, index, w.path, replica_path);
       Guard(Error::Code::kIOError, "committing distributed checkpoint " + std::to_string(index),
-            [&] { commit->Publish(seq, index, part_of(w), metrics); });
+            [&] { commit->Publish(seq, index, part_of(w, metadata), metrics); });
     };
     if (core.local()) {
-      hooks.after_commit = im.LocalTierAfterCommit(seq, index, force, metrics, part_of);
+      // (No references with two tiers: ValidateCheckpointerArguments.)
+      hooks.after_commit = im.LocalTierAfterCommit(
+          seq, index, force, metrics, [part_of](const WriteResult& w) { return part_of(w, {}); });
     } else if (im.owner()) {
       std::shared_ptr<CheckpointDir> dir = core.dir();
       const RetentionPolicy policy = im.base().retention;
@@ -906,7 +910,14 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
         dir->RemoveOrphanParts([index](int64_t i) { return i <= index; });
       };
     }
-    core.engine().Save(std::move(part_state), index, path, force, std::move(hooks));
+    const std::shared_ptr<IncrementalBox> incremental = core.AddIncrementalHooks(path, &hooks);
+    try {
+      core.engine().Save(std::move(part_state), index, path, force, std::move(hooks));
+    } catch (...) {
+      core.IncrementalSaveDone(incremental, false);
+      throw;
+    }
+    core.IncrementalSaveDone(incremental, true);
     core.Saved(path);
     // A forced save is committed in both tiers when it returns.
     if (force) core.WaitPromotion(seq);

@@ -162,7 +162,7 @@ StateDict PartScalars(const CheckpointReader& reader) {
   const FileInfo& info = reader.info();
   const at::Tensor placeholder = at::empty({0});
   std::map<std::string, at::Tensor> placeholders;
-  for (const auto& t : info.tensors) placeholders.emplace(t.name, placeholder);
+  for (const auto& t : reader.all_tensors()) placeholders.emplace(t.name, placeholder);
   auto tree = info.metadata.find(format::kMetaTree);
   if (tree == info.metadata.end())
     throw Error::Corruption("'" + info.path + "' is not a part written by ackpt");

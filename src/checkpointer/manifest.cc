@@ -1,6 +1,7 @@
 #include "checkpointer/manifest.h"
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "ackpt/error.h"
 #include "checkpointer/metadata_keys.h"
@@ -35,6 +36,7 @@ json PartJson(const Manifest::Part& p) {
     }
     j["shards"] = std::move(shards);
   }
+  if (!p.references.empty()) j["references"] = p.references;
   return j;
 }
 
@@ -54,6 +56,14 @@ Manifest::Part PartFromJson(const json& p) {
       r.shape = s.at("shape").get<std::vector<int64_t>>();
       r.slab_rows = s.at("slab_rows").get<int64_t>();
       part.shards.push_back(std::move(r));
+    }
+  }
+  if (p.contains("references")) {
+    part.references = p.at("references").get<std::vector<std::string>>();
+    for (const auto& f : part.references) {
+      if (f.empty() || f == "." || f == ".." || f.find('/') != std::string::npos)
+        throw Error::Corruption("part '" + part.file + "' references '" + f +
+                                "', not a file name");
     }
   }
   return part;
@@ -143,10 +153,13 @@ CheckpointEntry ManifestCatalogEntry(const Manifest& m, const std::string& path)
   CheckpointEntry e;
   e.index = m.index;
   e.path = path;
+  std::set<std::string> references;
   for (const auto& p : m.parts) {
     e.file_bytes += p.file_bytes;
     e.parts.push_back(p.file);
+    references.insert(p.references.begin(), p.references.end());
   }
+  e.references.assign(references.begin(), references.end());
   e.world_size = m.world_size;
   e.save_time = m.time;
   e.metrics = m.metrics;

@@ -40,6 +40,9 @@ struct Manifest {
     std::string header_xxh3;
     bool has_local = false;           // holds rank-local state
     std::vector<ShardRecord> shards;  // the boxes of sharded tensors it holds
+    // Incremental: the files (earlier parts, in the manifest's directory)
+    // holding tensors this part references.
+    std::vector<std::string> references;
   };
   std::vector<Part> parts;  // by rank
 

@@ -231,7 +231,7 @@ uint64_t ReadBox(const GlobalTensor& g, const at::Tensor& target,
     auto [cached, fresh] = index->by_reader.try_emplace(&reader);
     std::map<std::string, const TensorInfo*>& in_part = cached->second;
     if (fresh) {
-      for (const TensorInfo& t : reader.info().tensors) {
+      for (const TensorInfo& t : reader.all_tensors()) {
         if (t.name.rfind(kPartSharded, 0) == 0) in_part.emplace(t.name, &t);
       }
     }

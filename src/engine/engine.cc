@@ -468,8 +468,8 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
     written->file_bytes = r.file_bytes;
     written->header_xxh3 = r.header_xxh3;
     *metadata_out = std::move(metadata);
-    if (job.hooks.held) job.hooks.held(job.tensors);
     if (job.hooks.publish) job.hooks.publish(*written, *metadata_out);
+    if (job.hooks.held) job.hooks.held(job.tensors);
     job.stats.file_bytes = r.file_bytes;
     job.stats.compress_seconds = r.compress_seconds;
     job.stats.write_seconds = r.write_seconds;

@@ -60,8 +60,9 @@ struct SaveHooks {
   // remove tensors this save must not write (an incremental save references
   // them; the tree still names them). Its exceptions leave Save().
   std::function<void(std::vector<format::FlatTensor>*)> select;
-  // Runs on the writer once the file is durable, before publish, with the
-  // tensors it holds (checksums filled). Same lifetime rule as after_commit.
+  // Runs on the writer once the save is durable and published (committed),
+  // before after_commit, with the tensors the file holds (checksums filled).
+  // Same lifetime rule as after_commit.
   std::function<void(const std::vector<format::FlatTensor>&)> held;
   // Runs on the writer right after the save is durable, before after_commit;
   // an exception fails the save like a write error (sticky, raised at the

@@ -116,9 +116,12 @@ class ReaderImpl final : public CheckpointReader {
               std::to_string(frames_.table().frame(0).decompressed_size));
     }
     if (resolve_references) ResolveReferences();
+    all_tensors_ = info_.tensors;
+    all_tensors_.insert(all_tensors_.end(), ref_infos_.begin(), ref_infos_.end());
   }
 
   const FileInfo& info() const override { return info_; }
+  const std::vector<TensorInfo>& all_tensors() const override { return all_tensors_; }
 
   StateDict ReadStateDict() override {
     return Guard(info_.path, "reading the state", [&] { return ReadStateDictImpl(nullptr, true); });
@@ -568,6 +571,7 @@ class ReaderImpl final : public CheckpointReader {
   std::map<std::string, std::unique_ptr<ReaderImpl>> holders_;
   std::vector<TensorInfo> ref_infos_;
   std::vector<ReaderImpl*> ref_holders_;
+  std::vector<TensorInfo> all_tensors_;  // info_.tensors, then ref_infos_
   FrameReader frames_{file_.get(), &info_, &options_};
 };
 

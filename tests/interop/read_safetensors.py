@@ -14,6 +14,13 @@ checks that files written by ackpt are what the spec says they are.
                         with the zstandard module and compares the result with
                         FILE byte for byte (skipped if zstandard is missing).
       --chunk-size N    with --zst: every frame but the last holds N bytes.
+      --same-as FULL    also compares every value with those of FULL (another
+                        checkpoint: e.g. a full save of the state an
+                        incremental FILE references).
+      References (ackpt.refs, docs/FORMAT.md section 15) are resolved: each
+      referenced tensor is read from its holder, a plain or (with zstandard)
+      compressed ackpt file in FILE's directory, and checked against the
+      referenced XXH3-64.
   read_safetensors.py write FILE
       Writes a plain (foreign, non-ackpt) safetensors file of torch values that
       tests/interop_test.cc loads with ackpt::ReadStateDict.
@@ -24,6 +31,7 @@ Exits 0 when everything matches; otherwise prints what is wrong and exits 1.
 import argparse
 import json
 import math
+import os
 import struct
 import sys
 
@@ -168,6 +176,66 @@ class Checkpoint:
             self.tensors.append((name, dtype, shape, begin, end))
         expect(offset == data_bytes, "tensors cover %d bytes but the data section has %d"
                % (offset, data_bytes))
+        self.refs = self._references()
+
+    # ---- references (incremental checkpoints, section 15) ----------------------
+
+    def _references(self):
+        """{tensor name: (holder file, hex64)} from ackpt.refs."""
+        text = self.metadata.get("ackpt.refs")
+        if text is None:
+            return {}
+        try:
+            by_file = json.loads(text, object_pairs_hook=no_duplicates)
+        except ValueError as e:
+            fail("ackpt.refs does not parse: %s" % e)
+        expect(isinstance(by_file, dict), "ackpt.refs is not a JSON object")
+        expect(json.dumps(by_file, separators=(",", ":"), ensure_ascii=False) == text,
+               "ackpt.refs is not compact JSON")
+        expect(list(by_file) == sorted(by_file, key=lambda k: k.encode("utf-8")),
+               "ackpt.refs files are not in byte order")
+        held = {t[0] for t in self.tensors}
+        refs = {}
+        for f, names in by_file.items():
+            expect(f not in ("", ".", "..") and "/" not in f and "\0" not in f,
+                   "ackpt.refs names %r, not a file name" % f)
+            expect(isinstance(names, dict), "ackpt.refs[%r] is not an object" % f)
+            expect(list(names) == sorted(names, key=lambda k: k.encode("utf-8")),
+                   "ackpt.refs[%r] names are not in byte order" % f)
+            for name, h in names.items():
+                expect(is_hex64(h), "reference %r has checksum %r, not hex64" % (name, h))
+                expect(name not in held, "tensor %r is both held and referenced" % name)
+                expect(name not in refs, "tensor %r is referenced twice" % name)
+                refs[name] = (f, h)
+        return refs
+
+    def holder(self, f):
+        """The checkpoint in this file's directory that holds referenced tensors."""
+        cache = self.__dict__.setdefault("_holders", {})
+        if f not in cache:
+            path = os.path.join(os.path.dirname(self.path) or ".", f)
+            expect(os.path.exists(path), "referenced file %s does not exist" % path)
+            raw = open(path, "rb").read()
+            if len(raw) >= 4 and struct.unpack_from("<I", raw, 0)[0] == ZSTD_FRAME_MAGIC:
+                try:
+                    import zstandard
+                except ImportError:
+                    fail("referenced file %s is compressed and zstandard is missing" % path)
+                raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True).read()
+            h = Checkpoint(raw, path)
+            h.check_ackpt_metadata()
+            cache[f] = h
+        return cache[f]
+
+    def referenced_tensor(self, name):
+        f, h = self.refs[name]
+        holder = self.holder(f)
+        expect(name not in holder.refs, "%s references %r in %s, which references it again "
+               "(references never chain)" % (self.path, name, f))
+        actual = hex64(xxhash.xxh3_64_intdigest(holder.tensor_bytes(name)))
+        expect(actual == h, "referenced tensor %r: XXH3-64 in %s is %s but ackpt.refs says %s"
+               % (name, f, actual, h))
+        return holder.tensor(name)
 
     def tensor_bytes(self, name):
         for n, _, _, b, e in self.tensors:
@@ -176,6 +244,8 @@ class Checkpoint:
         fail("no tensor %r" % name)
 
     def tensor(self, name):
+        if name in self.refs:
+            return self.referenced_tensor(name)
         for n, dtype, shape, b, e in self.tensors:
             if n == name:
                 tdtype = DTYPES[dtype][0]
@@ -245,8 +315,10 @@ class Checkpoint:
         tree = self._node(root, "", 0, used)
         names = [t[0] for t in self.tensors]
         expect(len(used) == len(set(used)), "a tensor is referenced twice in the tree")
-        expect(sorted(used) == sorted(names), "tree references %r but the file holds %r"
-               % (sorted(used), sorted(names)))
+        expect(sorted(used) == sorted(names + list(self.refs)),
+               "tree references %r but the file holds %r and references %r"
+               % (sorted(used), sorted(names), sorted(self.refs)))
+        used = [n for n in used if n not in self.refs]
         # Tensors are numbered in tree order; the file orders them by element
         # size (largest first), stably, so within one element size tree order holds.
         esize = {t[0]: DTYPES[t[1]][1] for t in self.tensors}
@@ -412,6 +484,28 @@ def compare(actual, want, path):
                "%s: %r, expected %r" % (where, actual[1], want[1]))
 
 
+def compare_trees(a, b, path):
+    """Two decoded trees: the same structure, values and tensor bytes."""
+    where = path or "the root"
+    expect(a[0] == b[0], "%s: node kind %r vs %r" % (where, a[0], b[0]))
+    if a[0] == "T":
+        expect(a[1].dtype == b[1].dtype and list(a[1].shape) == list(b[1].shape),
+               "%s: %s %r vs %s %r" % (where, a[1].dtype, list(a[1].shape), b[1].dtype, list(b[1].shape)))
+        expect(tensor_bytes(a[1]) == tensor_bytes(b[1]), "%s: tensor bytes differ" % where)
+    elif a[0] == "d":
+        expect([k for k, _ in a[1]] == [k for k, _ in b[1]], "%s: keys differ" % where)
+        for (k, x), (_, y) in zip(a[1], b[1]):
+            compare_trees(x, y, join(path, escape_key(k)))
+    elif a[0] == "l":
+        expect(len(a[1]) == len(b[1]), "%s: list lengths differ" % where)
+        for i, (x, y) in enumerate(zip(a[1], b[1])):
+            compare_trees(x, y, join(path, str(i)))
+    elif a[0] == "f":
+        expect(struct.pack("<d", a[1]) == struct.pack("<d", b[1]), "%s: %r vs %r" % (where, a[1], b[1]))
+    else:
+        expect(a[1] == b[1], "%s: %r vs %r" % (where, a[1], b[1]))
+
+
 # ---------------------------------------------------------------------------
 # The compressed layout (zstd seekable format)
 # ---------------------------------------------------------------------------
@@ -534,6 +628,7 @@ def main():
     c.add_argument("--expect", choices=["pattern"])
     c.add_argument("--zst")
     c.add_argument("--chunk-size", type=int, default=0)
+    c.add_argument("--same-as")
     w = sub.add_parser("write")
     w.add_argument("file")
     args = ap.parse_args()
@@ -549,9 +644,14 @@ def main():
             compare(tree, expected_pattern_state(), "")
         if args.zst:
             check_compressed(args.zst, plain, args.chunk_size)
-        print("OK %s: %d tensors, header %d bytes, data %d bytes%s"
-              % (args.file, len(ckpt.tensors), ckpt.data_start, len(plain) - ckpt.data_start,
-                 ", values as expected" if args.expect else ""))
+        if args.same_as:
+            other = Checkpoint(open(args.same_as, "rb").read(), args.same_as)
+            other.check_ackpt_metadata()
+            compare_trees(tree, other.decode_tree(), "")
+        print("OK %s: %d tensors, %d references, header %d bytes, data %d bytes%s"
+              % (args.file, len(ckpt.tensors), len(ckpt.refs), ckpt.data_start,
+                 len(plain) - ckpt.data_start,
+                 ", values as expected" if args.expect or args.same_as else ""))
         return 0
     except Mismatch as e:
         print("MISMATCH in %s: %s" % (args.file, e), file=sys.stderr)
