@@ -59,6 +59,15 @@ byte-grouped frames (docs/FORMAT.md section 14), which this reader decodes
 with numpy and zstandard. This reader never assumes where frames start or how
 large they are, it follows the seek table.
 
+Incremental checkpoints (docs/FORMAT.md section 15) hold only the tensors
+that changed; ``__metadata__["ackpt.refs"]`` names, for each other tensor,
+the file in the same directory that holds it and its XXH3-64. Opening such a
+file opens each referenced file's header and checks that it holds the
+tensor with that checksum (``CorruptionError`` otherwise, e.g. when the base
+was deleted); ``tensor()``, ``tensors()`` and ``state()`` read referenced
+tensors from there, ``verify()`` checks those files too, and
+``references`` maps each referenced tensor's name to its file.
+
 Command line: ``python3 ackpt_reader.py FILE... [--verify] [--json]`` lists
 the tensors of each file (and with ``--verify`` checks every checksum);
 exit status 0, or 1 if a file is unreadable or corrupt.
@@ -213,7 +222,8 @@ class _Frame:
 class Checkpoint:
     """An open ackpt (or plain safetensors) checkpoint file. See the module doc."""
 
-    def __init__(self, path, *, verify_checksums=True, as_torch=False, bf16="uint16"):
+    def __init__(self, path, *, verify_checksums=True, as_torch=False, bf16="uint16",
+                 _resolve_references=True):
         if bf16 not in ("uint16", "float32"):
             raise ValueError("bf16 must be 'uint16' or 'float32', got %r" % (bf16,))
         if as_torch:
@@ -232,10 +242,14 @@ class Checkpoint:
         except OSError as e:
             raise AckptError("'%s': %s" % (self.path, e.strerror or e)) from None
         self._frame_cache = {}
+        self._holders = {}  # referenced file name -> Checkpoint
+        self.references = {}  # referenced tensor name -> file name
         try:
             self._open()
+            if _resolve_references:
+                self._resolve_references()
         except BaseException:
-            self._file.close()
+            self.close()
             raise
 
     # ---- public API ---------------------------------------------------------
@@ -260,20 +274,24 @@ class Checkpoint:
 
     @property
     def names(self):
-        """Tensor names in data order."""
-        return [t.name for t in self.infos]
+        """Names of the tensors this file holds, in data order, then the
+        referenced ones (incremental checkpoints), by name."""
+        return [t.name for t in self.infos] + sorted(self.references)
 
     def tensor(self, name):
-        """One tensor by name, reading only the bytes (or frames) that hold it."""
+        """One tensor by name, reading only the bytes (or frames) that hold it
+        (a referenced tensor: in the file that holds it)."""
+        if name in self.references:
+            return self._holders[self.references[name]].tensor(name)
         info = self._by_name.get(name)
         if info is None:
             raise KeyError("no tensor %r in '%s'" % (name, self.path))
         return self._convert(info, self._read_tensor_bytes(info))
 
     def tensors(self, names=None):
-        """A dict name -> tensor, in data order (all tensors, or `names`)."""
-        wanted = self.infos if names is None else [self._info(n) for n in names]
-        return {t.name: self._convert(t, self._read_tensor_bytes(t)) for t in wanted}
+        """A dict name -> tensor (all tensors in `names` order, held ones in
+        data order first by default)."""
+        return {n: self.tensor(n) for n in (self.names if names is None else names)}
 
     def state(self):
         """The saved state: nested dicts/lists of tensors and scalars."""
@@ -316,12 +334,16 @@ class Checkpoint:
             if t.xxh3 is not None and h.hexdigest() != t.xxh3:
                 self._corrupt("checksum mismatch in tensor '%s' (XXH3-64 %s, stored %s)"
                               % (t.name, h.hexdigest(), t.xxh3))
+        for holder in self._holders.values():
+            holder.verify()
         return {"tensors": len(self.infos), "frames": len(self._frames),
-                "logical_bytes": self.logical_bytes}
+                "logical_bytes": self.logical_bytes, "references": len(self.references)}
 
     def close(self):
         self._file.close()
         self._frame_cache.clear()
+        for holder in self._holders.values():
+            holder.close()
 
     def __enter__(self):
         return self
@@ -452,6 +474,8 @@ class Checkpoint:
                 self._corrupt("ackpt.xxh3 of tensor '%s' is %r, not 16 lowercase hex digits"
                               % (name, h))
             self._by_name[name].xxh3 = h
+        self._ref_sums = {}
+        self._parse_references(meta)
         try:
             self._tree = json.loads(meta["ackpt.tree"])
         except ValueError as e:
@@ -509,6 +533,51 @@ class Checkpoint:
             self._corrupt("frames cover %d bytes but %d precede the seek table" % (coff, tstart))
         self._frame_starts = [f.doffset for f in self._frames]
 
+    def _parse_references(self, meta):
+        text = meta.get("ackpt.refs")
+        if text is None:
+            return
+        try:
+            by_file = json.loads(text, object_pairs_hook=_no_duplicates)
+        except ValueError as e:
+            self._corrupt("ackpt.refs does not parse: %s" % e)
+        if not isinstance(by_file, dict):
+            self._corrupt("ackpt.refs is not an object")
+        for f, names in by_file.items():
+            if f in ("", ".", "..") or "/" in f or "\0" in f:
+                self._corrupt("ackpt.refs names %r, not a file name" % f)
+            if not isinstance(names, dict):
+                self._corrupt("ackpt.refs[%r] is not an object" % f)
+            for name, h in names.items():
+                if not _is_hex64(h):
+                    self._corrupt("reference %r has checksum %r, not 16 lowercase hex digits"
+                                  % (name, h))
+                if name in self._by_name or name in self.references:
+                    self._corrupt("tensor %r is referenced twice or also held" % name)
+                self.references[name] = f
+                self._ref_sums[name] = h
+
+    def _resolve_references(self):
+        """Opens every referenced file and checks it holds the tensor itself
+        with the referenced checksum."""
+        for name, f in sorted(self.references.items()):
+            holder = self._holders.get(f)
+            if holder is None:
+                p = os.path.join(os.path.dirname(self.path), f)
+                try:
+                    holder = Checkpoint(p, verify_checksums=self.verify_checksums,
+                                        as_torch=self.as_torch, bf16=self.bf16,
+                                        _resolve_references=False)
+                except AckptError as e:
+                    self._corrupt("tensor '%s' is held by '%s', which cannot be read: %s"
+                                  % (name, p, e))
+                self._holders[f] = holder
+            info = holder._by_name.get(name)
+            if info is None or info.xxh3 != self._ref_sums[name]:
+                self._corrupt("tensor '%s' is held by '%s', which %s" % (
+                    name, holder.path, "does not hold it" if info is None else
+                    "holds it with checksum %s, not %s" % (info.xxh3, self._ref_sums[name])))
+
     def _check_tree(self):
         root = self._tree
         if not (isinstance(root, dict) and list(root) == ["d"]):
@@ -524,7 +593,7 @@ class Checkpoint:
                 self._corrupt("ackpt.tree: node at %s is not a one-member object" % w)
             ((tag, v),) = node.items()
             if tag == "T":
-                if not isinstance(v, str) or v not in self._by_name:
+                if not isinstance(v, str) or (v not in self._by_name and v not in self.references):
                     self._corrupt("ackpt.tree: %s refers to tensor %r, which the header lacks"
                                   % (w, v))
                 if v in used:
@@ -560,8 +629,8 @@ class Checkpoint:
                                   depth + 1))
             else:
                 self._corrupt("ackpt.tree: unknown node tag %r at %s" % (tag, w))
-        if len(used) != len(self.infos):
-            missing = sorted(set(self._by_name) - used)
+        if len(used) != len(self.infos) + len(self.references):
+            missing = sorted((set(self._by_name) | set(self.references)) - used)
             self._corrupt("ackpt.tree does not reference tensor(s) %r" % missing[:5])
 
     # ---- reading ------------------------------------------------------------
@@ -823,7 +892,8 @@ def _main(argv):
                         "file_bytes": ckpt.file_bytes, "logical_bytes": ckpt.logical_bytes,
                         "frames": ckpt.num_frames, "verified": report is not None,
                         "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
-                                     "bytes": t.nbytes} for t in ckpt.infos]}))
+                                     "bytes": t.nbytes} for t in ckpt.infos],
+                        "references": ckpt.references}))
                 else:
                     print("%s: %s, %d tensors, %d bytes (%d uncompressed)%s"
                           % (path, "zstd" if ckpt.compressed else "plain", len(ckpt.infos),
@@ -831,6 +901,8 @@ def _main(argv):
                              ", checksums OK" if report else ""))
                     for t in ckpt.infos:
                         print("  %-48s %-7s %-20s %d" % (t.name, t.dtype, list(t.shape), t.nbytes))
+                    for name, f in sorted(ckpt.references.items()):
+                        print("  %-48s referenced in %s" % (name, f))
         except AckptError as e:
             print("ERROR %s" % e, file=sys.stderr)
             status = 1

@@ -425,6 +425,8 @@ const std::vector<Field>& Fields() {
       ACKPT_STR(file_ext, a.file_ext),
       ACKPT_BOOL(resume_from_save_dir, a.resume_from_save_dir),
       ACKPT_BOOL(verify_on_load, a.verify_on_load),
+      // IncrementalArguments: the switch only (full_every, verify: C++ only for now)
+      ACKPT_BOOL(incremental, a.incremental.enabled),
       // RetentionPolicy (DefaultCheckpointerArguments::retention), flattened
       ACKPT_INT(keep_last, a.retention.keep_last, std::numeric_limits<int64_t>::min(), kI64Max),
       ACKPT_INT(keep_every, a.retention.keep_every, std::numeric_limits<int64_t>::min(), kI64Max),

@@ -133,5 +133,39 @@ class Interop(unittest.TestCase):
                 self.assertEqual(back[k], v)
 
 
+    def test_incremental_checkpoints_reference_what_did_not_change(self):
+        # incremental=True: the frozen tensor is written once and referenced
+        # after; ackpt_reader.py and the extension's load() follow the references.
+        d = os.path.join(self.dir, "inc")
+        frozen = torch.randn(256, 64, generator=torch.Generator().manual_seed(3))
+        adapter = torch.zeros(16)
+        with ackpt.Checkpointer(save_dir=d, model_state_save_dir="", compression="none",
+                                incremental=True, log_level="WARN") as c:
+            for i in range(3):
+                c.save({"frozen": frozen, "adapter": adapter, "step": i}, i, force=True)
+                adapter.add_(1)  # in place: its version counter moves
+            last = c.last_saved_path
+        with ackpt_reader.open(last, as_torch=True) as f:
+            self.assertEqual(f.references, {"trainer_state/frozen": "model_0.safetensors"})
+            self.assertEqual([t.name for t in f.infos], ["trainer_state/adapter"])
+            self.assertEqual(raw(f.tensor("trainer_state/frozen")), raw(frozen))
+            st = f.state()["trainer_state"]
+            self.assertEqual(st["step"], 2)
+            self.assertEqual(raw(st["adapter"]), raw(torch.full((16,), 2.0)))
+            self.assertEqual(f.verify()["references"], 1)
+        with ackpt.Checkpointer(save_dir=d, model_state_save_dir="", checkpoint=False,
+                                log_level="WARN") as c:
+            back = c.load()
+            self.assertEqual(raw(back["frozen"]), raw(frozen))
+            self.assertEqual(back["step"], 2)
+        # The base gone: the reader says which file is missing, and load()
+        # falls back to the newest checkpoint that does not need it (none).
+        os.remove(os.path.join(d, "model_0.safetensors"))
+        with self.assertRaisesRegex(ackpt_reader.CorruptionError, "model_0.safetensors"):
+            ackpt_reader.open(last)
+        r = subprocess.run([CLI, "verify", last], capture_output=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+
+
 if __name__ == "__main__":
     unittest.main()
