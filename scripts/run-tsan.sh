@@ -12,10 +12,10 @@ if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=cc
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -DNDEBUG" \
   -DACKPT_SANITIZE=thread "${launcher[@]}" \
   -DACKPT_BUILD_BENCHMARKS=OFF -DACKPT_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)" --target checkpointer_test env_test engine_test peer_transfer_test tiers_test
+cmake --build "$BUILD_DIR" -j"$(nproc)" --target checkpointer_test env_test engine_test peer_transfer_test tiers_test incremental_test
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
 export OMP_NUM_THREADS=1
-for t in engine_test checkpointer_test env_test peer_transfer_test tiers_test; do
+for t in engine_test checkpointer_test env_test peer_transfer_test tiers_test incremental_test; do
   echo "== TSan: $t"
   "$BUILD_DIR/tests/$t" --gtest_brief=1
 done

@@ -365,6 +365,35 @@ class AckptMetadataTest : public ::testing::Test {
   nlohmann::ordered_json header_;
 };
 
+// Incremental checkpoints' ackpt.refs (docs/FORMAT.md section 15): every
+// malformed value is corruption, found before any holder is opened.
+TEST_F(AckptMetadataTest, MalformedReferencesAreCorruption) {
+  const std::string zero = std::string(16, '0');
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[]", "not an object"},
+      {"{\"a\":[1]}", "a list of names"},
+      {"{\"a\":{\"x\":{\"y\":\"z\"}}}", "nested too deep"},
+      {"{\"../x.safetensors\":{\"ghost\":\"" + zero + "\"}}", "a path, not a file name"},
+      {"{\"\":{\"ghost\":\"" + zero + "\"}}", "an empty file name"},
+      {"{\"a\":{\"ghost\":\"zz\"}}", "a checksum that is not hex64"},
+      {"{\"a\":{\"w\":\"" + zero + "\"}}", "a held tensor also referenced"},
+      {"{\"a\":{\"ghost\":\"" + zero + "\"},\"b\":{\"ghost\":\"" + zero + "\"}}",
+       "one tensor referenced twice"},
+      {"{\"a\":{\"ghost\":\"" + zero, "truncated JSON"},
+      {"{\"missing.safetensors\":{\"ghost\":\"" + zero + "\"}}", "a holder that is not there"},
+  };
+  for (const auto& c : cases) {
+    ExpectRejected(Edited([&](nlohmann::ordered_json& h) {
+                     h["__metadata__"]["ackpt.refs"] = c.first;
+                     // the tree names the referenced tensor, so only the reference is wrong
+                     std::string tree = h["__metadata__"]["ackpt.tree"];
+                     tree.insert(tree.size() - 2, ",[\"ghost\",{\"T\":\"ghost\"}]");
+                     h["__metadata__"]["ackpt.tree"] = tree;
+                   }),
+                   Error::Code::kCorruption, c.second);
+  }
+}
+
 TEST_F(AckptMetadataTest, InconsistentMetadataIsCorruption) {
   {
     SCOPED_TRACE("resealed header reads");

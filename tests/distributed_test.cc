@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "ackpt/consolidate.h"
 #include "ackpt/error.h"
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
@@ -245,6 +246,18 @@ TEST_F(DistributedTest, IncrementalPartsReferenceTheirOwnRanksEarlierPart) {
   ASSERT_EQ(entries.size(), 2u);
   EXPECT_EQ(entries[0].index, 12);
   EXPECT_EQ(entries[0].references.size(), static_cast<size_t>(kWorld));
+  // consolidate follows the references into one standalone file.
+  const std::string one = tmp_.file("inc-12.safetensors");
+  ConsolidateCheckpoint(JoinPath(dir, ManifestFileName("model", 12)), one);
+  {
+    auto reader = CheckpointReader::Open(one);
+    EXPECT_TRUE(reader->info().references.empty());
+    bool has_frozen = false;
+    for (const auto& t : reader->info().tensors)
+      has_frozen = has_frozen || t.name == "module_interface_state/frozen";
+    EXPECT_TRUE(has_frozen);
+    reader->Verify();
+  }
   // Resumed from 12 and run to 16: the same state as 16 steps straight.
   auto straight = LaunchRanks(tmp_, kWorld, tmp_.file("inc-straight"),
                               Args(16, "none", {"--incremental", "--out", "{out}"}), "inc-straight");

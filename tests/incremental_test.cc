@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "ackpt/checkpointer.h"
@@ -522,6 +523,91 @@ TEST(Incremental, ThePythonReaderResolvesReferences) {
   bytes[bytes.size() - 100] ^= 0x01;
   WriteFileBytes(base, bytes);
   EXPECT_NE(testing::RunCommand(script + inc.file("model_2.safetensors"), &out), 0) << out;
+}
+
+// The CLI: inspect shows what is referenced and where, verify follows the
+// references, export materializes a standalone file, ls shows bases.
+TEST(Incremental, TheCliInspectsVerifiesExportsAndListsReferences) {
+  TempDir dir, out;
+  Model m;
+  DefaultCheckpointerArguments a = Args(dir.path(), Compression::kZstd);
+  a.retention.keep_last = 1;
+  {
+    DefaultCheckpointer ck(a);
+    for (int i = 0; i < 3; ++i) {
+      ck.save(m.Get(), i, true);
+      m.Step();
+    }
+  }
+  const std::string cli = ACKPT_CLI;
+  const std::string inc = dir.file("model_2.safetensors.zst");
+  std::string text;
+  ASSERT_EQ(testing::RunCommand(cli + " inspect " + inc, &text), 0) << text;
+  EXPECT_NE(text.find("references:  3"), std::string::npos) << text;
+  EXPECT_NE(text.find("in model_0.safetensors.zst"), std::string::npos) << text;
+  ASSERT_EQ(testing::RunCommand(cli + " inspect --json " + inc + " 2>/dev/null", &text), 0);
+  const auto j = nlohmann::json::parse(text);
+  ASSERT_EQ(j.at("references").size(), 3u);
+  EXPECT_EQ(j.at("references")[0].at("file"), "model_0.safetensors.zst");
+  EXPECT_EQ(j.at("tensors").size(), kChanged.size());
+
+  ASSERT_EQ(testing::RunCommand(cli + " verify " + inc, &text), 0) << text;
+  const std::string exported = out.file("model_2.safetensors");
+  ASSERT_EQ(testing::RunCommand(cli + " export --quiet " + inc + " -o " + exported, &text), 0)
+      << text;
+  EXPECT_TRUE(CheckpointReader::Open(exported)->info().references.empty());
+  EXPECT_EQ(Bytes(ReadStateDict(exported)), Bytes(ReadStateDict(inc)));
+
+  ASSERT_EQ(testing::RunCommand(cli + " ls " + dir.path(), &text), 0) << text;
+  EXPECT_NE(text.find("references: model_0.safetensors.zst"), std::string::npos) << text;
+  EXPECT_NE(text.find("base of: 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("base"), std::string::npos) << text;
+  ASSERT_EQ(testing::RunCommand(cli + " ls --json " + dir.path() + " 2>/dev/null", &text), 0);
+  const auto l = nlohmann::json::parse(text);
+  ASSERT_EQ(l.at("checkpoints").size(), 2u);  // 2 and its base 0 (keep_last = 1)
+  EXPECT_EQ(l.at("checkpoints")[1].at("index"), 0);
+  EXPECT_EQ(l.at("checkpoints")[1].at("kept_by"), nlohmann::json::array({"base"}));
+  EXPECT_EQ(l.at("checkpoints")[1].at("base_of"), nlohmann::json::array({2}));
+
+  // A damaged base: verify of the dependent fails and names the base.
+  std::string bytes = ReadFileBytes(dir.file("model_0.safetensors.zst"));
+  bytes[bytes.size() / 2] ^= 0x10;
+  WriteFileBytes(dir.file("model_0.safetensors.zst"), bytes);
+  EXPECT_NE(testing::RunCommand(cli + " verify " + inc, &text), 0) << text;
+  EXPECT_NE(text.find("model_0.safetensors.zst"), std::string::npos) << text;
+}
+
+// A holder replaced by another file of the same name is not read as the
+// referenced bytes: the referenced checksum differs (kCorruption naming it).
+// (Malformed ackpt.refs values are in corruption_test.)
+TEST(Incremental, AReplacedHolderIsCorruption) {
+  TempDir dir;
+  Model m;
+  {
+    DefaultCheckpointer ck(Args(dir.path(), Compression::kNone));
+    ck.save(m.Get(), 0, true);
+    m.Step();
+    ck.save(m.Get(), 1, true);
+  }
+  const std::string path = dir.file("model_1.safetensors");
+  // A holder replaced by another file of the same name: its checksum differs.
+  std::string base = ReadFileBytes(dir.file("model_0.safetensors"));
+  {
+    StateDict other{{"module_interface_state",
+                     StateDict{{"backbone", StateDict{{"w0", at::zeros({256, 256})}}}}}};
+    WriteOptions o;
+    o.compression = Compression::kNone;
+    WriteStateDict(other, dir.file("model_0.safetensors"), o);
+  }
+  try {
+    CheckpointReader::Open(path);
+    ADD_FAILURE() << "a replaced holder was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Error::Code::kCorruption) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model_0.safetensors"), std::string::npos) << e.what();
+  }
+  WriteFileBytes(dir.file("model_0.safetensors"), base);
+  CheckpointReader::Open(path)->Verify();
 }
 
 }  // namespace

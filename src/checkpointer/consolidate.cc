@@ -98,7 +98,7 @@ std::unique_ptr<Opened> Open(const std::string& manifest_path, Env* env, int thr
   // Every slab each box needs is in its part, of the box's dtype and shape.
   std::vector<std::unordered_map<std::string, const TensorInfo*>> by_part(o->readers.size());
   for (size_t r = 0; r < o->readers.size(); ++r) {
-    for (const auto& t : o->readers[r]->info().tensors) by_part[r].emplace(t.name, &t);
+    for (const auto& t : o->readers[r]->all_tensors()) by_part[r].emplace(t.name, &t);
   }
   for (const auto& [name, g] : o->layout) {
     for (const GlobalTensor::Box& box : g.boxes) {
@@ -139,7 +139,7 @@ std::unique_ptr<Opened> Open(const std::string& manifest_path, Env* env, int thr
   std::vector<bool> found(names.size(), false);
   for (size_t r = 0; r < o->readers.size(); ++r) {
     const FileInfo& info = o->readers[r]->info();
-    for (const auto& t : info.tensors) {
+    for (const auto& t : o->readers[r]->all_tensors()) {
       const int64_t i = ReplicatedTensorIndex(t.name);
       if (i < 0) continue;
       if (static_cast<size_t>(i) >= names.size()) {
