@@ -143,6 +143,12 @@ struct Options {
   double promote_mib_per_s = 0;  // promotion copy rate cap; 0: none
   int die_rank = 0;              // tests: this rank SIGKILLs itself after --die-at-step
   int64_t die_at_step = -1;
+  // Fine-tuning (docs/INCREMENTAL.md): the embedding tables are frozen (not
+  // trained, not in the optimizer); --incremental references what did not
+  // change instead of writing it again.
+  bool freeze_embeddings = false;
+  bool incremental = false;
+  int64_t full_every = 0;
 };
 
 ModelSize SizeOf(const std::string& name) {
@@ -296,8 +302,13 @@ class CharLM : public ackpt::ModuleInterface {
     return Loss(val_, starts);
   }
   ackpt::OptimizersSchedulers get_optimizers_schedulers(int64_t, int64_t) override {
+    // Fine-tuning: only the parameters that still require a gradient train.
+    std::vector<torch::Tensor> trained;
+    for (const auto& p : model_->parameters()) {
+      if (p.requires_grad()) trained.push_back(p);
+    }
     auto opt = std::make_shared<torch::optim::AdamW>(
-        model_->parameters(), torch::optim::AdamWOptions(size_.lr).weight_decay(0.01));
+        trained, torch::optim::AdamWOptions(size_.lr).weight_decay(0.01));
     const unsigned decay_every = static_cast<unsigned>(
         opt_.decay_step > 0 ? opt_.decay_step : std::max<int64_t>(1, opt_.steps * 2 / 3));
     return {{opt}, {ackpt::MakeScheduler<torch::optim::StepLR>(*opt, decay_every, 0.3)}};
@@ -692,6 +703,16 @@ int Run(const Options& o) {
   if (o.world > 1) torch::manual_seed(static_cast<uint64_t>(o.seed) + 1000 * o.rank);
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
+  int64_t frozen_params = 0;
+  if (o.freeze_embeddings) {
+    for (auto* e : {&model->tok, &model->bigram, &model->trigram}) {
+      if (e->is_empty()) continue;
+      for (auto& p : (*e)->parameters()) {
+        p.set_requires_grad(false);
+        frozen_params += p.numel();
+      }
+    }
+  }
 
   std::mutex stats_mu;
   std::vector<ackpt::SaveStats> stats;
@@ -727,6 +748,8 @@ int Run(const Options& o) {
     ca.local_tier.promote_bytes_per_second =
         static_cast<uint64_t>(o.promote_mib_per_s * 1024.0 * 1024.0);
   }
+  ca.incremental.enabled = o.incremental;
+  ca.incremental.full_every = o.full_every;
   ca.on_save = [&](const ackpt::SaveStats& s) {
     {
       std::lock_guard<std::mutex> lock(stats_mu);
@@ -756,6 +779,22 @@ int Run(const Options& o) {
         Ordinal(o.persist_every), o.save_dir, ca.local_tier.persist_period,
         o.promote_mib_per_s > 0 ? fmt::format(" at most {:g} MiB/s", o.promote_mib_per_s) : "",
         o.world > 1 ? "; rank r's part also replicated to rank r+1's local tier" : "");
+  }
+  if (o.freeze_embeddings || o.incremental) {
+    fmt::print("fine-tuning: {}{}\n",
+               o.freeze_embeddings
+                   ? fmt::format("embeddings frozen ({:.2f}M of {:.2f}M parameters, {:.0f} %)",
+                                 static_cast<double>(frozen_params) / 1e6,
+                                 static_cast<double>(params) / 1e6,
+                                 100.0 * static_cast<double>(frozen_params) /
+                                     static_cast<double>(params))
+                   : std::string("every parameter trains"),
+               o.incremental
+                   ? fmt::format("; incremental checkpoints (unchanged tensors referenced{})",
+                                 o.full_every > 0
+                                     ? fmt::format(", every {} full", Ordinal(o.full_every))
+                                     : std::string())
+                   : std::string("; full checkpoints"));
   }
   std::fflush(stdout);
 
@@ -1057,6 +1096,11 @@ int Run(const Options& o) {
       "checkpoint stall:    {:.2f} s of {:.1f} s training = {:.1f} % (periodic saves {:.1f} "
       "%, final save {:.1f} %)\n",
       total_stall, train_seconds, share(total_stall), share(periodic_sum), share(final_total));
+  if (o.incremental) {
+    const ackpt::CheckpointerCounters n = checkpointer->counters();
+    fmt::print("incremental:         {} tensors ({}) referenced instead of copied and written\n",
+               n.tensors_referenced, Bytes(static_cast<double>(n.bytes_referenced)));
+  }
   fmt::print("kept (retention):    {}", checkpointer->kept());
   // Two tiers: one line of what moved between them.
   std::string tiers;
@@ -1293,6 +1337,13 @@ int main(int argc, char** argv) {
                  "with --local-dir: cap on the promotion copy rate (MiB/s); 0 = no cap")
       ->check(CLI::NonNegativeNumber);
   // Tests: rank --die-rank SIGKILLs itself after step --die-at-step, once its saves are durable.
+  app.add_flag("--freeze-embeddings", o.freeze_embeddings,
+               "fine-tuning: freeze the embedding tables (most of the parameters)");
+  app.add_flag("--incremental", o.incremental,
+               "incremental checkpoints: reference tensors unchanged since the last save");
+  app.add_option("--full-every", o.full_every,
+                 "with --incremental: every N-th save writes every tensor (0: only the first)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--die-at-step", o.die_at_step)->group("");
   app.add_option("--die-rank", o.die_rank)->group("");
   // Set by the --nproc launcher for the ranks it starts.
