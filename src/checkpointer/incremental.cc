@@ -12,6 +12,14 @@
 
 namespace ackpt {
 
+namespace {
+// The version counter without a dispatcher call (Tensor::_version() is an
+// operator); callers checked that the tensor is not an inference tensor.
+int64_t VersionOf(const at::Tensor& t) {
+  return static_cast<int64_t>(t.unsafeGetTensorImpl()->version_counter().current_version());
+}
+}  // namespace
+
 // A tensor as it was when a save wrote it: the same storage (held weakly,
 // so a freed storage's address is never mistaken for it), offset, shape,
 // strides, dtype, device and version counter mean the same bytes.
@@ -25,7 +33,7 @@ struct IncrementalSave::Written {
         strides(t.strides().vec()),
         dtype(t.scalar_type()),
         device(t.device()),
-        version(t._version()),
+        version(VersionOf(t)),
         conj(t.is_conj()),
         neg(t.is_neg()) {}
 
@@ -33,7 +41,7 @@ struct IncrementalSave::Written {
     return !storage.expired() && t.storage().unsafeGetStorageImpl() == storage_impl &&
            t.data_ptr() == data && t.storage_offset() == storage_offset && t.sizes() == sizes &&
            t.strides() == strides && t.scalar_type() == dtype && t.device() == device &&
-           t._version() == version && t.is_conj() == conj && t.is_neg() == neg;
+           VersionOf(t) == version && t.is_conj() == conj && t.is_neg() == neg;
   }
 
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
@@ -85,7 +93,7 @@ std::shared_ptr<IncrementalSave> IncrementalTracker::Select(
         ref.holder = it->second->holder;
         if (args_.verify) {
           ref.tensor = f.tensor;
-          ref.version = f.tensor._version();
+          ref.version = VersionOf(f.tensor);
         }
         save->referenced_bytes_ += f.tensor.nbytes();
         save->refs_.push_back(std::move(ref));
@@ -147,7 +155,7 @@ void IncrementalSave::Stamp(Env* env, std::map<std::string, std::string>* metada
     }
     if (verify_) {
       const uint64_t now = HashOf(r.tensor);
-      if (now != t.xxh3 && r.tensor._version() == r.version) {
+      if (now != t.xxh3 && VersionOf(r.tensor) == r.version) {
         throw Error::Corruption(
             "incremental.verify: tensor '" + r.name + "' holds bytes (xxh3 " + format::Hex64(now) +
             ") other than those saved in '" + r.holder->path + "' (" + format::Hex64(t.xxh3) +
