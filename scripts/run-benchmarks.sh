@@ -53,7 +53,7 @@ if [ "$BUILD" = 1 ]; then
   cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
   TARGETS=(ackpt_bench_stall ackpt_bench_overhead ackpt_bench_throughput ackpt_bench_compression
            ackpt_bench_memory ackpt_bench_micro ackpt_bench_load ackpt_bench_codec ackpt_bench_ring
-           ackpt_bench_retention ackpt_bench_distributed)
+           ackpt_bench_retention ackpt_bench_distributed ackpt_bench_incremental)
   # The demo model (trainer layer) is measured too when it builds.
   if grep -q "ackpt_demo" examples/CMakeLists.txt 2>/dev/null; then TARGETS+=(ackpt_demo); fi
   for t in "${TARGETS[@]}"; do
@@ -125,6 +125,7 @@ run ring "$B/ackpt_bench_ring" "${Q[@]}" --dir "$WORK/ring" --json "$RESULTS/rin
 run retention "$B/ackpt_bench_retention" "${Q[@]}" --dir "$WORK/retention" --json "$RESULTS/retention.json"
 run distributed "$B/ackpt_bench_distributed" "${Q[@]}" --dir "$WORK/distributed" --json "$RESULTS/distributed.json"
 run load "$B/ackpt_bench_load" "${Q[@]}" --dir "$WORK/load" --json "$RESULTS/load.json"
+run incremental "$B/ackpt_bench_incremental" "${Q[@]}" --dir "$WORK/incremental" --json "$RESULTS/incremental.json"
 T_RAN=$(date +%s)
 
 {
@@ -134,7 +135,7 @@ T_RAN=$(date +%s)
   echo "  \"run_seconds\": $((T_RAN - T_BUILT)),"
   echo "  \"phases\": {"
   first=1
-  for k in micro stall throughput overhead compression codec memory ring retention distributed load; do
+  for k in micro stall throughput overhead compression codec memory ring retention distributed load incremental; do
     [ $first = 1 ] || echo ","
     first=0
     printf '    "%s": %s' "$k" "${PHASE_SECONDS[$k]:-0}"
