@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   const int layers = 16;
   const int64_t cols = 1024;
   const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(size / layers / 4 / cols));
-  const int64_t rank = std::max<int64_t>(1, static_cast<int64_t>(fraction * rows * cols / 2 / cols));
+  const int64_t rank =
+      std::max<int64_t>(1, static_cast<int64_t>(fraction * rows * cols / 2 / cols));
   for (int i = 0; i < layers; ++i) {
     st.frozen.push_back(torch::randn({rows, cols}));
     st.adapter.push_back(torch::randn({rank, cols}));
@@ -141,7 +142,8 @@ int main(int argc, char** argv) {
     args.save_dir = d;
     args.model_state_save_dir = "";
     args.log_level = "WARN";
-    args.compression = compression == "zstd" ? ackpt::Compression::kZstd : ackpt::Compression::kNone;
+    args.compression =
+        compression == "zstd" ? ackpt::Compression::kZstd : ackpt::Compression::kNone;
     args.incremental.enabled = m.incremental;
     args.retention.keep_last = 2;
     args.staging_budget_bytes = 2 * total;  // the first (full) save fits
@@ -214,8 +216,8 @@ int main(int argc, char** argv) {
       {"load_speed_over_full", inc_load > 0 ? full_load / inc_load : 0.0},
       {"staged_over_changed", median_u(inc.staged) / changed_bytes},
       {"staging_chunks_over_changed", median_u(inc.staging_chunks) / changed_bytes},
-      {"full_stall_over_incremental", inc_stall > 0 ? bench::Summarize(full.stall).median / inc_stall
-                                                    : 0.0},
+      {"full_stall_over_incremental",
+       inc_stall > 0 ? bench::Summarize(full.stall).median / inc_stall : 0.0},
       {"full_stall_over_memcpy_full",
        mf.median > 0 ? bench::Summarize(full.stall).median / mf.median : 0.0},
       {"incremental_stall_minus_memcpy_seconds", inc_stall - mc.median},
@@ -237,8 +239,8 @@ int main(int argc, char** argv) {
       "full save stall / memcpy of the state: %.3f (memcpy %.1f ms)\n"
       "save of the changed tensors alone / memcpy of them: %.3f; incremental / that: %.3f\n",
       mc.median * 1e3, ratios["bytes_written_over_changed"].get<double>(),
-      ratios["stall_over_memcpy_changed"].get<double>(), ratios["load_speed_over_full"].get<double>(),
-      ratios["staged_over_changed"].get<double>(),
+      ratios["stall_over_memcpy_changed"].get<double>(),
+      ratios["load_speed_over_full"].get<double>(), ratios["staged_over_changed"].get<double>(),
       ratios["staging_chunks_over_changed"].get<double>(),
       ratios["full_stall_over_incremental"].get<double>(),
       ratios["full_stall_over_memcpy_full"].get<double>(), mf.median * 1e3,

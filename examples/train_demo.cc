@@ -781,20 +781,19 @@ int Run(const Options& o) {
         o.world > 1 ? "; rank r's part also replicated to rank r+1's local tier" : "");
   }
   if (o.freeze_embeddings || o.incremental) {
-    fmt::print("fine-tuning: {}{}\n",
-               o.freeze_embeddings
-                   ? fmt::format("embeddings frozen ({:.2f}M of {:.2f}M parameters, {:.0f} %)",
-                                 static_cast<double>(frozen_params) / 1e6,
-                                 static_cast<double>(params) / 1e6,
-                                 100.0 * static_cast<double>(frozen_params) /
-                                     static_cast<double>(params))
-                   : std::string("every parameter trains"),
-               o.incremental
-                   ? fmt::format("; incremental checkpoints (unchanged tensors referenced{})",
-                                 o.full_every > 0
-                                     ? fmt::format(", every {} full", Ordinal(o.full_every))
-                                     : std::string())
-                   : std::string("; full checkpoints"));
+    fmt::print(
+        "fine-tuning: {}{}\n",
+        o.freeze_embeddings
+            ? fmt::format("embeddings frozen ({:.2f}M of {:.2f}M parameters, {:.0f} %)",
+                          static_cast<double>(frozen_params) / 1e6,
+                          static_cast<double>(params) / 1e6,
+                          100.0 * static_cast<double>(frozen_params) / static_cast<double>(params))
+            : std::string("every parameter trains"),
+        o.incremental
+            ? fmt::format("; incremental checkpoints (unchanged tensors referenced{})",
+                          o.full_every > 0 ? fmt::format(", every {} full", Ordinal(o.full_every))
+                                           : std::string())
+            : std::string("; full checkpoints"));
   }
   std::fflush(stdout);
 

@@ -5,14 +5,13 @@
 //  - SIGKILL at random moments of a run that saves incrementally every other
 //    step: every file still verifies (references included), --resume works,
 //    and the resumed run ends on the very model of an uninterrupted one.
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <chrono>
 #include <cmath>
 #include <regex>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "ackpt/file_names.h"
 #include "ackpt/format.h"
@@ -36,11 +35,23 @@ using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> DemoArgs(const std::string& save_dir, int64_t steps, int64_t every,
                                   std::vector<std::string> more) {
-  std::vector<std::string> a{ACKPT_DEMO,   "--model-size", "tiny",          "--steps",
-                             std::to_string(steps),        "--checkpoint-every",
-                             std::to_string(every),        "--save-dir",    save_dir,
-                             "--keep-last", "2",           "--threads",     "1",
-                             "--no-preemption", "--freeze-embeddings", "--decay-step", "40"};
+  std::vector<std::string> a{ACKPT_DEMO,
+                             "--model-size",
+                             "tiny",
+                             "--steps",
+                             std::to_string(steps),
+                             "--checkpoint-every",
+                             std::to_string(every),
+                             "--save-dir",
+                             save_dir,
+                             "--keep-last",
+                             "2",
+                             "--threads",
+                             "1",
+                             "--no-preemption",
+                             "--freeze-embeddings",
+                             "--decay-step",
+                             "40"};
   a.insert(a.end(), more.begin(), more.end());
   return a;
 }
@@ -81,7 +92,8 @@ DemoRun RunDemo(std::vector<std::string> args, const std::string& log, double ti
 // "durable model_N...: A -> B" lines: the file bytes (B) of each checkpoint, by step.
 std::map<int64_t, double> FileMegabytes(const std::string& out) {
   std::map<int64_t, double> mb;
-  const std::regex line("durable model_(\\d+)\\.safetensors\\.zst: [0-9.]+ [kM]B -> ([0-9.]+) ([kM])B");
+  const std::regex line(
+      "durable model_(\\d+)\\.safetensors\\.zst: [0-9.]+ [kM]B -> ([0-9.]+) ([kM])B");
   for (auto it = std::sregex_iterator(out.begin(), out.end(), line); it != std::sregex_iterator();
        ++it) {
     const double v = std::stod((*it)[2]);
@@ -106,8 +118,7 @@ void ExpectEveryFileVerifies(const std::string& dir) {
 
 TEST(DemoIncrementalTest, FineTuningWritesTheFrozenTablesOnce) {
   TempDir dir;
-  const DemoRun full =
-      RunDemo(DemoArgs(dir.file("full"), 8, 2, {}), dir.file("full.log"), 120);
+  const DemoRun full = RunDemo(DemoArgs(dir.file("full"), 8, 2, {}), dir.file("full.log"), 120);
   ASSERT_EQ(full.rc, 0) << full.out;
   const DemoRun inc =
       RunDemo(DemoArgs(dir.file("inc"), 8, 2, {"--incremental"}), dir.file("inc.log"), 120);
@@ -131,8 +142,7 @@ TEST(DemoIncrementalTest, FineTuningWritesTheFrozenTablesOnce) {
   ExpectEveryFileVerifies(dir.file("inc"));
   // keep_last 2 kept steps 6 and 8, and 2 (their base).
   std::string out;
-  ASSERT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls '" + dir.file("inc") + "'", &out),
-            0);
+  ASSERT_EQ(testing::RunCommand(std::string(ACKPT_CLI) + " ls '" + dir.file("inc") + "'", &out), 0);
   EXPECT_NE(out.find("base of: 8, 6"), std::string::npos) << out;
 }
 

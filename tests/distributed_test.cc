@@ -259,11 +259,13 @@ TEST_F(DistributedTest, IncrementalPartsReferenceTheirOwnRanksEarlierPart) {
     reader->Verify();
   }
   // Resumed from 12 and run to 16: the same state as 16 steps straight.
-  auto straight = LaunchRanks(tmp_, kWorld, tmp_.file("inc-straight"),
-                              Args(16, "none", {"--incremental", "--out", "{out}"}), "inc-straight");
+  auto straight =
+      LaunchRanks(tmp_, kWorld, tmp_.file("inc-straight"),
+                  Args(16, "none", {"--incremental", "--out", "{out}"}), "inc-straight");
   ExpectAllOk(straight, "straight incremental run");
-  auto l = LaunchRanks(tmp_, kWorld, dir,
-                       Args(16, "none", {"--incremental", "--resume", "--out", "{out}"}), "inc-res");
+  auto l =
+      LaunchRanks(tmp_, kWorld, dir,
+                  Args(16, "none", {"--incremental", "--resume", "--out", "{out}"}), "inc-res");
   ExpectAllOk(l, "incremental resume");
   for (int r = 0; r < kWorld; ++r) {
     EXPECT_NE(l.out[static_cast<size_t>(r)].find("resumed 12"), std::string::npos)

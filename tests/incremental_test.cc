@@ -167,7 +167,8 @@ TEST_P(IncrementalTest, LaterSavesHoldOnlyWhatChangedAndLoadEqualToAFullSave) {
   Checkpoint c = reader.load(t);
   EXPECT_EQ(reader.last_loaded_path(), stats[3].path);
   EXPECT_EQ(TensorBytes(fresh.w0), TensorBytes(m.w0));
-  EXPECT_EQ(Bytes(AsState(c)), Bytes(ReadStateDict(JoinPath(full.path(), BaseName(stats[3].path)))));
+  EXPECT_EQ(Bytes(AsState(c)),
+            Bytes(ReadStateDict(JoinPath(full.path(), BaseName(stats[3].path)))));
   EXPECT_TRUE(c.module_interface_state.at("backbone").dict().at("w0").tensor().is_same(fresh.w0));
   // A partial read of a referenced tensor touches only its holder's bytes.
   auto r = CheckpointReader::Open(stats[3].path);

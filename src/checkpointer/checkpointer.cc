@@ -106,8 +106,8 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
     const std::shared_ptr<IncrementalBox> incremental = core.AddIncrementalHooks(path, &hooks);
     bool accepted = false;
     try {
-      accepted = core.engine().Save(CheckpointLayout(checkpoint), index, path, force,
-                                    std::move(hooks));
+      accepted =
+          core.engine().Save(CheckpointLayout(checkpoint), index, path, force, std::move(hooks));
     } catch (...) {
       core.IncrementalSaveDone(incremental, false);
       throw;

@@ -79,12 +79,15 @@ void ValidateCheckpointerArguments(const DefaultCheckpointerArguments& a) {
                                  std::to_string(inc.full_every));
   }
   if (inc.enabled && a.local_tier.enabled()) {
-    throw Error::InvalidArgument(n + ".incremental with local_tier is not supported: a promoted "
+    throw Error::InvalidArgument(n +
+                                 ".incremental with local_tier is not supported: a promoted "
                                  "checkpoint could reference a file only the local tier holds");
   }
   if (inc.enabled && a.backpressure == BackpressurePolicy::kReplacePending) {
-    throw Error::InvalidArgument(n + ".incremental needs backpressure kBlock or kSkip: a save "
-                                 "that kReplacePending drops may hold what the next one references");
+    throw Error::InvalidArgument(
+        n +
+        ".incremental needs backpressure kBlock or kSkip: a save "
+        "that kReplacePending drops may hold what the next one references");
   }
   const LocalTierArguments& t = a.local_tier;
   if (!t.enabled()) return;
@@ -276,9 +279,7 @@ std::shared_ptr<IncrementalBox> CheckpointerCore::AddIncrementalHooks(const std:
     if (stamp) stamp(m);
     box->plan->Stamp(env.get(), m);
   };
-  hooks->held = [box](const std::vector<format::FlatTensor>& tensors) {
-    box->plan->Held(tensors);
-  };
+  hooks->held = [box](const std::vector<format::FlatTensor>& tensors) { box->plan->Held(tensors); };
   return box;
 }
 

@@ -149,8 +149,7 @@ void IncrementalSave::Stamp(Env* env, std::map<std::string, std::string>* metada
       t.xxh3 = it->second;
     }
     if (present.insert(r.holder.get()).second && !env->FileExists(r.holder->path)) {
-      throw Error::NotFound("tensor '" + r.name + "' would be referenced from '" +
-                            r.holder->path +
+      throw Error::NotFound("tensor '" + r.name + "' would be referenced from '" + r.holder->path +
                             "', which no longer exists; the next save writes every tensor");
     }
     if (verify_) {

@@ -62,8 +62,7 @@ Manifest::Part PartFromJson(const json& p) {
     part.references = p.at("references").get<std::vector<std::string>>();
     for (const auto& f : part.references) {
       if (f.empty() || f == "." || f == ".." || f.find('/') != std::string::npos)
-        throw Error::Corruption("part '" + part.file + "' references '" + f +
-                                "', not a file name");
+        throw Error::Corruption("part '" + part.file + "' references '" + f + "', not a file name");
     }
   }
   return part;

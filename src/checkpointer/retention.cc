@@ -1,11 +1,11 @@
 // Retention rules: which checkpoints of a catalog to keep, and the order they rank in.
 #include "ackpt/retention.h"
 
-#include "ackpt/env.h"
-
 #include <algorithm>
 #include <cmath>
 #include <map>
+
+#include "ackpt/env.h"
 
 namespace ackpt {
 
@@ -18,7 +18,8 @@ void SortNewestFirst(std::vector<CheckpointEntry>* entries) {
   });
   // The head is the first readable entry; its ancestors move up to follow it
   // (entries ranked before the head, unreadable ones, keep their place).
-  auto head = std::find_if(all.begin(), all.end(), [](const CheckpointEntry& e) { return e.readable; });
+  auto head =
+      std::find_if(all.begin(), all.end(), [](const CheckpointEntry& e) { return e.readable; });
   if (head == all.end()) return;
   std::map<int64_t, size_t> by_index;
   for (size_t i = 0; i < all.size(); ++i) by_index.emplace(all[i].index, i);  // most recent wins

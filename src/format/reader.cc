@@ -296,8 +296,8 @@ class ReaderImpl final : public CheckpointReader {
         if (it != destinations->end()) {
           const std::string why = Mismatch(*t, it->second);
           if (!why.empty()) {
-            throw Error::InvalidArgument("cannot read tensor '" + t->name + "' of '" +
-                                         info_.path + "' into its destination: " + why);
+            throw Error::InvalidArgument("cannot read tensor '" + t->name + "' of '" + info_.path +
+                                         "' into its destination: " + why);
           }
         }
       }
