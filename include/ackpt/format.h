@@ -175,7 +175,12 @@ struct FileInfo {
 // Opens and validates a checkpoint file: every structural check (header
 // length, JSON, dtypes, shapes, offsets, seek table) runs here, before any
 // tensor data is trusted. Throws ackpt::Error (kCorruption, kNotFound,
-// kUnsupported) with the path and what is wrong.
+// kUnsupported) with the path and what is wrong. An incremental checkpoint
+// (docs/FORMAT.md section 15) also has each file its references name opened
+// (header only) from the same directory and checked to hold the tensor with
+// the referenced checksum (kCorruption naming both files otherwise); every
+// read below then takes a referenced tensor from its holder, and Verify()
+// checks the holders too.
 class ACKPT_EXPORT CheckpointReader {
  public:
   static std::unique_ptr<CheckpointReader> Open(const std::string& path,
@@ -236,14 +241,18 @@ class ACKPT_EXPORT CheckpointReader {
   virtual StateDict ReadStateDictInto(const std::map<std::string, at::Tensor>& destinations,
                                       bool strict = true) = 0;
 
-  // Checks every checksum in the file with memory bounded by a few frames;
-  // throws kCorruption naming the first failure.
+  // Checks every checksum in the file (and in the files its references name)
+  // with memory bounded by a few frames; throws kCorruption naming the first
+  // failure.
   virtual void Verify() = 0;
 
   // Writes the plain safetensors stream to out_path (atomically), after
   // checking every checksum. A version-3 (byte-grouped) file's export is the
   // version-2 stream of the same tensors and metadata (without ackpt.codec,
-  // header checksum recomputed): what a kNone write would have produced.
+  // header checksum recomputed): what a kNone write would have produced. An
+  // incremental checkpoint's export is standalone: the stream a full save of
+  // the same state writes (every tensor, the same metadata without
+  // ackpt.refs), each referenced tensor read from its holder.
   virtual void ExportSafetensors(const std::string& out_path, Env* env = Env::Default()) = 0;
 };
 
