@@ -11,7 +11,8 @@
 # Needs a build with examples and tools (ACKPT_BUILD_DIR, default build/).
 # Env: ACKPT_CRASH_SEED (random seed), ACKPT_CRASH_DIR (keep the checkpoints
 # there instead of a temp dir), ACKPT_CRASH_COMPRESSION (zstd|none, default
-# alternating per run).
+# alternating per run), ACKPT_CRASH_DEMO_ARGS (more demo flags, e.g.
+# "--freeze-embeddings --incremental" to kill during incremental saves).
 set -euo pipefail
 
 n="${1:?usage: scripts/crash-loop.sh N}"
@@ -51,6 +52,8 @@ for ((k = 1; k <= n; ++k)); do
   compression="${ACKPT_CRASH_COMPRESSION:-$([[ $((k % 2)) == 0 ]] && echo none || echo zstd)}"
   args=(--model-size tiny --steps 100000 --checkpoint-every 3 --keep-last 4 --threads 1
         --writer-threads 1 --compression "$compression" --save-dir "$dir" --seed 7)
+  # shellcheck disable=SC2206  # word splitting of the extra flags is wanted
+  args+=(${ACKPT_CRASH_DEMO_ARGS:-})
   (( k > 1 )) && args+=(--resume)
   before="$(newest)"
   "$demo" "${args[@]}" >"$log" 2>&1 &
