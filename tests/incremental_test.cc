@@ -100,6 +100,11 @@ std::map<std::string, std::string> Bytes(const StateDict& s) {
   return out;
 }
 
+// A backbone tensor of a checkpoint read as a whole StateDict.
+at::Tensor BackboneTensor(const StateDict& s, const std::string& name) {
+  return s.at("module_interface_state").dict().at("backbone").dict().at(name).tensor();
+}
+
 StateDict AsState(const Checkpoint& c) {
   return StateDict{{"module_interface_state", c.module_interface_state},
                    {"trainer_state", c.trainer_state}};
@@ -216,14 +221,7 @@ TEST(Incremental, ATensorChangedInPlaceIsWrittenAgainAndFullEveryWritesEverythin
   EXPECT_EQ(refs2.count("module_interface_state/backbone/w1"), 0u);
   auto refs4 = ReferencedFrom(paths[4]);
   for (const auto& kv : refs4) EXPECT_EQ(kv.second, BaseName(paths[3]));
-  EXPECT_EQ(TensorBytes(ReadStateDict(paths[5])
-                            .at("module_interface_state")
-                            .dict()
-                            .at("backbone")
-                            .dict()
-                            .at("w1")
-                            .tensor()),
-            TensorBytes(m.w1));
+  EXPECT_EQ(TensorBytes(BackboneTensor(ReadStateDict(paths[5]), "w1")), TensorBytes(m.w1));
 }
 
 TEST(Incremental, ATensorReplacedOrResavedUnderTheSameIndexIsWritten) {
@@ -398,14 +396,7 @@ TEST(Incremental, VerifyCatchesAWriteThatBypassedTheVersionCounter) {
   // The next save is full, so it holds the new bytes.
   ck.save(m.Get(), 3, true);
   EXPECT_TRUE(ReferencedFrom(paths.back()).empty());
-  EXPECT_EQ(TensorBytes(ReadStateDict(paths.back())
-                            .at("module_interface_state")
-                            .dict()
-                            .at("backbone")
-                            .dict()
-                            .at("w0")
-                            .tensor()),
-            TensorBytes(m.w0));
+  EXPECT_EQ(TensorBytes(BackboneTensor(ReadStateDict(paths.back()), "w0")), TensorBytes(m.w0));
 }
 
 // What a file says after its save time and header checksum are blanked

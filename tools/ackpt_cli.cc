@@ -378,8 +378,7 @@ std::string KeptByText(const std::vector<std::string>& v) {
 // Incremental: the indices of the listed checkpoints that reference a file of `e`.
 std::vector<int64_t> BaseOf(const std::vector<ackpt::CheckpointEntry>& entries,
                             const ackpt::CheckpointEntry& e) {
-  std::vector<std::string> files =
-      e.world_size > 0 ? e.parts : std::vector<std::string>{ackpt::BaseName(e.path)};
+  const std::vector<std::string> files = e.files();
   std::vector<int64_t> out;
   for (const auto& d : entries) {
     for (const auto& f : d.references) {

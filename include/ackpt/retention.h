@@ -87,6 +87,10 @@ struct CheckpointEntry {
   double compression_ratio() const {
     return file_bytes ? static_cast<double>(logical_bytes) / file_bytes : 1.0;
   }
+  // Base names of the files it is stored in: its file, or its parts.
+  std::vector<std::string> files() const {
+    return world_size > 0 ? parts : std::vector<std::string>{BaseName(path)};
+  }
 };
 
 // Lists the checkpoints in dir, newest first (the lineage order above): the

@@ -102,18 +102,8 @@ void DefaultCheckpointer::save(const Checkpoint& checkpoint, int64_t index, bool
     const std::shared_ptr<CheckpointDir>& dir = core.local() ? core.local() : core.dir();
     const std::string path = dir->PathFor(FileKind::kCheckpoint, index, core.compressed());
     const uint64_t seq = impl_->seq++;
-    engine::SaveHooks hooks = core.CheckpointFileHooks(index, checkpoint.metrics, force, seq);
-    const std::shared_ptr<IncrementalBox> incremental = core.AddIncrementalHooks(path, &hooks);
-    bool accepted = false;
-    try {
-      accepted =
-          core.engine().Save(CheckpointLayout(checkpoint), index, path, force, std::move(hooks));
-    } catch (...) {
-      core.IncrementalSaveDone(incremental, false);
-      throw;
-    }
-    core.IncrementalSaveDone(incremental, accepted);
-    if (accepted) {
+    if (core.Save(CheckpointLayout(checkpoint), index, path, force,
+                  core.CheckpointFileHooks(index, checkpoint.metrics, force, seq))) {
       core.Saved(path);
       // A forced save is durable in both tiers when it returns.
       if (force) core.WaitPromotion(seq);

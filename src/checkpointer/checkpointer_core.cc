@@ -257,6 +257,20 @@ engine::SaveHooks CheckpointerCore::CheckpointFileHooks(
   return hooks;
 }
 
+bool CheckpointerCore::Save(const StateDict& state, int64_t index, const std::string& path,
+                            bool force, engine::SaveHooks hooks) {
+  const std::shared_ptr<IncrementalBox> incremental = AddIncrementalHooks(path, &hooks);
+  bool accepted = false;
+  try {
+    accepted = engine_->Save(state, index, path, force, std::move(hooks));
+  } catch (...) {
+    IncrementalSaveDone(incremental, false);
+    throw;
+  }
+  IncrementalSaveDone(incremental, accepted);
+  return accepted;
+}
+
 std::shared_ptr<IncrementalBox> CheckpointerCore::AddIncrementalHooks(const std::string& path,
                                                                       engine::SaveHooks* hooks) {
   if (!incremental_) return nullptr;

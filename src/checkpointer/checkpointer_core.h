@@ -102,14 +102,12 @@ class CheckpointerCore {
   // the save's number, for WaitPromotion).
   engine::SaveHooks CheckpointFileHooks(int64_t index, const std::map<std::string, double>& metrics,
                                         bool force = false, uint64_t seq = 0) const;
-  // Incremental saves (args.incremental): adds to `hooks` the selection of
-  // unchanged tensors, their references in the header and the record of what
-  // the file holds; `path` is the file the save writes. Returns null when
-  // off. Call IncrementalSaveDone after engine.Save() (accepted: it returned
-  // true; false when it skipped the save or threw).
-  std::shared_ptr<IncrementalBox> AddIncrementalHooks(const std::string& path,
-                                                      engine::SaveHooks* hooks);
-  void IncrementalSaveDone(const std::shared_ptr<IncrementalBox>& box, bool accepted);
+  // engine().Save(state, index, path, force, hooks), with incremental saves
+  // (args.incremental) added: the selection of unchanged tensors, their
+  // references in the header, the record of what the file holds, and the
+  // tracker's bookkeeping after. Returns false if kSkip dropped the save.
+  bool Save(const StateDict& state, int64_t index, const std::string& path, bool force,
+            engine::SaveHooks hooks);
   // Two tiers: returns once the promotion of save `seq` is done (or failed).
   void WaitPromotion(uint64_t seq);
   // Two tiers: returns once every promotion queued so far is done.
@@ -144,6 +142,14 @@ class CheckpointerCore {
   std::shared_ptr<CheckpointDir> local_;      // two tiers: local_tier.dir
   std::shared_ptr<Promoter> promoter_;        // two tiers; outlives the engine's hooks
   std::unique_ptr<engine::Engine> engine_;
+  // Incremental saves: adds to `hooks` what Save() describes; `path` is the
+  // file the save writes. Returns null when off. IncrementalSaveDone after
+  // engine.Save() (accepted: it returned true; false when it skipped the
+  // save or threw).
+  std::shared_ptr<IncrementalBox> AddIncrementalHooks(const std::string& path,
+                                                      engine::SaveHooks* hooks);
+  void IncrementalSaveDone(const std::shared_ptr<IncrementalBox>& box, bool accepted);
+
   std::shared_ptr<IncrementalTracker> incremental_;  // args.incremental.enabled
   uint64_t failures_seen_ = 0;                       // engine saves_failed, for the tracker
   std::atomic<uint64_t> tensors_referenced_{0};

@@ -910,14 +910,7 @@ void DistributedCheckpointer::save(const Checkpoint& checkpoint, int64_t index, 
         dir->RemoveOrphanParts([index](int64_t i) { return i <= index; });
       };
     }
-    const std::shared_ptr<IncrementalBox> incremental = core.AddIncrementalHooks(path, &hooks);
-    try {
-      core.engine().Save(std::move(part_state), index, path, force, std::move(hooks));
-    } catch (...) {
-      core.IncrementalSaveDone(incremental, false);
-      throw;
-    }
-    core.IncrementalSaveDone(incremental, true);
+    core.Save(std::move(part_state), index, path, force, std::move(hooks));
     core.Saved(path);
     // A forced save is committed in both tiers when it returns.
     if (force) core.WaitPromotion(seq);

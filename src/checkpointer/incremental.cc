@@ -26,7 +26,6 @@ int64_t VersionOf(const at::Tensor& t) {
 struct IncrementalSave::Written {
   explicit Written(const at::Tensor& t)
       : storage(t.storage().getWeakStorageImpl()),
-        storage_impl(t.storage().unsafeGetStorageImpl()),
         data(t.data_ptr()),
         storage_offset(t.storage_offset()),
         sizes(t.sizes().vec()),
@@ -38,14 +37,16 @@ struct IncrementalSave::Written {
         neg(t.is_neg()) {}
 
   bool Same(const at::Tensor& t) const {
-    return !storage.expired() && t.storage().unsafeGetStorageImpl() == storage_impl &&
+    // The weak pointer keeps the StorageImpl object (not its memory) alive,
+    // so no other storage can have its address while it is held.
+    return !storage.expired() &&
+           t.storage().unsafeGetStorageImpl() == storage._unsafe_get_target() &&
            t.data_ptr() == data && t.storage_offset() == storage_offset && t.sizes() == sizes &&
            t.strides() == strides && t.scalar_type() == dtype && t.device() == device &&
            VersionOf(t) == version && t.is_conj() == conj && t.is_neg() == neg;
   }
 
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
-  const c10::StorageImpl* storage_impl;
   const void* data;
   int64_t storage_offset;
   std::vector<int64_t> sizes, strides;

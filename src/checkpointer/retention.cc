@@ -5,8 +5,6 @@
 #include <cmath>
 #include <map>
 
-#include "ackpt/env.h"
-
 namespace ackpt {
 
 void SortNewestFirst(std::vector<CheckpointEntry>* entries) {
@@ -48,12 +46,6 @@ void SortNewestFirst(std::vector<CheckpointEntry>* entries) {
 
 namespace {
 
-// The base names of the files an entry is stored in (its file, or its parts).
-std::vector<std::string> FilesOf(const CheckpointEntry& e) {
-  if (e.world_size > 0) return e.parts;
-  return {BaseName(e.path)};
-}
-
 bool References(const CheckpointEntry& e, const std::string& file) {
   return std::find(e.references.begin(), e.references.end(), file) != e.references.end();
 }
@@ -63,7 +55,7 @@ bool References(const CheckpointEntry& e, const std::string& file) {
 void KeepBases(std::vector<CheckpointEntry>* all) {
   std::map<std::string, size_t> by_file;
   for (size_t i = 0; i < all->size(); ++i) {
-    for (const auto& f : FilesOf((*all)[i])) by_file.emplace(f, i);
+    for (const auto& f : (*all)[i].files()) by_file.emplace(f, i);
   }
   std::vector<size_t> work;
   for (size_t i = 0; i < all->size(); ++i) {
@@ -94,7 +86,7 @@ std::vector<CheckpointEntry> DependentsFirst(std::vector<CheckpointEntry> doomed
     bool progressed = false;
     for (size_t i = 0; i < doomed.size();) {
       bool referenced = false;
-      for (const auto& f : FilesOf(doomed[i])) {
+      for (const auto& f : doomed[i].files()) {
         for (size_t j = 0; j < doomed.size() && !referenced; ++j)
           referenced = j != i && References(doomed[j], f);
       }

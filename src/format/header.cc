@@ -383,18 +383,55 @@ class HeaderSax : public json::json_sax_t {
   int num_offsets_ = 0;
 };
 
-// Parses ackpt.xxh3 ({"name": "hex64", ...}) straight into the tensors.
-class ChecksumSax : public json::json_sax_t {
+// A SAX handler for metadata values that are JSON objects whose leaves are
+// all strings (ackpt.xxh3, ackpt.refs): anything else (a number, a bool,
+// null, an array, an object deeper than `max_depth`) is corruption with
+// `what`. Subclasses take the strings at the depth they expect.
+class StringObjectSax : public json::json_sax_t {
  public:
-  ChecksumSax(const std::string& path, std::vector<TensorInfo>* tensors,
-              const std::vector<size_t>& by_name)
-      : path_(path), tensors_(tensors), by_name_(by_name) {}
+  StringObjectSax(const std::string& path, const char* what, int max_depth)
+      : path_(path), what_(what), max_depth_(max_depth) {}
   bool null() override { return Fail(); }
   bool boolean(bool) override { return Fail(); }
   bool number_integer(number_integer_t) override { return Fail(); }
   bool number_unsigned(number_unsigned_t) override { return Fail(); }
   bool number_float(number_float_t, const string_t&) override { return Fail(); }
   bool binary(binary_t&) override { return Fail(); }
+  bool start_object(std::size_t) override {
+    if (++depth_ > max_depth_) return Fail();
+    Opened();
+    return true;
+  }
+  bool key(string_t& k) override {
+    key_ = std::move(k);
+    return true;
+  }
+  bool end_object() override {
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) override { return Fail(); }
+  bool end_array() override { return Fail(); }
+
+ protected:
+  // An object was opened at depth_ (its key, if any, in key_).
+  virtual void Opened() {}
+  bool Fail() { Bad(path_, what_); }
+  const std::string& path_;
+  const char* const what_;
+  const int max_depth_;
+  int depth_ = 0;
+  std::string key_;
+};
+
+// Parses ackpt.xxh3 ({"name": "hex64", ...}) straight into the tensors.
+class ChecksumSax : public StringObjectSax {
+ public:
+  ChecksumSax(const std::string& path, std::vector<TensorInfo>* tensors,
+              const std::vector<size_t>& by_name)
+      : StringObjectSax(path, "tensor checksum table does not match the tensors", 1),
+        tensors_(tensors),
+        by_name_(by_name) {}
   bool string(string_t& v) override {
     if (depth_ != 1) return Fail();
     auto it =
@@ -408,41 +445,22 @@ class ChecksumSax : public json::json_sax_t {
     t.has_checksum = true;
     return true;
   }
-  bool start_object(std::size_t) override { return ++depth_ == 1 ? true : Fail(); }
-  bool key(string_t& k) override {
-    key_ = std::move(k);
-    return true;
-  }
-  bool end_object() override {
-    --depth_;
-    return true;
-  }
-  bool start_array(std::size_t) override { return Fail(); }
-  bool end_array() override { return Fail(); }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
     Bad(path_, std::string("tensor checksums are malformed: ") + e.what());
   }
 
  private:
-  bool Fail() { Bad(path_, "tensor checksum table does not match the tensors"); }
-  const std::string& path_;
   std::vector<TensorInfo>* tensors_;
   const std::vector<size_t>& by_name_;
-  int depth_ = 0;
-  std::string key_;
 };
 
 // Parses ackpt.refs ({"file": {"name": "hex64", ...}, ...}) into references.
-class ReferencesSax : public json::json_sax_t {
+class ReferencesSax : public StringObjectSax {
  public:
   ReferencesSax(const std::string& path, std::vector<TensorReference>* refs, size_t max_refs)
-      : path_(path), refs_(refs), max_refs_(max_refs) {}
-  bool null() override { return Fail(); }
-  bool boolean(bool) override { return Fail(); }
-  bool number_integer(number_integer_t) override { return Fail(); }
-  bool number_unsigned(number_unsigned_t) override { return Fail(); }
-  bool number_float(number_float_t, const string_t&) override { return Fail(); }
-  bool binary(binary_t&) override { return Fail(); }
+      : StringObjectSax(path, "references are not an object of files of tensor checksums", 2),
+        refs_(refs),
+        max_refs_(max_refs) {}
   bool string(string_t& v) override {
     if (depth_ != 2) return Fail();
     if (refs_->size() >= max_refs_)
@@ -455,32 +473,16 @@ class ReferencesSax : public json::json_sax_t {
     refs_->push_back(std::move(r));
     return true;
   }
-  bool start_object(std::size_t) override {
-    if (++depth_ > 2) return Fail();
-    if (depth_ == 2) file_ = std::move(key_);
-    return true;
-  }
-  bool key(string_t& k) override {
-    key_ = std::move(k);
-    return true;
-  }
-  bool end_object() override {
-    --depth_;
-    return true;
-  }
-  bool start_array(std::size_t) override { return Fail(); }
-  bool end_array() override { return Fail(); }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
     Bad(path_, std::string("references are malformed: ") + e.what());
   }
 
  private:
-  bool Fail() { Bad(path_, "references are not an object of files of tensor checksums"); }
-  const std::string& path_;
+  void Opened() override {
+    if (depth_ == 2) file_ = std::move(key_);
+  }
   std::vector<TensorReference>* refs_;
   const size_t max_refs_;
-  int depth_ = 0;
-  std::string key_;
   std::string file_;
 };
 

@@ -115,9 +115,8 @@ class ReaderImpl final : public CheckpointReader {
               " bytes) alone in the first zstd frame, which holds " +
               std::to_string(frames_.table().frame(0).decompressed_size));
     }
-    if (resolve_references) ResolveReferences();
     all_tensors_ = info_.tensors;
-    all_tensors_.insert(all_tensors_.end(), ref_infos_.begin(), ref_infos_.end());
+    if (resolve_references) ResolveReferences();
   }
 
   const FileInfo& info() const override { return info_; }
@@ -167,7 +166,9 @@ class ReaderImpl final : public CheckpointReader {
   // something else makes this file unreadable (kCorruption).
   void ResolveReferences() {
     const std::string dir = DirName(info_.path);
-    ref_infos_.reserve(info_.references.size());
+    // all_tensors_ holds the tensors of this file; the references' entries
+    // follow, and are never moved again (Load tells them by address).
+    all_tensors_.reserve(info_.tensors.size() + info_.references.size());
     for (TensorReference& r : info_.references) {
       auto it = holders_.find(r.file);
       if (it == holders_.end()) {
@@ -197,7 +198,7 @@ class ReaderImpl final : public CheckpointReader {
       r.scalar_type = held->scalar_type;
       r.shape = held->shape;
       r.nbytes = held->nbytes();
-      ref_infos_.push_back(*held);
+      all_tensors_.push_back(*held);
       ref_holders_.push_back(&holder);
     }
   }
@@ -211,19 +212,22 @@ class ReaderImpl final : public CheckpointReader {
     return it == held_by_name_.end() ? nullptr : it->second;
   }
 
+  // The references' entries: all_tensors_ after this file's own.
+  const TensorInfo* RefInfosBegin() const { return all_tensors_.data() + info_.tensors.size(); }
+  const TensorInfo* RefInfosEnd() const { return all_tensors_.data() + all_tensors_.size(); }
+
   // Which holder reads a wanted entry (null: this file): entries of
-  // references point into ref_infos_.
+  // references point into all_tensors_ past this file's own.
   ReaderImpl* HolderOf(const TensorInfo* t) const {
-    if (ref_infos_.empty() || t < ref_infos_.data() || t >= ref_infos_.data() + ref_infos_.size())
-      return nullptr;
-    return ref_holders_[static_cast<size_t>(t - ref_infos_.data())];
+    if (t < RefInfosBegin() || t >= RefInfosEnd()) return nullptr;
+    return ref_holders_[static_cast<size_t>(t - RefInfosBegin())];
   }
 
   // The header entries of `names` (unknown ones throw kNotFound), each once.
   std::vector<const TensorInfo*> Lookup(const std::vector<std::string>& names) const {
     std::map<std::string, const TensorInfo*> by_name;
     for (const auto& t : info_.tensors) by_name[t.name] = &t;
-    for (const auto& t : ref_infos_) by_name[t.name] = &t;
+    for (const TensorInfo* t = RefInfosBegin(); t != RefInfosEnd(); ++t) by_name[t->name] = t;
     std::vector<const TensorInfo*> out;
     std::set<std::string> seen;
     for (const auto& name : names) {
@@ -237,9 +241,9 @@ class ReaderImpl final : public CheckpointReader {
 
   StateDict ReadStateDictImpl(const std::map<std::string, at::Tensor>* destinations, bool strict) {
     std::vector<const TensorInfo*> all;
-    all.reserve(info_.tensors.size() + ref_infos_.size());
+    all.reserve(all_tensors_.size());
     for (const auto& t : info_.tensors) all.push_back(&t);
-    for (const auto& t : ref_infos_) all.push_back(&t);
+    for (const TensorInfo* t = RefInfosBegin(); t != RefInfosEnd(); ++t) all.push_back(t);
     if (strict && destinations != nullptr) {
       std::set<std::string> names;
       for (const auto* t : all) names.insert(t->name);
@@ -480,55 +484,27 @@ class ReaderImpl final : public CheckpointReader {
     for (const TensorInfo* t : by_offset) {
       if (t->begin != offset || !t->has_checksum)
         Corrupt("tensor '" + t->name + "' does not follow the data layout of a version-3 file");
-      FlatTensor f;
-      f.name = t->name;
-      f.dtype = t->scalar_type;
-      f.shape = t->shape;
-      f.nbytes = t->nbytes();
-      f.xxh3 = t->xxh3;
-      tensors.push_back(std::move(f));
+      tensors.push_back(Described(*t));
       offset = t->end;
     }
-    std::map<std::string, std::string> user, internal;
-    std::string tree;
-    for (const auto& kv : info_.metadata) {
-      if (kv.first == kMetaTree) {
-        tree = kv.second;
-      } else if (kv.first.rfind("ackpt.", 0) != 0) {
-        if (kv.first != kMetaFormat) user[kv.first] = kv.second;
-      } else if (kv.first != kMetaVersion && kv.first != kMetaCodec && kv.first != kMetaChecksums &&
-                 kv.first != kMetaHeaderChecksum) {
-        internal[kv.first] = kv.second;
-      }
-    }
-    return EncodeHeader(tensors, tree, user, internal);
+    return PlainHeaderOf(tensors);
   }
 
-  // The export of an incremental checkpoint: the plain version-2 stream a
-  // full save of the same state writes (every tensor in tree order sorted
-  // for alignment, the same metadata without ackpt.refs and ackpt.codec),
-  // each tensor's bytes read from whichever file holds them, one at a time.
-  void MaterializeImpl(const std::string& out_path, Env* env) {
-    std::map<std::string, const TensorInfo*> by_name;
-    std::map<std::string, at::Tensor> placeholders;
-    for (const auto& t : info_.tensors) by_name[t.name] = &t;
-    for (const auto& t : ref_infos_) by_name[t.name] = &t;
-    for (const auto& kv : by_name) placeholders.emplace(kv.first, at::empty({0}));
-    // The tree order of the tensors, as Flatten walks the saved state.
-    std::vector<FlatTensor> tensors;
-    std::string tree;
-    Flatten(Unflatten(info_.metadata.at(kMetaTree), placeholders, info_.path,
-                      options_.max_nesting_depth),
-            &tensors, &tree);
-    for (FlatTensor& f : tensors) {
-      const TensorInfo* t = by_name.at(f.name);
-      f.tensor = at::Tensor();
-      f.dtype = t->scalar_type;
-      f.shape = t->shape;
-      f.nbytes = t->nbytes();
-      f.xxh3 = t->xxh3;
-    }
-    SortForAlignment(&tensors);
+  // A tensor of a header as the encoder describes it (no bytes).
+  static FlatTensor Described(const TensorInfo& t) {
+    FlatTensor f;
+    f.name = t.name;
+    f.dtype = t.scalar_type;
+    f.shape = t.shape;
+    f.nbytes = t.nbytes();
+    f.xxh3 = t.xxh3;
+    return f;
+  }
+
+  // The version-2 header of a plain stream of `tensors` (in data order) with
+  // this file's tree and metadata, less what only this file's layout needs:
+  // ackpt.codec and ackpt.refs (version and checksums are written anew).
+  std::string PlainHeaderOf(const std::vector<FlatTensor>& tensors) const {
     std::map<std::string, std::string> user, internal;
     for (const auto& kv : info_.metadata) {
       if (kv.first.rfind("ackpt.", 0) != 0) {
@@ -539,7 +515,28 @@ class ReaderImpl final : public CheckpointReader {
         internal[kv.first] = kv.second;
       }
     }
-    const std::string header = EncodeHeader(tensors, info_.metadata.at(kMetaTree), user, internal);
+    return EncodeHeader(tensors, info_.metadata.at(kMetaTree), user, internal);
+  }
+
+  // The export of an incremental checkpoint: the plain version-2 stream a
+  // full save of the same state writes (every tensor in tree order sorted
+  // for alignment, the same metadata without ackpt.refs and ackpt.codec),
+  // each tensor's bytes read from whichever file holds them, one at a time.
+  void MaterializeImpl(const std::string& out_path, Env* env) {
+    std::map<std::string, const TensorInfo*> by_name;
+    std::map<std::string, at::Tensor> placeholders;
+    for (const auto& t : info_.tensors) by_name[t.name] = &t;
+    for (const TensorInfo* t = RefInfosBegin(); t != RefInfosEnd(); ++t) by_name[t->name] = t;
+    for (const auto& kv : by_name) placeholders.emplace(kv.first, at::empty({0}));
+    // The tree order of the tensors, as Flatten walks the saved state.
+    std::vector<FlatTensor> tensors;
+    std::string tree;
+    Flatten(Unflatten(info_.metadata.at(kMetaTree), placeholders, info_.path,
+                      options_.max_nesting_depth),
+            &tensors, &tree);
+    for (FlatTensor& f : tensors) f = Described(*by_name.at(f.name));
+    SortForAlignment(&tensors);
+    const std::string header = PlainHeaderOf(tensors);
     AtomicWrite(env, out_path, /*fsync=*/true, [&](WritableFile* out) {
       out->Append(header.data(), header.size());
       for (const FlatTensor& f : tensors) {
@@ -566,12 +563,13 @@ class ReaderImpl final : public CheckpointReader {
   Env* env_;
   FileInfo info_;
   mutable std::map<std::string, const TensorInfo*> held_by_name_;  // built on first use
-  // Incremental: the holders of references by file name, and for each
-  // reference (in info_.references' order) the holder's entry and reader.
+  // info_.tensors, then (incremental) each reference's entry in its holder,
+  // in info_.references' order.
+  std::vector<TensorInfo> all_tensors_;
+  // Incremental: the holders of references by file name, and each
+  // reference's holder (in info_.references' order).
   std::map<std::string, std::unique_ptr<ReaderImpl>> holders_;
-  std::vector<TensorInfo> ref_infos_;
   std::vector<ReaderImpl*> ref_holders_;
-  std::vector<TensorInfo> all_tensors_;  // info_.tensors, then ref_infos_
   FrameReader frames_{file_.get(), &info_, &options_};
 };
 
