@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 #include <zstd.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <random>
 
@@ -426,6 +428,110 @@ TEST(AutoTest, WritesReadableFilesWhateverItChooses) {
     if (expect != format::codec::AutoChoice::kStore) EXPECT_LT(w.file_bytes, w.logical_bytes);
   }
   format::codec::DefaultAutoModel().SetDiskSpeedForTesting(0);
+}
+
+// kZstd's default (always_compress = false): a data frame whose compression
+// would not pay at the measured disk speed is stored as raw zstd blocks, so
+// the file stays version 2 and any zstd decoder still reads all of it.
+TEST(AdaptiveZstdTest, StoresFramesThatDoNotPayAndStaysReadableByZstd) {
+  TempDir dir;
+  StateDict s;
+  s.set("w", at::randn({300000}).mul(0.02));
+  s.set("z", at::zeros({200000}));
+  WriteOptions o;  // kZstd, always_compress = false: the defaults
+  ASSERT_EQ(o.compression, Compression::kZstd);
+  ASSERT_FALSE(o.always_compress);
+  o.chunk_size = 256 << 10;
+  o.fsync = false;
+  o.writer_threads = 1;
+  struct Case {
+    double disk;
+    bool always;
+    bool expect_stored;  // every data frame stored
+  };
+  const Case cases[] = {
+      {1e12, false, true},    // "disk" faster than any codec: nothing pays
+      {100e3, false, false},  // slow disk: compressing pays even on floats
+      {1e12, true, false},    // always_compress: compress whatever it costs
+  };
+  auto& model = format::codec::DefaultAutoModel();
+  for (const Case& c : cases) {
+    SCOPED_TRACE("disk " + std::to_string(c.disk) + (c.always ? " always" : ""));
+    model.SetDiskSpeedForTesting(c.disk);
+    o.always_compress = c.always;
+    const std::string path = dir.file("a.safetensors.zst");
+    const WriteResult w = WriteStateDict(s, path, o);
+    auto r = CheckpointReader::Open(path);
+    EXPECT_EQ(r->info().format_version, 2);
+    ExpectSameState(r->ReadStateDict(), s);
+    r->Verify();
+    if (c.expect_stored) {
+      EXPECT_GT(w.file_bytes, w.logical_bytes);
+      EXPECT_LT(w.file_bytes, w.logical_bytes + w.logical_bytes / 100);  // headers + seek table
+    } else {
+      EXPECT_LT(w.file_bytes, w.logical_bytes * 3 / 4);  // the zeros compressed at least
+    }
+    // Any zstd decoder: the frames (skipping the seek table's skippable
+    // frame) decode to the plain safetensors stream, which opens as such.
+    const std::string file = ReadFileBytes(path);
+    std::string plain(w.logical_bytes + 1, '\0');
+    const size_t n = ZSTD_decompress(plain.data(), plain.size(), file.data(), file.size());
+    ASSERT_FALSE(ZSTD_isError(n)) << ZSTD_getErrorName(n);
+    ASSERT_EQ(n, w.logical_bytes);
+    plain.resize(n);
+    WriteFileBytes(dir.file("plain.safetensors"), plain);
+    ExpectSameState(ReadStateDict(dir.file("plain.safetensors")), s);
+  }
+  // The choice is per frame: on a disk where compressing zeros repays its
+  // CPU but compressing fp32 noise does not, the zeros are compressed and
+  // the floats stored.
+  model.SetDiskSpeedForTesting(0);
+  std::string sample;
+  const std::vector<uint8_t> zeros(256 << 10, 0);
+  const std::vector<uint8_t> floats = FloatBytes(64 << 10, 5);
+  // Per-thread speeds of this machine (and build: sanitizers are slow).
+  auto speed = [&](const std::vector<uint8_t>& v) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 4; ++i) format::codec::EncodeZstdFrame(v.data(), v.size(), 1, &sample);
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return 4.0 * static_cast<double>(v.size()) / std::max(t, 1e-9);
+  };
+  // The disk speed below which compressing pays (1/s <= (1 - 1/r)/D).
+  auto break_even = [&](const std::vector<uint8_t>& v) {
+    const double s = speed(v);
+    format::codec::EncodeZstdFrame(v.data(), v.size(), 1, &sample);
+    return s * (1 - static_cast<double>(sample.size()) / v.size());
+  };
+  const double zeros_pay_below = break_even(zeros), floats_pay_below = break_even(floats);
+  ASSERT_GT(zeros_pay_below, 16 * floats_pay_below);
+  const double disk = std::sqrt(zeros_pay_below * floats_pay_below);
+  o.always_compress = false;
+  format::codec::AutoModel local, local_floats;  // each learns its own codec speed
+  local.SetDiskSpeedForTesting(disk);
+  local_floats.SetDiskSpeedForTesting(disk);
+  format::codec::AutoChoice choice;
+  std::string out;
+  const std::vector<format::codec::Segment> zseg{{zeros.size(), 4}}, fseg{{floats.size(), 4}};
+  local.EncodeFrame(zeros.data(), zeros.size(), zseg, o, &out,
+                    format::codec::AutoCandidates::kStoreZstd);
+  local.LastEstimateForTesting(&choice);
+  EXPECT_EQ(choice, format::codec::AutoChoice::kZstd);
+  EXPECT_LT(out.size(), zeros.size() / 100);
+  local_floats.EncodeFrame(floats.data(), floats.size(), fseg, o, &out,
+                           format::codec::AutoCandidates::kStoreZstd);
+  local_floats.LastEstimateForTesting(&choice);
+  EXPECT_EQ(choice, format::codec::AutoChoice::kStore);
+  EXPECT_GT(out.size(), floats.size());
+  // Before any disk speed is known, kZstd compresses (kAuto stores).
+  format::codec::AutoModel fresh;
+  fresh.EncodeFrame(floats.data(), floats.size(), fseg, o, &out,
+                    format::codec::AutoCandidates::kStoreZstd);
+  fresh.LastEstimateForTesting(&choice);
+  EXPECT_EQ(choice, format::codec::AutoChoice::kZstd);
+  EXPECT_LT(out.size(), floats.size());
+  fresh.EncodeFrame(floats.data(), floats.size(), fseg, o, &out);
+  fresh.LastEstimateForTesting(&choice);
+  EXPECT_EQ(choice, format::codec::AutoChoice::kStore);
 }
 
 }  // namespace

@@ -644,6 +644,41 @@ TEST(EngineAutoTest, EachEngineDecidesFromItsOwnModel) {
   EXPECT_EQ(after_choice, untouched);
 }
 
+// kZstd's default learns from its engine's saves: the first save, with no
+// disk speed measured yet, compresses every frame; once the model has one,
+// frames whose compression does not pay are stored (still version 2), and
+// always_compress keeps compressing them.
+TEST(EngineAutoTest, DefaultZstdStoresWhatDoesNotPayOnceItKnowsTheDisk) {
+  TempDir dir;
+  StateDict st;
+  st.set("w", at::randn({300000}).mul(0.02));  // fp32 noise: zstd saves ~8 %
+  EngineOptions o = Options(/*overlap=*/false);
+  o.chunk_size = 256 << 10;
+  o.fsync = false;
+  ASSERT_FALSE(o.always_compress);
+  for (bool always : {false, true}) {
+    o.always_compress = always;
+    Engine e(o);
+    const std::string first = dir.file("first"), second = dir.file("second");
+    ASSERT_TRUE(e.Save(st, 1, first, /*force=*/true, {}));
+    e.auto_model().SetDiskSpeedForTesting(1e12);  // faster than any codec
+    ASSERT_TRUE(e.Save(st, 2, second, /*force=*/true, {}));
+    auto a = CheckpointReader::Open(first);
+    auto b = CheckpointReader::Open(second);
+    EXPECT_EQ(a->info().format_version, 2);
+    EXPECT_EQ(b->info().format_version, 2);
+    EXPECT_LT(a->info().file_bytes, a->info().logical_bytes) << "first save compresses";
+    if (always) {
+      EXPECT_LT(b->info().file_bytes, b->info().logical_bytes);
+    } else {
+      EXPECT_GT(b->info().file_bytes, b->info().logical_bytes) << "stored frames";
+    }
+    ExpectFileHolds(first, st);
+    ExpectFileHolds(second, st);
+    b->Verify();
+  }
+}
+
 }  // namespace
 }  // namespace engine
 }  // namespace ackpt

@@ -49,6 +49,20 @@ struct WriteOptions {
   // docs/FORMAT.md 14, docs/BENCHMARKS.md. Default: kZstd, so every file
   // stays readable by any zstd decoder and by older ackpt readers.
   Compression compression = Compression::kZstd;
+  // kZstd only. false: a data frame whose compression would not pay for
+  // itself is stored instead (a zstd frame of raw blocks: still version 2,
+  // still readable by `zstd -d`): once a save has measured this disk's
+  // speed, each 4 MiB frame's sample (64 KiB, compressed once, ~1-2 % of
+  // the frame's cost) says whether the CPU the writers would spend
+  // compressing it, taken from the trainer's cores, is repaid by the write
+  // time the smaller output saves (kAuto's rule without byte grouping,
+  // docs/FORMAT.md 14.5). Float weights and Adam moments (zstd ratio
+  // ~1.1) are then stored on any disk faster than ~40 MB/s; zeros and
+  // other redundant state stay compressed. The first save, before a disk
+  // speed is known, compresses every frame. true: compress every frame,
+  // whatever it costs. Default: false, so the default save is never more
+  // CPU-bound than an uncompressed one (docs/BENCHMARKS.md, issue 22 run).
+  bool always_compress = false;
   // zstd level, 1 (fastest) .. 19; negative levels trade ratio for speed.
   // kZstdByteGrouped and kAuto use it for the planes they zstd-compress.
   // Higher levels cost CPU time on the writer threads. Default: 1.

@@ -390,6 +390,7 @@ const std::vector<Field>& Fields() {
   static const std::vector<Field> fields = {
       // WriteOptions
       ACKPT_ENUM(compression, a.compression, kCompression),
+      ACKPT_BOOL(always_compress, a.always_compress),
       ACKPT_INT(zstd_level, a.zstd_level, kI32Min, kI32Max),
       ACKPT_INT(chunk_size, a.chunk_size, 0, kI64Max),
       ACKPT_INT(writer_threads, a.writer_threads, kI32Min, kI32Max),

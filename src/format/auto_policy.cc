@@ -63,7 +63,7 @@ Sample TakeSample(const uint8_t* src, size_t n, const std::vector<Segment>& segm
 
 }  // namespace
 
-AutoChoice Decide(const AutoEstimate& e) {
+AutoChoice Decide(const AutoEstimate& e, AutoCandidates candidates) {
   const double d = e.disk_bytes_per_s;
   if (!(d > 0)) return AutoChoice::kStore;
   // Seconds per input byte: CPU spent compressing against device time saved.
@@ -76,14 +76,17 @@ AutoChoice Decide(const AutoEstimate& e) {
     best = AutoChoice::kZstd;
     best_ratio = e.zstd_ratio;
   }
-  if (pays(e.grouped_ratio, e.grouped_bytes_per_s) && e.grouped_ratio > best_ratio) {
+  if (candidates == AutoCandidates::kStoreZstdGrouped &&
+      pays(e.grouped_ratio, e.grouped_bytes_per_s) && e.grouped_ratio > best_ratio) {
     best = AutoChoice::kGrouped;
   }
   return best;
 }
 
 uint32_t AutoModel::EncodeFrame(const uint8_t* src, size_t n, const std::vector<Segment>& segments,
-                                const WriteOptions& options, std::string* out) {
+                                const WriteOptions& options, std::string* out,
+                                AutoCandidates candidates) {
+  const bool grouped = candidates == AutoCandidates::kStoreZstdGrouped;
   // Estimate both codecs on a sample of this frame; speeds from the frames
   // encoded so far (the sample's own timing the first time).
   AutoEstimate e;
@@ -94,7 +97,7 @@ uint32_t AutoModel::EncodeFrame(const uint8_t* src, size_t n, const std::vector<
     e.grouped_bytes_per_s = grouped_;
   }
   e.threads = ResolveThreads(options.writer_threads);
-  AutoChoice choice = AutoChoice::kStore;
+  AutoChoice choice = grouped ? AutoChoice::kStore : AutoChoice::kZstd;
   if (e.disk_bytes_per_s > 0) {
     const Sample s = TakeSample(src, n, segments);
     std::string tmp;
@@ -102,16 +105,18 @@ uint32_t AutoModel::EncodeFrame(const uint8_t* src, size_t n, const std::vector<
     EncodeZstdFrame(s.bytes.data(), s.bytes.size(), options.zstd_level, &tmp);
     const size_t zr = tmp.size();
     const double zt = Since(t0);
-    t0 = Clock::now();
-    EncodeByteGroupedDataFrame(s.bytes.data(), s.bytes.size(), s.segments, options.zstd_level,
-                               &tmp);
-    const double gt = Since(t0);
     const double len = static_cast<double>(s.bytes.size());
     e.zstd_ratio = len / static_cast<double>(std::max<size_t>(zr, 1));
-    e.grouped_ratio = len / static_cast<double>(std::max<size_t>(tmp.size(), 1));
     if (!(e.zstd_bytes_per_s > 0)) e.zstd_bytes_per_s = len / std::max(zt, 1e-9);
-    if (!(e.grouped_bytes_per_s > 0)) e.grouped_bytes_per_s = len / std::max(gt, 1e-9);
-    choice = Decide(e);
+    if (grouped) {
+      t0 = Clock::now();
+      EncodeByteGroupedDataFrame(s.bytes.data(), s.bytes.size(), s.segments, options.zstd_level,
+                                 &tmp);
+      const double gt = Since(t0);
+      e.grouped_ratio = len / static_cast<double>(std::max<size_t>(tmp.size(), 1));
+      if (!(e.grouped_bytes_per_s > 0)) e.grouped_bytes_per_s = len / std::max(gt, 1e-9);
+    }
+    choice = Decide(e, candidates);
   }
   const auto t0 = Clock::now();
   uint32_t sum;

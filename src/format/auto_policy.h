@@ -20,6 +20,10 @@ namespace codec {
 
 // What kAuto chose for a frame, and the estimate behind it.
 enum class AutoChoice { kStore, kZstd, kGrouped };
+// The encodings a frame may get: kAuto's three, or kZstd's two (a stored
+// frame is a zstd frame of raw blocks, so a kZstd file stays version 2 and
+// readable by any zstd decoder).
+enum class AutoCandidates { kStoreZstdGrouped, kStoreZstd };
 struct AutoEstimate {
   double disk_bytes_per_s = 0;               // measured (or assumed) write speed of the file system
   double threads = 1;                        // compressing in parallel
@@ -30,8 +34,10 @@ struct AutoEstimate {
 // CPU time (compressing on one thread: the writers take it from the trainer)
 // is repaid by the device time the smaller output saves; storing when
 // nothing qualifies. A choice that qualifies also persists no later than
-// storing would on any number of threads.
-AutoChoice Decide(const AutoEstimate& e);
+// storing would on any number of threads. kStoreZstd ignores the grouped
+// estimate.
+AutoChoice Decide(const AutoEstimate& e,
+                  AutoCandidates candidates = AutoCandidates::kStoreZstdGrouped);
 
 // kAuto's model: the write speed of the file system, measured after each
 // save, and the per-thread compression speeds of zstd and byte grouping,
@@ -40,12 +46,15 @@ AutoChoice Decide(const AutoEstimate& e);
 class AutoModel {
  public:
   // Encodes data frame src[0, n) (cut into `segments`) as kAuto chooses:
-  // both codecs are tried on a sample of the frame (speeds from the frames
-  // encoded so far, the sample's own timing the first time), Decide picks,
-  // and the chosen encoding's measured speed is folded in. Returns the
-  // frame's checksum (what the seek table records).
+  // the candidate codecs are tried on a sample of the frame (speeds from the
+  // frames encoded so far, the sample's own timing the first time), Decide
+  // picks, and the chosen encoding's measured speed is folded in. Before a
+  // disk speed is known kAuto stores and kZstd (kStoreZstd) compresses, as
+  // it did before it adapted. Returns the frame's checksum (what the seek
+  // table records).
   uint32_t EncodeFrame(const uint8_t* src, size_t n, const std::vector<Segment>& segments,
-                       const WriteOptions& options, std::string* out);
+                       const WriteOptions& options, std::string* out,
+                       AutoCandidates candidates = AutoCandidates::kStoreZstdGrouped);
   // After a save: feeds its measured write speed to the model.
   void RecordSave(const WriteOptions& options, uint64_t file_bytes, double write_seconds,
                   double compress_seconds);

@@ -37,7 +37,7 @@ double SecondsSince(Clock::time_point t0) {
 struct Logical {
   const std::string& header;
   const DataSource& data;
-  const codec::Layout* layout = nullptr;  // tensors' spans, for EncodeCodecFrame
+  const codec::Layout* layout = nullptr;  // tensors' spans, for EncodeModelFrame
   uint64_t size() const { return header.size() + data.size(); }
   void Visit(uint64_t offset, uint64_t n,
              const std::function<void(const void*, size_t)>& fn) const {
@@ -146,11 +146,20 @@ uint32_t CompressArriving(const Logical& stream, DataSource* source, uint64_t of
       out);
 }
 
-// Encodes data frame [offset, offset + n) of a file written through the
-// codec: kZstdByteGrouped's frame, or the one kAuto's model chooses. The
-// frame's bytes in one piece: in place when the stream holds them so (most
-// frames lie inside one tensor), else gathered.
-uint32_t EncodeCodecFrame(const Logical& stream, uint64_t offset, size_t n,
+// Whether frame `index` goes through EncodeModelFrame: the data frames of
+// the codec's files (version 3: the header frame stays plain zstd, which
+// every reader opens), and every frame of kZstd's unless each is to be
+// compressed (a stored frame is a zstd frame too).
+bool EncodesThroughModel(const WriteOptions& options, size_t index) {
+  if (options.compression == Compression::kZstd) return !options.always_compress;
+  return index > 0 && codec::UsesCodec(options.compression);
+}
+
+// Encodes data frame [offset, offset + n) as the options and the model say:
+// kZstdByteGrouped's frame, kAuto's choice of three, or kZstd's choice of
+// compressed or stored. The frame's bytes in one piece: in place when the
+// stream holds them so (most frames lie inside one tensor), else gathered.
+uint32_t EncodeModelFrame(const Logical& stream, uint64_t offset, size_t n,
                           const WriteOptions& options, codec::AutoModel* auto_model,
                           std::string* out) {
   const uint8_t* src = nullptr;
@@ -170,7 +179,10 @@ uint32_t EncodeCodecFrame(const Logical& stream, uint64_t offset, size_t n,
   const std::vector<codec::Segment> segments = codec::SegmentsOf(*stream.layout, offset, n);
   if (options.compression == Compression::kZstdByteGrouped)
     return codec::EncodeByteGroupedDataFrame(src, n, segments, options.zstd_level, out);
-  return auto_model->EncodeFrame(src, n, segments, options, out);
+  return auto_model->EncodeFrame(src, n, segments, options, out,
+                                 options.compression == Compression::kAuto
+                                     ? codec::AutoCandidates::kStoreZstdGrouped
+                                     : codec::AutoCandidates::kStoreZstd);
 }
 
 // Coalesces small appends so a state of many tiny tensors is not written
@@ -358,8 +370,8 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
       const size_t j = i - extra;
       const auto c0 = Clock::now();
       const auto& r = ranges[first + j];
-      if (first + j > 0 && codec::UsesCodec(options.compression)) {  // data frames only
-        sums[j] = EncodeCodecFrame(stream, r.first, static_cast<size_t>(r.second), options,
+      if (EncodesThroughModel(options, first + j)) {
+        sums[j] = EncodeModelFrame(stream, r.first, static_cast<size_t>(r.second), options,
                                    auto_model, &frames[j]);
       } else {
         sums[j] = CompressChunk(stream, r.first, static_cast<size_t>(r.second), options.zstd_level,
