@@ -7,7 +7,10 @@
 // ackpt's background writers shows up as a slower loop. For every K:
 //   none            no checkpointing (the baseline, re-measured for every K)
 //   ackpt           DefaultCheckpointer::save() every K steps (asynchronous,
-//                   zstd level 1: the default)
+//                   the defaults: kZstd level 1, storing the frames whose
+//                   compression does not pay at the measured disk speed)
+//   ackpt_always    the same with always_compress = true (zstd -1 on every
+//                   frame: the default before issue 22)
 //   ackpt_none      the same with compression = kNone (little background CPU)
 //   ackpt_auto      the same with compression = kAuto (compresses a frame only
 //                   when its CPU is repaid by the write time it saves)
@@ -44,7 +47,7 @@
 //
 //   ackpt_bench_overhead [--size 64M] [--step-ms 25] [--steps 80] [--ks 5,10,40]
 //       [--configs 1:1,all:0] [--reps 3] [--modes
-//       none,ackpt,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save]
+//       none,ackpt,ackpt_always,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save]
 //       [--dir DIR] [--json FILE] [--quick] [--demo PATH [--demo-steps 60] [--demo-ks 10]]
 // --configs: comma-separated compute_threads:writer_threads pairs ("all" =
 // hardware threads; writer_threads 0 = ackpt's default, hardware threads).
@@ -147,8 +150,9 @@ LoopResult RunLoop(const std::string& mode, ModelState& st, int steps, int k, ui
                    int compute_threads, int writer_threads, const std::string& dir) {
   FreshDir(dir);
   std::unique_ptr<ackpt::DefaultCheckpointer> ck;
-  const bool async = mode == "ackpt" || mode == "ackpt_none" || mode == "ackpt_auto" ||
-                     mode == "ackpt_low" || mode == "ackpt_idle" || mode == "ackpt_overlap";
+  const bool async = mode == "ackpt" || mode == "ackpt_always" || mode == "ackpt_none" ||
+                     mode == "ackpt_auto" || mode == "ackpt_low" || mode == "ackpt_idle" ||
+                     mode == "ackpt_overlap";
   const bool overlap = mode == "ackpt_overlap";
   // The copy threads of a non-overlapped save run while the loop stands
   // inside save() (counted as stall), so only the writers count as background.
@@ -160,6 +164,7 @@ LoopResult RunLoop(const std::string& mode, ModelState& st, int steps, int k, ui
     args.model_state_save_dir = dir;
     args.log_level = "WARN";
     args.writer_threads = writer_threads;
+    if (mode == "ackpt_always") args.always_compress = true;
     if (mode == "ackpt_none") args.compression = ackpt::Compression::kNone;
     if (mode == "ackpt_auto") args.compression = ackpt::Compression::kAuto;
     if (mode == "ackpt_low") args.writer_priority = ackpt::WriterPriority::kLow;
@@ -262,7 +267,8 @@ int main(int argc, char** argv) {
   Args a(argc, argv,
          "usage: ackpt_bench_overhead [--size 64M] [--step-ms 25] [--steps 80] [--ks 5,10,40] "
          "[--configs 1:1,all:0] [--reps 3] [--modes "
-         "none,ackpt,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save] [--dir DIR] "
+         "none,ackpt,ackpt_always,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save] "
+         "[--dir DIR] "
          "[--json FILE] [--quick] [--demo PATH [--demo-steps 60] [--demo-ks 10]]",
          {"quick"});
   const bool quick = a.Flag("quick");
@@ -274,8 +280,9 @@ int main(int argc, char** argv) {
   const auto config_list = a.List("configs", quick ? "1:1" : "1:1,all:0");
   const int reps = std::max(1, static_cast<int>(a.Num("reps", quick ? 1 : 3)));
   const auto modes = a.List(
-      "modes", quick ? "none,ackpt,ackpt_idle,ackpt_overlap,torch_save"
-                     : "none,ackpt,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save");
+      "modes",
+      quick ? "none,ackpt,ackpt_idle,ackpt_overlap,torch_save"
+            : "none,ackpt,ackpt_always,ackpt_none,ackpt_auto,ackpt_idle,ackpt_overlap,torch_save");
   const std::string dir = a.Str("dir", "/tmp/ackpt-bench-overhead");
   const std::string json_out = a.Str("json", "");
   const std::string demo = a.Str("demo", "");

@@ -251,14 +251,15 @@ def stall_section(j, plots, targets, headline):
 
 
 # -------------------------------------------------------------- overhead ----
-MODE_LABEL = {"ackpt": "ackpt save() (async, zstd -1)", "ackpt_none": "ackpt save() (async, no compression)",
+MODE_LABEL = {"ackpt": "ackpt save() (async, defaults: adaptive zstd -1)",
+              "ackpt_always": "ackpt save() (async, zstd -1 on every frame)", "ackpt_none": "ackpt save() (async, no compression)",
               "ackpt_auto": "ackpt save() (async, kAuto)",
               "ackpt_blocking": "ackpt save(force=true)",
               "ackpt_low": "ackpt, writers at nice 19 (zstd -1)",
               "ackpt_idle": "ackpt, writers SCHED_IDLE (zstd -1)",
               "ackpt_overlap": "ackpt, overlapped snapshot + fence (zstd -1)",
               "torch_save": "torch::save + fsync (sync)"}
-MODE_SHORT = {"ackpt": "zstd -1", "ackpt_none": "no compression", "ackpt_auto": "kAuto", "ackpt_low": "zstd -1, nice 19",
+MODE_SHORT = {"ackpt": "default (adaptive zstd -1)", "ackpt_always": "zstd -1 always", "ackpt_none": "no compression", "ackpt_auto": "kAuto", "ackpt_low": "zstd -1, nice 19",
               "ackpt_idle": "zstd -1, SCHED_IDLE", "ackpt_overlap": "zstd -1, overlapped"}
 
 

@@ -257,38 +257,6 @@ json BaselineChild(uint64_t size, int reps, const std::string& dir, uint64_t tor
   return r;
 }
 
-// fork + exec of this program as a child; its JSON comes back through a file,
-// its whole-life peak RSS through wait4.
-json RunChild(const std::vector<std::string>& argv, const std::string& out_path) {
-  const auto t0 = Clock::now();
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  struct rusage ru;
-  std::memset(&ru, 0, sizeof ru);
-  while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
-  }
-  json r;
-  std::ifstream in(out_path);
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && in) {
-    in >> r;
-  } else {
-    r["error"] = WIFSIGNALED(status) ? "child killed by signal " + std::to_string(WTERMSIG(status))
-                                     : "child exited " + std::to_string(WEXITSTATUS(status));
-  }
-  r["child_maxrss_bytes"] = static_cast<uint64_t>(ru.ru_maxrss) * 1024;  // KiB on Linux
-  r["child_wall_seconds"] = Since(t0);
-  std::remove(out_path.c_str());
-  return r;
-}
-
 std::string DefaultDir() {
   const char* t = std::getenv("TMPDIR");
   return std::string(t && *t ? t : "/var/tmp") + "/ackpt-bench-scale";
