@@ -679,6 +679,61 @@ TEST(EngineAutoTest, DefaultZstdStoresWhatDoesNotPayOnceItKnowsTheDisk) {
   }
 }
 
+// pacing_fraction spreads a save's write over that share of the interval
+// between save() calls; the first and forced saves are not paced, and
+// wait() cuts a paced save short.
+TEST(EnginePacingTest, SpreadsTheWriteAndWaitCutsItShort) {
+  TempDir dir;
+  StateDict st;
+  st.set("w", at::randn({262144}));  // 1 MiB: 16 frames of 64 KiB
+  EngineOptions o = Options(/*overlap=*/false, Compression::kNone);
+  o.fsync = false;
+  o.pacing_fraction = 1.0;
+  std::mutex mu;
+  std::vector<SaveStats> done;
+  o.on_save = [&](const SaveStats& stats) {
+    std::lock_guard<std::mutex> lock(mu);
+    done.push_back(stats);
+  };
+  auto paced = [&](size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    return done.at(i).paced_seconds;
+  };
+  Engine e(o);
+  ASSERT_TRUE(e.Save(st, 1, dir.file("1"), /*force=*/false, {}));
+  e.Wait();
+  EXPECT_EQ(paced(0), 0) << "no interval known yet";
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  // Interval ~0.6 s: the write is spread over ~0.6 s (windows of 4 frames,
+  // so it sleeps at least until 3/4 of it).
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(e.Save(st, 2, dir.file("2"), /*force=*/false, {}));
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (done.size() == 2) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GT(paced(1), 0.3);
+  EXPECT_GT(took, 0.3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  // wait() stops the pacing: it returns long before the ~0.7 s pace.
+  ASSERT_TRUE(e.Save(st, 3, dir.file("3"), /*force=*/false, {}));
+  const auto w0 = std::chrono::steady_clock::now();
+  e.Wait();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count(), 0.5);
+  EXPECT_LT(paced(2), 0.5);
+  // A forced save is never paced.
+  ASSERT_TRUE(e.Save(st, 4, dir.file("4"), /*force=*/true, {}));
+  EXPECT_EQ(paced(3), 0);
+  for (const char* f : {"1", "2", "3", "4"}) ExpectFileHolds(dir.file(f), st);
+  // Out of range is rejected.
+  o.pacing_fraction = 1.5;
+  EXPECT_EQ(testing::CatchError([&] { Engine bad(o); }).code(), Error::Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace engine
 }  // namespace ackpt

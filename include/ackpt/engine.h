@@ -58,6 +58,7 @@ struct SaveStats {
   uint64_t late_hash_bytes = 0;
   double compress_seconds = 0;    // zstd, summed over threads
   double write_seconds = 0;       // compress+write+fsync+rename, wall
+  double paced_seconds = 0;       // of write_seconds, slept to pace (pacing_fraction)
   double end_to_end_seconds = 0;  // save() entry to durable
   size_t queue_depth = 0;         // saves queued or writing when this one was enqueued
   // Staging ring: this save's chunks, the most chunks in use at once so far
@@ -131,6 +132,19 @@ struct EngineOptions : WriteOptions {
   // and the staging budget fills (backpressure) sooner; a forced save or
   // wait() may take much longer under load. Default: kNormal.
   WriterPriority writer_priority = WriterPriority::kNormal;
+  // Pacing: spread each save's background work (compress, write) over this
+  // fraction of the interval between save() calls (an average of the last
+  // few), so the writers take a steady trickle of CPU and I/O from training
+  // instead of a burst right after save(); between frame windows they sleep
+  // until the share of the file written matches the share of that time
+  // passed. Never paced: the first save, forced saves, a save that streams
+  // through the staging ring (the trainer's copy would wait for it), and a
+  // save while anything waits for the writers (wait(), a forced save, the
+  // destructor) or another save is queued behind it: those cut the sleep
+  // short. Costs: a save becomes durable later (by up to the fraction of
+  // the interval), and its staging stays held that long. SaveStats::
+  // paced_seconds says how long a save slept. 0 (off) .. 1. Default: 0.
+  double pacing_fraction = 0;
   // How long the destructor waits for queued saves before abandoning them
   // (logged as an error). Must be >= 0. Default: 600 s.
   double drain_timeout_seconds = 600;

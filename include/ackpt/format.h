@@ -104,6 +104,7 @@ struct WriteResult {
   double hash_seconds = 0;      // per-tensor XXH3, wall (0 where the caller hashed first)
   double compress_seconds = 0;  // zstd / byte grouping, summed over threads
   double write_seconds = 0;     // compress + write + fsync + rename, wall
+  double paced_seconds = 0;     // of write_seconds, spent pacing (EngineOptions::pacing_fraction)
 };
 
 // Serializes `state` and commits it atomically at `path`: a hidden temp file in

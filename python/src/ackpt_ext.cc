@@ -412,6 +412,7 @@ const std::vector<Field>& Fields() {
       ACKPT_ENUM(backpressure, a.backpressure, kBackpressure),
       ACKPT_BOOL(overlap_snapshot, a.overlap_snapshot),
       ACKPT_ENUM(writer_priority, a.writer_priority, kPriority),
+      ACKPT_FLOAT(pacing_fraction, a.pacing_fraction),
       ACKPT_FLOAT(drain_timeout_seconds, a.drain_timeout_seconds),
       ACKPT_STR(log_level, a.log_level),
       // DefaultCheckpointerArguments

@@ -67,6 +67,8 @@ struct Engine::Job {
   // the copy has finished (and touches the job no more).
   bool hashed = false;
   bool copied = false;
+  // Seconds to spread the write over (EngineOptions::pacing_fraction); 0: as fast as it can.
+  double pace_seconds = 0;
 };
 
 struct Engine::State {
@@ -114,12 +116,29 @@ struct Engine::State {
   size_t in_flight = 0;                      // queued + writing
   size_t copying = 0;                        // snapshot copies not finished
   std::map<uint64_t, Error> failures;        // failed, not yet reported
+  // Pacing: when Save() was last called, the average interval between its
+  // calls (0 until there are two), and the callers waiting for the writers
+  // (Wait(), forced saves, Drain()), which stop any pacing.
+  Clock::time_point last_save_call{};
+  double save_interval_seconds = 0;
+  int waiters = 0;
   std::atomic<bool> cancel{false};
   EngineCounters counters;
   // Held while a callback (after_commit, on_save) runs; the destructor takes
   // it to turn callbacks off when it abandons stuck work.
   std::timed_mutex callback_mu;
   bool callbacks_enabled = true;  // guarded by callback_mu
+};
+
+// Counts a caller waiting for the writers (under State::mu) for as long as
+// it waits, and wakes a pacing writer so it stops sleeping.
+struct Engine::WaiterScope {
+  explicit WaiterScope(State* s) : s(s) {
+    ++s->waiters;
+    s->cv.notify_all();
+  }
+  ~WaiterScope() { --s->waiters; }
+  State* s;
 };
 
 void ValidateEngineOptions(const EngineOptions& o, const std::string& name) {
@@ -131,6 +150,9 @@ void ValidateEngineOptions(const EngineOptions& o, const std::string& name) {
                                  std::to_string(o.snapshot_threads));
   if (!(o.drain_timeout_seconds >= 0))
     throw Error::InvalidArgument(name + ".drain_timeout_seconds must be >= 0");
+  if (!(o.pacing_fraction >= 0 && o.pacing_fraction <= 1))
+    throw Error::InvalidArgument(name + ".pacing_fraction must be in [0, 1], got " +
+                                 std::to_string(o.pacing_fraction));
   format::ValidateWriteOptions(o);
 }
 
@@ -299,6 +321,14 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   uint64_t seq;
   {
     std::lock_guard<std::mutex> lock(s.mu);
+    if (s.submitted > 0) {
+      const double since = Seconds(t0 - s.last_save_call);
+      s.save_interval_seconds =
+          s.save_interval_seconds > 0 ? 0.7 * s.save_interval_seconds + 0.3 * since : since;
+    }
+    s.last_save_call = t0;
+    if (!force && !job->streaming)
+      job->pace_seconds = opts.pacing_fraction * s.save_interval_seconds;
     seq = ++s.submitted;
     job->seq = seq;
     job->stats.queue_depth = s.in_flight;
@@ -321,9 +351,11 @@ bool Engine::Save(const StateDict& state, int64_t index, const std::string& path
   if (!force && copied) return true;
   // Forced, or the copy failed (e.g. another thread modified a tensor inside
   // save()): wait for the writer and report.
-  std::unique_lock<std::mutex> lock(s.mu);
-  s.cv.wait(lock, [&] { return s.finished >= seq; });
-  lock.unlock();
+  {
+    std::unique_lock<std::mutex> lock(s.mu);
+    WaiterScope waiting(&s);
+    s.cv.wait(lock, [&] { return s.finished >= seq; });
+  }
   RaiseBackgroundError();
   return true;
 }
@@ -422,6 +454,25 @@ void Engine::RunNext(State& s) {
   s.cv.notify_all();
 }
 
+// The pace of job's write: between windows, sleeps until the share of the
+// pace interval passed matches the share of the bytes handled, unless
+// something waits for the writers, another save is queued or the engine
+// shuts down.
+std::function<void(uint64_t, uint64_t)> Engine::Pacer(State& s, Job& job) {
+  if (!(job.pace_seconds > 0)) return nullptr;
+  const auto begin = Clock::now();
+  const double pace = job.pace_seconds;
+  return [&s, begin, pace](uint64_t done, uint64_t total) {
+    if (total == 0) return;
+    const auto due =
+        begin + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                    pace * static_cast<double>(done) / static_cast<double>(total)));
+    std::unique_lock<std::mutex> lock(s.mu);
+    s.cv.wait_until(lock, due,
+                    [&] { return s.waiters > 0 || !s.pending.empty() || s.cancel.load(); });
+  };
+}
+
 void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadata_out) {
   const EngineOptions& opts = s.options;
   spdlog::logger& log = *s.logger;
@@ -453,9 +504,9 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
       job.stats.late_hash_bytes = job.hashes->Finish(&job.tensors, *job.stream, parallel_for);
       job.stats.hash_seconds = Seconds(Clock::now() - h0);
     }
-    const WriteResult r = format::EncodeStreamAndCommit(job.tensors, job.tree_json, opts, metadata,
-                                                        job.path, opts.env, job.stream.get(),
-                                                        parallel_for, &s.auto_model, &s.cancel);
+    const WriteResult r = format::EncodeStreamAndCommit(
+        job.tensors, job.tree_json, opts, metadata, job.path, opts.env, job.stream.get(),
+        parallel_for, &s.auto_model, &s.cancel, Pacer(s, job));
     {
       // The copy has published its last byte; let it finish its bookkeeping.
       std::unique_lock<std::mutex> lock(s.mu);
@@ -473,6 +524,7 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
     job.stats.file_bytes = r.file_bytes;
     job.stats.compress_seconds = r.compress_seconds;
     job.stats.write_seconds = r.write_seconds;
+    job.stats.paced_seconds = r.paced_seconds;
     job.stats.end_to_end_seconds = Seconds(Clock::now() - job.start);
     {
       std::lock_guard<std::mutex> lock(s.mu);
@@ -509,6 +561,7 @@ void Engine::Process(State& s, Job& job, WriteResult* written, Metadata* metadat
 bool Engine::Drain(double timeout_seconds) {
   State& s = *state_;
   std::unique_lock<std::mutex> lock(s.mu);
+  WaiterScope waiting(&s);
   const auto deadline =
       Clock::now() + std::chrono::duration_cast<Clock::duration>(
                          std::chrono::duration<double>(std::max(0.0, timeout_seconds)));
@@ -533,6 +586,7 @@ void Engine::Wait() {
   State& s = *state_;
   {
     std::unique_lock<std::mutex> lock(s.mu);
+    WaiterScope waiting(&s);
     s.cv.wait(lock, [&] { return s.in_flight == 0; });
   }
   RaiseBackgroundError();

@@ -121,6 +121,9 @@ class Engine {
  private:
   struct Job;
   struct State;
+  struct WaiterScope;
+  // The pace of job's write (EngineOptions::pacing_fraction); null: unpaced.
+  static std::function<void(uint64_t, uint64_t)> Pacer(State& s, Job& job);
   static void RunNext(State& s);
   static void Process(State& s, Job& job, WriteResult* written, Metadata* metadata);
   // Copies job's snapshot (hashing the sources first for a streaming save);

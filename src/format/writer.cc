@@ -68,6 +68,9 @@ uint32_t FrameChecksum(const std::string& frame) {
 }
 
 using Feed = std::function<void(const void*, size_t)>;
+// Called between frame windows (chunks of a plain file) with the logical
+// bytes handled so far: checks for cancellation, paces.
+using Between = std::function<void(uint64_t done)>;
 
 // Streams n bytes, which produce(feed) hands over in pieces, into one frame.
 // zstd's streaming API copies input into its own window, so a piece may be
@@ -291,8 +294,7 @@ std::vector<std::pair<uint64_t, uint64_t>> FrameRanges(uint64_t header_bytes, ui
 // of frame buffers alternate, and the file still gets the frames in order.
 void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource* source,
                  WritableFile* file, const ParallelForFn& parallel_for,
-                 codec::AutoModel* auto_model, const std::function<void()>& check_cancel,
-                 WriteResult* result) {
+                 codec::AutoModel* auto_model, const Between& between, WriteResult* result) {
   const uint64_t header_bytes = stream.header.size();
   const auto ranges = FrameRanges(header_bytes, stream.size(), options.chunk_size);
   if (ranges.size() > kMaxFrames) throw Error::InvalidArgument("too many frames; raise chunk_size");
@@ -323,7 +325,7 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
   size_t first = 0;
   uint64_t released = 0;  // data bytes handed back to the source
   while (first < ranges.size()) {
-    check_cancel();
+    between(ranges[first].first);
     // Data bytes this window may cover: at least its first frame's.
     const auto& r0 = ranges[first];
     const uint64_t need =
@@ -401,15 +403,14 @@ void WriteFrames(const Logical& stream, const WriteOptions& options, DataSource*
 // The plain stream: the header, then the data section as the source
 // delivers it, in pieces of at most chunk_size, released once appended.
 void WritePlain(const std::string& header, const WriteOptions& options, DataSource* source,
-                WritableFile* file, const std::function<void()>& check_cancel,
-                WriteResult* result) {
+                WritableFile* file, const Between& between, WriteResult* result) {
   BufferedAppender out(file);
   out.Append(header.data(), header.size());
   const uint64_t total = source->size();
   const uint64_t step = std::max<uint64_t>(options.chunk_size, kMinChunkSize);
   uint64_t offset = 0;
   while (offset < total) {
-    check_cancel();
+    between(header.size() + offset);
     const uint64_t avail = source->WaitFor(std::min(total, offset + 1));
     const uint64_t end = std::min({total, avail, offset + step});
     // Append() copies what it buffers, so the source may reuse the bytes at once.
@@ -428,11 +429,7 @@ WriteResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
                                   const std::map<std::string, std::string>& internal_metadata,
                                   const std::string& path, Env* env, DataSource* source,
                                   const ParallelForFn& parallel_for, codec::AutoModel* auto_model,
-                                  const std::atomic<bool>* cancel) {
-  auto check_cancel = [cancel, &path] {
-    if (cancel != nullptr && cancel->load())
-      throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
-  };
+                                  const std::atomic<bool>* cancel, const PaceFn& pace) {
   WriteResult result;
   result.path = path;
   result.compressed = options.compression != Compression::kNone;
@@ -446,18 +443,28 @@ WriteResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
   const codec::Layout layout = codec::LayoutOf(tensors, header.size());
   const Logical stream{header, *source, &layout};
   result.logical_bytes = stream.size();
+  const Between between = [&](uint64_t done) {
+    if (cancel != nullptr && cancel->load())
+      throw Error::TimedOut("save to '" + path + "' abandoned at shutdown");
+    if (!pace) return;
+    const auto p0 = Clock::now();
+    pace(done, result.logical_bytes);
+    result.paced_seconds += SecondsSince(p0);
+  };
   const auto t0 = Clock::now();
   AtomicWrite(env, path, options.fsync, [&](WritableFile* target) {
     WritebackFile writeback(target, options.fsync ? options.writeback_bytes : 0);
     WritableFile* file = &writeback;
     if (options.compression == Compression::kNone) {
-      WritePlain(header, options, source, file, check_cancel, &result);
+      WritePlain(header, options, source, file, between, &result);
     } else {
-      WriteFrames(stream, options, source, file, parallel_for, auto_model, check_cancel, &result);
+      WriteFrames(stream, options, source, file, parallel_for, auto_model, between, &result);
     }
   });
   result.write_seconds = SecondsSince(t0);
-  auto_model->RecordSave(options, result.file_bytes, result.write_seconds, result.compress_seconds);
+  // Time spent pacing is not the device's.
+  auto_model->RecordSave(options, result.file_bytes, result.write_seconds - result.paced_seconds,
+                         result.compress_seconds);
   return result;
 }
 

@@ -44,15 +44,21 @@ void HashTensors(std::vector<FlatTensor>* tensors, DataSource* source,
 // failure (the source's too) the temp file is removed and the error
 // rethrown; `path` is untouched. A set *cancel aborts between frames with
 // kTimedOut. `auto_model` (not null) is the kAuto model the save consults
-// and feeds (the engine's own, or codec::DefaultAutoModel()). `options` must
-// have passed ValidateWriteOptions. The result's hash_seconds is 0: the
-// caller hashed.
+// and feeds (the engine's own, or codec::DefaultAutoModel()). `pace`, when
+// set, is called between frame windows (plain files: between chunks) with
+// the logical bytes handled so far and in all, and may sleep to spread the
+// work out (EngineOptions::pacing_fraction); the time it takes is the
+// result's paced_seconds and is not counted as the device's. `options`
+// must have passed ValidateWriteOptions. The result's hash_seconds is 0:
+// the caller hashed.
+using PaceFn = std::function<void(uint64_t done, uint64_t total)>;
 WriteResult EncodeStreamAndCommit(const std::vector<FlatTensor>& tensors,
                                   const std::string& tree_json, const WriteOptions& options,
                                   const std::map<std::string, std::string>& internal_metadata,
                                   const std::string& path, Env* env, DataSource* source,
                                   const ParallelForFn& parallel_for, codec::AutoModel* auto_model,
-                                  const std::atomic<bool>* cancel = nullptr);
+                                  const std::atomic<bool>* cancel = nullptr,
+                                  const PaceFn& pace = nullptr);
 // For tensors in memory: orders them for alignment, hashes them (in
 // parallel) and commits them through EncodeStreamAndCommit. Every tensor's
 // `data` must point at its contiguous bytes until this returns.
