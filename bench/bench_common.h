@@ -613,6 +613,13 @@ inline json RunChild(const std::vector<std::string>& argv, const std::string& ou
   return r;
 }
 
+// A disk-backed scratch directory for a driver's files: $TMPDIR, else
+// /var/tmp (not a tmpfs /tmp), plus "ackpt-bench-NAME".
+inline std::string DiskBenchDir(const std::string& name) {
+  const char* t = std::getenv("TMPDIR");
+  return std::string(t && *t ? t : "/var/tmp") + "/ackpt-bench-" + name;
+}
+
 inline bool HaveProgram(const std::string& name) {
   return std::system(("command -v " + name + " >/dev/null 2>&1").c_str()) == 0;
 }

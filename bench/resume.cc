@@ -143,11 +143,6 @@ json TorchChild(uint64_t size, const std::string& dir) {
   });
 }
 
-std::string DefaultDir() {
-  const char* t = std::getenv("TMPDIR");
-  return std::string(t && *t ? t : "/var/tmp") + "/ackpt-bench-resume";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -161,7 +156,7 @@ int main(int argc, char** argv) {
   const std::string child = a.Str("child", "");
   const uint64_t size = ParseBytes(a.Str("size", quick ? "16M" : "1G"));
   const std::string comp = a.Str("compression", "zstd");
-  const std::string dir = a.Str("dir", DefaultDir());
+  const std::string dir = a.Str("dir", DiskBenchDir("resume"));
   const std::string json_out = a.Str("json", "");
   const std::string child_out = a.Str("out", "");
   a.Done();

@@ -257,11 +257,6 @@ json BaselineChild(uint64_t size, int reps, const std::string& dir, uint64_t tor
   return r;
 }
 
-std::string DefaultDir() {
-  const char* t = std::getenv("TMPDIR");
-  return std::string(t && *t ? t : "/var/tmp") + "/ackpt-bench-scale";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -276,7 +271,7 @@ int main(int argc, char** argv) {
   const auto sizes = a.List("sizes", quick ? "8M,16M" : "64M,256M,1G,2G,4G,8G");
   const int reps = std::max(1, static_cast<int>(a.Num("reps", quick ? 1 : 3)));
   const uint64_t torch_max = ParseBytes(a.Str("torch-max", "2G"));
-  const std::string dir = a.Str("dir", DefaultDir());
+  const std::string dir = a.Str("dir", DiskBenchDir("scale"));
   const std::string json_out = a.Str("json", "");
   const std::string child_out = a.Str("out", "");
   a.Done();
